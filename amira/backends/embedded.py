@@ -1,0 +1,94 @@
+"""The embedded backend: onnxruntime in this process, on the same model repository Triton serves.
+
+It makes the server work out of the box with no Triton. `InferenceSession.run` is safe to call
+from several threads at once, so one session per model serves every worker thread. Calls are not
+given the inference timeout: a local computation cannot hang on a network, and a worker thread
+cannot be cancelled, only abandoned, which would leave work running that nobody owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import trio
+
+from amira.backends.base import BackendError, BackendUnavailable, ModelMetadata, TensorSpec
+from amira.models import model_file
+
+ONNX_DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def _tensor_spec(arg: onnxruntime.NodeArg) -> TensorSpec:
+    dtype = ONNX_DTYPES.get(arg.type, np.dtype(object))
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, dtype, shape)
+
+
+class EmbeddedBackend:
+    kind = "embedded"
+
+    def __init__(self, repository: Path, intra_op_threads: int = 1) -> None:
+        self.repository = repository
+        self._intra_op_threads = intra_op_threads
+        self._sessions: dict[str, onnxruntime.InferenceSession] = {}
+
+    def _session(self, model: str) -> onnxruntime.InferenceSession:
+        session = self._sessions.get(model)
+        if session is None:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._intra_op_threads
+            options.inter_op_num_threads = 1
+            try:
+                path = model_file(self.repository, model)
+                session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except (OSError, ValueError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as exc:
+                raise BackendUnavailable(
+                    f"model {model!r} cannot be loaded from {self.repository}: {exc}"
+                ) from exc
+            self._sessions[model] = session
+        return session
+
+    async def model_metadata(self, model: str) -> ModelMetadata:
+        session = await trio.to_thread.run_sync(self._session, model)
+        return ModelMetadata(
+            model,
+            tuple(_tensor_spec(a) for a in session.get_inputs()),
+            tuple(_tensor_spec(a) for a in session.get_outputs()),
+        )
+
+    async def is_model_ready(self, model: str) -> bool:
+        try:
+            await trio.to_thread.run_sync(self._session, model)
+        except BackendUnavailable:
+            return False
+        return True
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, np.ndarray]:
+        session = self._sessions.get(model) or await trio.to_thread.run_sync(self._session, model)
+        try:
+            results = await trio.to_thread.run_sync(session.run, list(outputs), dict(inputs), limiter=limiter)
+        except (
+            onnxruntime.capi.onnxruntime_pybind11_state.Fail,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument,
+        ) as exc:
+            raise BackendError(f"model {model!r} failed: {exc}") from exc
+        return dict(zip(outputs, results, strict=True))
+
+    async def aclose(self) -> None:
+        self._sessions.clear()

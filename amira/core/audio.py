@@ -1,0 +1,77 @@
+"""Audio in: s16le PCM, float arrays and sound files, to 16 kHz mono float32 in [-1, 1).
+
+The models want 16 kHz mono; everything else is converted here, once, at the edge.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile
+import soxr
+
+from amira.core.errors import BadAudio, BadRequest
+
+MODEL_SAMPLE_RATE = 16_000
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+PCM16_SCALE = 32768.0
+
+
+def check_sample_rate(rate: int) -> int:
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudio(
+            f"unsupported sample rate {rate!r}: expected {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        )
+    return rate
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """s16le bytes to float32 samples; an odd byte count is a protocol error, not audio."""
+    if len(data) % 2:
+        raise BadRequest(f"s16le PCM must have an even number of bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / PCM16_SCALE
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Mix `[n]` or `[n, channels]` down to `[n]` float32."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    elif samples.ndim != 1:
+        raise BadAudio(f"audio must have shape [samples] or [samples, channels], got {samples.shape}")
+    return samples
+
+
+def resample(samples: np.ndarray, rate: int, target: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+    if rate == target or samples.size == 0:
+        return samples
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def from_float(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+    """Float samples at any supported rate, mono or `[n, channels]`, to model input."""
+    samples = to_mono(samples)
+    if not np.all(np.isfinite(samples)):
+        raise BadAudio("audio contains NaN or infinite samples")
+    return require_audio(resample(samples, check_sample_rate(rate)))
+
+
+def from_pcm16(data: bytes, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+    return require_audio(resample(pcm16_to_float(data), check_sample_rate(rate)))
+
+
+def from_sound_file(data: bytes) -> np.ndarray:
+    """A WAV, FLAC or OGG file's bytes, decoded, mixed down and resampled."""
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise BadAudio(f"cannot read the sound file: {exc}") from exc
+    return from_float(samples, rate)
+
+
+def require_audio(samples: np.ndarray) -> np.ndarray:
+    if samples.size == 0:
+        raise BadAudio("the audio is empty")
+    return samples

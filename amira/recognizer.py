@@ -1,0 +1,227 @@
+"""The recogniser: the trio shell that runs the sans-IO core on an inference backend.
+
+    async with amira.open_recognizer(Settings.from_env()) as rec:
+        transcript = await rec.transcribe(samples)  # 16 kHz mono float32
+
+It owns the validated model sets, the pools of decoder states and the capacity limiters under
+which backend calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import numpy as np
+import trio
+
+from amira.backends.base import Backend, BackendError, BackendUnavailable
+from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
+from amira.core.decoding import GreedyDecoder
+from amira.core.errors import UnknownModel
+from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
+from amira.core.state_pool import StatePool
+from amira.core.transcript import Transcript, build_transcript
+from amira.core.vocabulary import Vocabulary, VocabularyError
+from amira.settings import Settings
+
+JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
+PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
+
+
+@attrs.frozen
+class Encoded:
+    """Encoder output of one utterance or window: `frames` is `[D, T']`, `length` the valid T'."""
+
+    frames: np.ndarray
+    length: int
+    features_length: int
+
+
+def create_backend(settings: Settings) -> Backend:
+    if settings.triton_endpoint:
+        from amira.backends.triton import TritonBackend
+
+        return TritonBackend(settings.triton_endpoint, inference_timeout=settings.inference_timeout_secs)
+    from amira.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(settings.model_repository)
+
+
+class Recognizer:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.configs: dict[str, ModelSetConfig] = settings.model_set_configs()
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.model_sets: dict[str, ModelSet] = {}
+        self.state_pools: dict[str, StatePool] = {}
+        self.stream_limiter = trio.CapacityLimiter(settings.max_concurrent_streams)
+        self.batch_limiter = trio.CapacityLimiter(settings.max_concurrent_batches)
+        self.calls: Counter[str] = Counter()
+
+    def load_vocabularies(self) -> None:
+        """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""
+        for name, config in self.configs.items():
+            try:
+                self.vocabularies[name] = Vocabulary.load(config.vocabulary)
+            except VocabularyError as exc:
+                raise ModelSetError(f"model set {name!r}: {exc}") from exc
+
+    @property
+    def loaded(self) -> bool:
+        return len(self.model_sets) == len(self.configs)
+
+    async def load(self) -> None:
+        """Validate every model set against the backend's metadata and measure its frame rate.
+
+        Raises `ModelSetError` when a set does not fit, and a `BackendFailure` when the backend
+        cannot be asked; the server retries the latter until the backend answers.
+        """
+        if not self.vocabularies:
+            self.load_vocabularies()
+        for name, config in self.configs.items():
+            if name in self.model_sets:
+                continue
+            metadata = {
+                role: await self.backend.model_metadata(model) for role, model in config.models.items()
+            }
+            model_set = validate_model_set(config, self.vocabularies[name], metadata)
+            model_set = await self._probe_frame_rate(model_set)
+            self.state_pools[name] = StatePool(
+                model_set.decoding.blank,
+                model_set.state_layers,
+                model_set.state_hidden,
+                self.settings.max_concurrent_streams + self.settings.max_concurrent_batches,
+            )
+            self.model_sets[name] = model_set
+
+    async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
+        """Feature hop and subsampling are not in the metadata: measure them on silence."""
+        encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_limiter)
+        if encoded.features_length < 1 or encoded.length < 1:
+            raise ModelSetError(f"model set {model_set.name!r} gives no frames for {PROBE_SAMPLES} samples")
+        hop = PROBE_SAMPLES // encoded.features_length
+        subsampling = round(encoded.features_length / encoded.length)
+        return attrs.evolve(model_set, hop_samples=hop, subsampling=subsampling)
+
+    async def ready(self) -> bool:
+        """Whether the backend answers and every model of every set is ready."""
+        for config in self.configs.values():
+            for model in config.models.values():
+                if not await self.backend.is_model_ready(model):
+                    return False
+        return True
+
+    def model_set(self, name: str) -> ModelSet:
+        try:
+            return self.model_sets[name]
+        except KeyError:
+            if name in self.configs:
+                raise BackendUnavailable(
+                    f"model set {name!r} is not loaded yet: the backend has not answered"
+                ) from None
+            raise UnknownModel(
+                f"unknown model {name!r}; configured: {', '.join(sorted(self.configs))}"
+            ) from None
+
+    async def encode(
+        self, model_set: ModelSet, samples: np.ndarray, limiter: trio.CapacityLimiter
+    ) -> Encoded:
+        """Preprocessor and encoder over one piece of 16 kHz audio."""
+        config = model_set.config
+        pre = await self.backend.infer(
+            config.preprocessor,
+            {"waveforms": samples[None, :], "waveforms_lens": np.array([samples.size], np.int64)},
+            ("features", "features_lens"),
+            limiter,
+        )
+        self.calls["preprocessor"] += 1
+        features_length = int(pre["features_lens"][0])
+        enc = await self.backend.infer(
+            config.encoder,
+            {"audio_signal": pre["features"], "length": pre["features_lens"]},
+            ("outputs", "encoded_lengths"),
+            limiter,
+        )
+        self.calls["encoder"] += 1
+        frames = enc["outputs"][0]
+        length = int(enc["encoded_lengths"][0])
+        if frames.ndim != 2 or length > frames.shape[1]:
+            raise BackendError(
+                f"encoder returned outputs of shape {enc['outputs'].shape} for length {length}"
+            )
+        return Encoded(frames, length, features_length)
+
+    async def decode(
+        self,
+        model_set: ModelSet,
+        decoder: GreedyDecoder,
+        encoded: Encoded,
+        offset: int,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
+        state = decoder.state
+        while (call := decoder.next_call()) is not None:
+            frames = np.ascontiguousarray(encoded.frames[None, :, call.start - offset : call.stop - offset])
+            out = await self.backend.infer(
+                model_set.config.decoder_joint,
+                {
+                    "encoder_outputs": frames,
+                    "targets": np.array([[call.target]], np.int32),
+                    "target_length": np.array([1], np.int32),
+                    "input_states_1": state.h,
+                    "input_states_2": state.c,
+                },
+                JOINT_OUTPUTS,
+                limiter,
+            )
+            self.calls["decoder_joint"] += 1
+            logits = out["outputs"]
+            if logits.ndim != 4 or logits.shape[2] != 1:
+                raise BackendError(f"decoder_joint returned outputs of shape {logits.shape}")
+            try:
+                decoder.receive(logits[0, :, 0, :], out["output_states_1"], out["output_states_2"])
+            except ValueError as exc:
+                raise BackendError(f"decoder_joint returned unusable outputs: {exc}") from exc
+
+    async def transcribe(
+        self,
+        samples: np.ndarray,
+        model: str = "default",
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> Transcript:
+        """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call."""
+        model_set = self.model_set(model)
+        samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
+        limiter = limiter or self.batch_limiter
+        encoded = await self.encode(model_set, samples, limiter)
+        with self.state_pools[model].state() as state:
+            decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
+            await self.decode(model_set, decoder, encoded, 0, limiter)
+        return build_transcript(
+            model_set.vocabulary,
+            decoder.emissions,
+            frame_seconds=model_set.frame_seconds,
+            audio_samples=samples.size,
+            sample_rate=MODEL_SAMPLE_RATE,
+            features_length=encoded.features_length,
+            encoded_length=encoded.length,
+        )
+
+
+@asynccontextmanager
+async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Recognizer]:
+    """A loaded recogniser on the backend the settings choose; the backend is closed on exit."""
+    settings = settings or Settings.from_env()
+    backend = create_backend(settings)
+    try:
+        recognizer = Recognizer(backend, settings)
+        await recognizer.load()
+        yield recognizer
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.aclose()

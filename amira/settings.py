@@ -1,0 +1,168 @@
+"""Configuration from the environment, validated up front.
+
+Every variable of `api.md` plus AMIRA's own. A bad value stops the server at start-up with a
+message that names the variable, rather than a guess that fails later under load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from amira.core.model_set import ModelSetConfig, read_model_sets_file
+from amira.models import shipped_repository
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _endpoint(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must be the http://host:port URL of Triton's HTTP endpoint")
+    return text.rstrip("/")
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    return path
+
+
+def _existing_file(text: str) -> Path | None:
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    return path
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _api_keys(text: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+@attrs.frozen
+class Settings:
+    triton_endpoint: str | None = None
+    model_repository: Path = attrs.field(factory=shipped_repository)
+    vocabulary_path: Path | None = None
+    model_sets_file: Path | None = None
+    preprocessor_model_name: str = "preprocessor"
+    encoder_model_name: str = "encoder"
+    decoder_joint_model_name: str = "decoder_joint"
+    server_host: str = "0.0.0.0"
+    server_port: int = 8057
+    inference_timeout_secs: float = 5.0
+    max_concurrent_streams: int = 10
+    max_concurrent_batches: int = 50
+    stream_timeout_secs: float = 30.0
+    max_batch_audio_secs: float = 30.0
+    max_frame_bytes: int = 1_048_576
+    stream_chunk_secs: float = 1.6
+    stream_left_context_secs: float = 4.0
+    stream_right_context_secs: float = 0.8
+    frames_per_call: int | None = None
+    shutdown_drain_secs: float = 10.0
+    api_keys: tuple[str, ...] = ()
+
+    @property
+    def backend_kind(self) -> str:
+        return "triton" if self.triton_endpoint else "embedded"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for variable, (field, parse) in ENVIRONMENT.items():
+            text = environ.get(variable)
+            if text is None:
+                continue
+            try:
+                values[field] = parse(text)
+            except ValueError as exc:
+                raise SettingsError(f"{variable}={text!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def model_set_configs(self) -> dict[str, ModelSetConfig]:
+        """The model sets to serve: those of `MODEL_SETS_FILE`, else one set named `default`."""
+        if self.model_sets_file is not None:
+            return read_model_sets_file(self.model_sets_file, self.model_repository)
+        vocabulary = self.vocabulary_path or self.model_repository / "vocab.txt"
+        return {
+            "default": ModelSetConfig(
+                name="default",
+                preprocessor=self.preprocessor_model_name,
+                encoder=self.encoder_model_name,
+                decoder_joint=self.decoder_joint_model_name,
+                vocabulary=vocabulary,
+            )
+        }
+
+
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
+    "TRITON_ENDPOINT": ("triton_endpoint", _endpoint),
+    "MODEL_REPOSITORY": ("model_repository", _existing_dir),
+    "VOCABULARY_PATH": ("vocabulary_path", _existing_file),
+    "MODEL_SETS_FILE": ("model_sets_file", _existing_file),
+    "PREPROCESSOR_MODEL_NAME": ("preprocessor_model_name", _name),
+    "ENCODER_MODEL_NAME": ("encoder_model_name", _name),
+    "DECODER_JOINT_MODEL_NAME": ("decoder_joint_model_name", _name),
+    "SERVER_HOST": ("server_host", _name),
+    "SERVER_PORT": ("server_port", _port),
+    "INFERENCE_TIMEOUT_SECS": ("inference_timeout_secs", _positive_float),
+    "MAX_CONCURRENT_STREAMS": ("max_concurrent_streams", _positive_int),
+    "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", _positive_int),
+    "STREAM_TIMEOUT_SECS": ("stream_timeout_secs", _positive_float),
+    "MAX_BATCH_AUDIO_SECS": ("max_batch_audio_secs", _positive_float),
+    "MAX_FRAME_BYTES": ("max_frame_bytes", _positive_int),
+    "STREAM_CHUNK_SECS": ("stream_chunk_secs", _positive_float),
+    "STREAM_LEFT_CONTEXT_SECS": ("stream_left_context_secs", _non_negative_float),
+    "STREAM_RIGHT_CONTEXT_SECS": ("stream_right_context_secs", _non_negative_float),
+    "FRAMES_PER_CALL": ("frames_per_call", _positive_int),
+    "SHUTDOWN_DRAIN_SECS": ("shutdown_drain_secs", _non_negative_float),
+    "API_KEYS": ("api_keys", _api_keys),
+}
