@@ -27,3 +27,11 @@ class UnknownModel(RequestError):
 
 class UnsupportedMediaType(RequestError):
     error_type = "unsupported_media_type"
+
+
+class CapacityExceeded(RequestError):
+    error_type = "capacity_exceeded"
+
+
+class Unauthorized(RequestError):
+    error_type = "unauthorized"

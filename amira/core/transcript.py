@@ -36,6 +36,23 @@ class Transcript:
     features_length: int
     encoded_length: int
 
+    def to_json(self, model: str, processing_ms: float) -> dict[str, object]:
+        """The batch endpoint's response document (api.md)."""
+        return {
+            "transcription": self.text,
+            "status": "COMPLETE",
+            "metadata": {
+                "model": model,
+                "audio_length_samples": self.audio_samples,
+                "audio_seconds": round(self.audio_seconds, 3),
+                "features_length": self.features_length,
+                "encoded_length": self.encoded_length,
+                "tokens": list(self.tokens),
+                "words": [w.to_json() for w in self.words],
+                "processing_time_ms": round(processing_ms, 1),
+            },
+        }
+
 
 def words_from_emissions(
     vocabulary: Vocabulary, emissions: Sequence[Emission], frame_seconds: float

@@ -1,0 +1,164 @@
+"""The Quart-Trio application: health, readiness, metrics, model listing and the batch endpoint.
+
+The app is a thin shell: request bodies are read by `batch_body`, recognition is the
+`Recognizer`'s, and every failure leaves as a JSON error from the API's table, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import attrs
+import trio
+from quart import Quart, Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+import amira
+from amira.backends.base import BackendFailure, BackendUnavailable
+from amira.core.errors import CapacityExceeded, RequestError, UnknownModel
+from amira.recognizer import Recognizer
+from amira.server.batch_body import NO_OPAQUE, parse_batch_body
+from amira.server.errors import error_response, exception_response
+from amira.server.metrics import Metrics
+from amira.settings import Settings
+
+log = logging.getLogger("amira.server")
+
+READY_CACHE_SECS = 1.0
+BODY_LIMIT_FRAMES = 16
+
+
+@attrs.define
+class ServerState:
+    """What the request handlers share: the recogniser, admission, readiness and metrics."""
+
+    recognizer: Recognizer
+    settings: Settings
+    metrics: Metrics
+    batch_admission: trio.CapacityLimiter
+    load_error: str | None = None
+    _ready_at: float = -1.0
+    _ready: tuple[bool, str] = (False, "not checked yet")
+
+    @classmethod
+    def create(cls, recognizer: Recognizer, settings: Settings) -> ServerState:
+        return cls(
+            recognizer,
+            settings,
+            Metrics(lambda: dict(recognizer.calls)),
+            trio.CapacityLimiter(settings.max_concurrent_batches),
+        )
+
+    async def readiness(self) -> tuple[bool, str]:
+        """Backend and model readiness, cached for a second so that probes stay cheap."""
+        now = trio.current_time()
+        if now - self._ready_at >= READY_CACHE_SECS:
+            self._ready = await self._check_ready()
+            self._ready_at = now
+        return self._ready
+
+    async def _check_ready(self) -> tuple[bool, str]:
+        if self.load_error is not None:
+            return False, self.load_error
+        if not self.recognizer.loaded:
+            return False, "the model sets have not been loaded from the backend yet"
+        try:
+            with trio.fail_after(self.settings.inference_timeout_secs):
+                ready = await self.recognizer.ready()
+        except (BackendFailure, trio.TooSlowError) as exc:
+            return False, f"the {self.recognizer.backend.kind} backend does not answer: {exc}"
+        return (True, "ready") if ready else (False, "a model of a configured model set is not ready")
+
+
+def create_app(state: ServerState) -> Quart:
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = BODY_LIMIT_FRAMES * state.settings.max_frame_bytes
+    app.extensions["amira"] = state
+    recognizer, settings, metrics = state.recognizer, state.settings, state.metrics
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return error_response("too_large", f"the request body is larger than {limit} bytes")
+        return error_response("bad_request", f"{exc.name}: {exc.description}", exc.code or 400)
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error")
+        return jsonify({"error": "internal error; see the server log", "error_type": "internal"}), 500
+
+    @app.get("/health")
+    async def health() -> Response:
+        return jsonify(
+            {"status": "healthy", "version": amira.__version__, "backend": recognizer.backend.kind}
+        )
+
+    @app.get("/ready")
+    async def ready() -> Response | tuple[Response, int]:
+        is_ready, message = await state.readiness()
+        if is_ready:
+            return jsonify({"status": "ready", "models": sorted(recognizer.configs)})
+        body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
+        return jsonify(body), 503
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v2/models")
+    async def models() -> Response:
+        described = []
+        for name, config in sorted(recognizer.configs.items()):
+            model_set = recognizer.model_sets.get(name)
+            described.append(model_set.describe() if model_set else {"name": name, "models": config.models})
+        return jsonify({"models": described})
+
+    @app.post("/v2/decode/batch/<model>")
+    async def batch(model: str) -> Response:
+        started = time.perf_counter()
+        try:
+            if model not in recognizer.configs:
+                raise UnknownModel(
+                    f"unknown model {model!r}; configured: {', '.join(sorted(recognizer.configs))}"
+                )
+            try:
+                state.batch_admission.acquire_nowait()
+            except trio.WouldBlock:
+                metrics.rejected.labels("batch").inc()
+                raise CapacityExceeded(
+                    f"more than {settings.max_concurrent_batches} batch requests at once; retry shortly"
+                ) from None
+            try:
+                metrics.active_batches.inc()
+                response = await _transcribe_request(model, started)
+            finally:
+                metrics.active_batches.dec()
+                state.batch_admission.release()
+        except (RequestError, BackendFailure) as exc:
+            metrics.requests.labels(model, exc.error_type).inc()
+            metrics.errors.labels(exc.error_type).inc()
+            return exception_response(exc)
+        metrics.requests.labels(model, "ok").inc()
+        metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
+        return response
+
+    async def _transcribe_request(model: str, started: float) -> Response:
+        body = await request.get_data(cache=False)
+        parsed = parse_batch_body(
+            request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
+        )
+        if not recognizer.loaded:
+            raise BackendUnavailable(
+                "the inference backend has not answered yet; the model sets are not loaded"
+            )
+        transcript = await recognizer.transcribe(parsed.samples, model, recognizer.batch_limiter)
+        metrics.audio_seconds.labels(model, "batch").inc(transcript.audio_seconds)
+        document = transcript.to_json(model, (time.perf_counter() - started) * 1000)
+        if parsed.opaque is not NO_OPAQUE:
+            document["opaque"] = parsed.opaque
+        return jsonify(document)
+
+    return app

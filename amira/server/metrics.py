@@ -1,0 +1,60 @@
+"""Prometheus metrics of one server instance, in a registry of its own so that tests and embedded
+servers do not share counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _BackendCalls(Collector):
+    """Reads the recogniser's own call counters at scrape time, so the hot path counts with a dict."""
+
+    def __init__(self, calls: Callable[[], dict[str, int]]) -> None:
+        self._calls = calls
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("amira_backend_calls", "Inference calls by model role", labels=["role"])
+        for role, count in sorted(self._calls().items()):
+            family.add_metric([role], count)
+        yield family
+
+
+class Metrics:
+    def __init__(self, backend_calls: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "amira_batch_requests",
+            "Batch requests by model and outcome",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "amira_batch_request_seconds",
+            "Batch request latency",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "amira_audio_seconds", "Audio seconds transcribed", ["model", "mode"], registry=self.registry
+        )
+        self.errors = Counter(
+            "amira_errors", "Errors answered, by error_type", ["error_type"], registry=self.registry
+        )
+        self.active_batches = Gauge(
+            "amira_active_batches", "Batch requests in progress", registry=self.registry
+        )
+        self.active_streams = Gauge("amira_active_streams", "Streams in progress", registry=self.registry)
+        self.rejected = Counter(
+            "amira_rejected", "Requests refused for capacity", ["kind"], registry=self.registry
+        )
+        self.registry.register(_BackendCalls(backend_calls))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,94 @@
+"""Running the server: Hypercorn's trio worker, inside the caller's nursery if they like.
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve, settings)
+
+The recogniser is loaded before the first bind when the backend answers; when it does not
+(Triton still starting, or down), the server starts anyway, reports it on `/ready`, and keeps
+trying in the background until the backend comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from amira.backends.base import BackendFailure
+from amira.core.model_set import ModelSetError
+from amira.recognizer import Recognizer, create_backend
+from amira.server.app import ServerState, create_app
+from amira.settings import Settings
+
+log = logging.getLogger("amira.server")
+
+LOAD_RETRY_SECS = 1.0
+INVALID_MODEL_RETRY_SECS = 10.0
+
+
+async def keep_loading(state: ServerState) -> None:
+    """Load the model sets, retrying while the backend is unreachable or a set does not fit."""
+    recognizer = state.recognizer
+    while not recognizer.loaded:
+        try:
+            with trio.fail_after(max(10.0, 4 * state.settings.inference_timeout_secs)):
+                await recognizer.load()
+        except (BackendFailure, trio.TooSlowError) as exc:
+            state.load_error = None
+            log.warning("backend not available yet (%s); retrying in %.0f s", exc, LOAD_RETRY_SECS)
+            await trio.sleep(LOAD_RETRY_SECS)
+        except ModelSetError as exc:
+            state.load_error = str(exc)
+            log.error("%s; retrying in %.0f s", exc, INVALID_MODEL_RETRY_SECS)
+            await trio.sleep(INVALID_MODEL_RETRY_SECS)
+        else:
+            state.load_error = None
+            log.info("model sets loaded: %s", ", ".join(sorted(recognizer.model_sets)))
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.server_host}:{settings.server_port}"]
+    config.accesslog = None
+    config.graceful_timeout = settings.shutdown_drain_secs
+    config.websocket_max_message_size = settings.max_frame_bytes
+    return config
+
+
+async def serve(
+    settings: Settings,
+    recognizer: Recognizer | None = None,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
+
+    A model set that does not fit the contract stops the start with `ModelSetError` when the
+    backend can be asked at start-up; vocabularies are always checked before binding.
+    """
+    owns_backend = recognizer is None
+    if recognizer is None:
+        recognizer = Recognizer(create_backend(settings), settings)
+    try:
+        recognizer.load_vocabularies()
+        state = ServerState.create(recognizer, settings)
+        try:
+            with trio.fail_after(max(10.0, 4 * settings.inference_timeout_secs)):
+                await recognizer.load()
+        except (BackendFailure, trio.TooSlowError) as exc:
+            log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
+        app = create_app(state)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_loading, state)
+            await hypercorn_serve(
+                app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger, task_status=task_status
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        if owns_backend:
+            with trio.CancelScope(shield=True):
+                await recognizer.backend.aclose()
