@@ -89,6 +89,8 @@ class Recognizer:
                 role: await self.backend.model_metadata(model) for role, model in config.models.items()
             }
             model_set = validate_model_set(config, self.vocabularies[name], metadata)
+            decoding = attrs.evolve(model_set.decoding, frames_per_call=self.settings.frames_per_call)
+            model_set = attrs.evolve(model_set, decoding=decoding)
             model_set = await self._probe_frame_rate(model_set)
             self.state_pools[name] = StatePool(
                 model_set.decoding.blank,
