@@ -71,7 +71,6 @@ PARAKEET_SHAPED = ModelSizes(
 # that the bytes depend on the seed alone. With the default seed, greedy decoding emits about one token
 # per 2-3 encoder frames, sometimes several on one frame, and TDT takes all five durations.
 LSTM_INPUT_GAIN = (2.0, 6.0)  # per layer: keeps the prediction net's output well above zero
-RECURRENCE_GAIN = 1.0
 LOGIT_GAIN = 3.0  # spread of the token logits
 PRED_GAIN = 1.5  # weight of the prediction network in the token units of the joint
 BLANK_GAIN = 3.0  # spread of the blank logit
@@ -390,6 +389,9 @@ def decoder_joint_graph(sizes: ModelSizes, seed: int, *, tdt: bool) -> onnx.Mode
     """Embedding + L-layer LSTM prediction net and a tanh joint, scoring K frames against one state.
 
     The joint is per frame (a row-wise MatMul), so one call with K frames equals K calls with one.
+    Besides NeMo's tanh(enc_proj + pred_proj) -> linear, the blank logit gets a CTC-like term from
+    `targets` (how much the frame still favours the token just emitted): random weights alone either
+    never emit or repeat one token up to max_symbols_per_step on most frames.
     """
     w = _Weights(seed)
     d, h, j, v = sizes.d_model, sizes.pred_hidden, sizes.joint_hidden, sizes.vocab_size
@@ -409,7 +411,7 @@ def decoder_joint_graph(sizes: ModelSizes, seed: int, *, tdt: bool) -> onnx.Mode
         index = w.add(f"{p}.index", np.array([layer], np.int64))
         std = 1 / np.sqrt(h)
         weights = w.add(f"{p}.W", w.normal(f"{p}.W", (1, 4 * h, h), LSTM_INPUT_GAIN[min(layer, 1)] * std))
-        recurrence = w.add(f"{p}.R", w.normal(f"{p}.R", (1, 4 * h, h), RECURRENCE_GAIN * std))
+        recurrence = w.add(f"{p}.R", w.normal(f"{p}.R", (1, 4 * h, h), std))
         bias = w.add(f"{p}.B", w.normal(f"{p}.B", (1, 8 * h), 0.1))
         nodes += [
             helper.make_node("Gather", ["input_states_1", index], [f"{p}_h0"]),
