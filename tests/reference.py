@@ -1,0 +1,69 @@
+"""onnx-asr as an independent reference decoder for a model set of an AMIRA repository."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_asr
+
+from amira.models import model_file
+
+
+@dataclass(frozen=True)
+class ReferenceDecoder:
+    """onnx-asr's greedy decoding of 16 kHz float32 waveforms with one model set."""
+
+    adapter: Any  # onnx_asr's TextResultsAsrAdapter
+
+    def __call__(self, waveform: np.ndarray) -> tuple[list[int], list[int]]:
+        """`(token_ids, token_frames)`: what onnx-asr emits and at which encoder frame."""
+        asr = self.adapter.asr
+        waveforms = np.asarray(waveform, dtype=np.float32)[None]
+        features = asr._preprocessor(waveforms, np.array([waveforms.shape[1]], np.int64))
+        ((ids, frames, _),) = asr._decoding(*asr._encode(*features))
+        return [int(i) for i in ids], [int(t) for t in frames]
+
+    def text(self, waveform: np.ndarray) -> str:
+        """onnx-asr's own transcript."""
+        return self.adapter.recognize(np.asarray(waveform, dtype=np.float32), sample_rate=16_000)
+
+
+def reference_decoder(repository: Path, model_set: str, tmp_path: Path) -> ReferenceDecoder:
+    """onnx-asr loaded with a model set of `repository`: call it for `(token_ids, token_frames)`.
+
+    onnx-asr loads a NeMo export from a directory of fixed file names, so the set's models are
+    symlinked into `tmp_path`; its ONNX preprocessor graph is the same one the repository names.
+    """
+    sets = tomllib.loads((repository / "model_sets.toml").read_text(encoding="utf-8"))["model_sets"]
+    names = sets[model_set]
+    directory = tmp_path / f"onnx_asr_{model_set}"
+    directory.mkdir()
+    (directory / "encoder-model.onnx").symlink_to(model_file(repository, names["encoder"]))
+    (directory / "decoder_joint-model.onnx").symlink_to(model_file(repository, names["decoder_joint"]))
+    (directory / "vocab.txt").symlink_to(repository / names["vocabulary"])
+    config = {"features_size": 128, "subsampling_factor": 8, "max_tokens_per_step": 10}
+    (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    width = model_output_width(model_file(repository, names["decoder_joint"]))
+    vocab_size = sum(1 for _ in (repository / names["vocabulary"]).open(encoding="utf-8"))
+    kind = "nemo-conformer-tdt" if width > vocab_size else "nemo-conformer-rnnt"
+    adapter = onnx_asr.load_model(
+        kind,
+        directory,
+        providers=["CPUExecutionProvider"],
+        preprocessor_config={"use_numpy_preprocessors": False, "use_conv_preprocessors": False},
+    )
+    return ReferenceDecoder(adapter)
+
+
+def model_output_width(path: Path) -> int:
+    """W, the last dimension of a decoder_joint's `outputs`."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    (outputs,) = (o for o in graph.output if o.name == "outputs")
+    return outputs.type.tensor_type.shape.dim[-1].dim_value
