@@ -12,19 +12,11 @@ import pytest
 import soundfile
 import soxr
 import trio
-from conftest import (
-    CARDS,
-    LIBRIVOX,
-    MODEL_SETS,
-    RECORDINGS,
-    embedded_settings,
-    pcm16,
-    read_recording,
-    start_server,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from amira import open_recognizer
+from tests.conftest import embedded_settings, start_server
+from tests.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
 
 
 @pytest.fixture
