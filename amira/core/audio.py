@@ -75,3 +75,21 @@ def require_audio(samples: np.ndarray) -> np.ndarray:
     if samples.size == 0:
         raise BadAudio("the audio is empty")
     return samples
+
+
+class StreamResampler:
+    """Chunked s16le PCM to 16 kHz float32 for a stream; the output does not depend on chunk sizes."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = check_sample_rate(rate)
+        self._soxr = None if rate == MODEL_SAMPLE_RATE else soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32")
+
+    def push(self, pcm: bytes) -> np.ndarray:
+        samples = pcm16_to_float(pcm)
+        return samples if self._soxr is None else self._soxr.resample_chunk(samples)
+
+    def flush(self) -> np.ndarray:
+        """What the resampler still holds; the stream's last audio."""
+        if self._soxr is None:
+            return np.zeros(0, np.float32)
+        return self._soxr.resample_chunk(np.zeros(0, np.float32), last=True)
