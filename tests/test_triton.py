@@ -355,3 +355,45 @@ async def test_kill_hang_and_restart(cpu_repo: Path, tmp_path: Path) -> None:
         with pytest.raises(BackendUnavailable):
             await backend.infer("add", add_inputs(7), ["n_out"], limiter)
     assert not server.is_running()
+
+
+def make_identity_model(path: Path, tensors: list[tuple[str, str, int, list]]) -> None:
+    """A graph mapping each input (name, output name, element type, shape) to an output by Identity."""
+    inputs = [helper.make_tensor_value_info(name, dtype, shape) for name, _, dtype, shape in tensors]
+    outputs = [helper.make_tensor_value_info(out, dtype, shape) for _, out, dtype, shape in tensors]
+    nodes = [helper.make_node("Identity", [name], [out]) for name, out, _, _ in tensors]
+    model = helper.make_model(
+        helper.make_graph(nodes, path.stem, inputs, outputs), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def test_repository_from_nemo_export(tmp_path: Path) -> None:
+    from amira.triton.repository import build_repository_from_nemo_export
+
+    export = tmp_path / "export"
+    make_identity_model(
+        export / "encoder-model.onnx",
+        [
+            ("audio_signal", "outputs", TensorProto.FLOAT, ["B", 80, "T"]),
+            ("length", "encoded_lengths", 7, ["B"]),
+        ],
+    )
+    make_identity_model(
+        export / "decoder_joint-model.onnx",
+        [("targets", "prednet_lengths", TensorProto.INT32, ["B", 1])],
+    )
+    (export / "vocab.txt").write_text("▁a 0\n<blk> 1\n", encoding="utf-8")
+    repo = build_repository_from_nemo_export(export, tmp_path / "repo", "cpu", instance_count=1)
+    assert (repo / "vocab.txt").read_text(encoding="utf-8").endswith("<blk> 1\n")
+    pre = (repo / "preprocessor" / "config.pbtxt").read_text()
+    assert "dims: [ -1, 80, -1 ]" in pre and "count: 1" in pre  # nemo80, from the encoder's input
+    assert (repo / "encoder" / "1" / "model.py").is_file()
+    assert 'name: "decoder_joint"' in (repo / "decoder_joint" / "config.pbtxt").read_text()
+    prod = build_repository_from_nemo_export(export, tmp_path / "prod", feature_size=128, gpus=[0])
+    assert "dims: [ -1, 128, -1 ]" in (prod / "preprocessor" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in (prod / "encoder" / "config.pbtxt").read_text()
+    with pytest.raises(ValueError):
+        build_repository_from_nemo_export(export, tmp_path / "bad", feature_size=64)

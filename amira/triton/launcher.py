@@ -8,8 +8,9 @@ The wheel carries `pytriton/tritonserver/bin/tritonserver`, the Python backend
 * the backend directory must hold the stub for the running Python version next to
   `libtriton_python.so`, so the backend is copied once into a cache directory with the right stub;
 * `LD_LIBRARY_PATH` must include `nvidia_pytriton.libs` (the copies lose their `$ORIGIN` rpath);
-* the stub embeds the *system* `libpython3.X.so.1.0` (Debian: `apt-get install libpython3.11`) and finds
-  its `sys.prefix` by looking up `python3` on `PATH`: the running interpreter's `bin` directory goes
+* the stub embeds `libpython3.X.so.1.0`: the running interpreter's own when it is a shared build
+  (its `LIBDIR` goes on `LD_LIBRARY_PATH`), else the system's (Debian: `apt-get install libpython3.11`);
+  it finds its `sys.prefix` by looking up `python3` on `PATH`: the running interpreter's `bin` directory goes
   first on `PATH` (a venv's `pyvenv.cfg` then gives it the venv's site-packages), and the running
   interpreter's site-packages go on `PYTHONPATH` as well, so models can import numpy and onnxruntime.
 
@@ -33,6 +34,7 @@ import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -150,11 +152,28 @@ def prepare_backends(cache_dir: Path | None = None, python_version: str = PYTHON
     return backends
 
 
+def _shared_libpython_dir() -> str | None:
+    """The directory of the running interpreter's own `libpython3.X.so.1.0`, if it is a shared build
+    (pyenv, python.org Docker images, actions/setup-python): the stub then embeds the very same
+    Python, and no system libpython is needed."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).is_file():
+        return str(libdir)
+    return None
+
+
 def triton_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment Triton and its Python-backend stubs need (see the module docstring)."""
     env = dict(os.environ if base is None else base)
-    libs = str(triton_libs_dir())
-    env["LD_LIBRARY_PATH"] = f"{libs}:{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else libs
+    library_dirs = [str(triton_libs_dir())]
+    python_libdir = _shared_libpython_dir()
+    if python_libdir is not None:
+        library_dirs.append(python_libdir)
+    if env.get("LD_LIBRARY_PATH"):
+        library_dirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(library_dirs)
     python_bin = str(Path(sys.executable).parent)  # not resolved: a venv's bin, with its pyvenv.cfg
     env["PATH"] = f"{python_bin}:{env['PATH']}" if env.get("PATH") else python_bin
     paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
