@@ -1,0 +1,275 @@
+"""The Triton backend: models run by a Triton Inference Server, over HTTP with `tritonclient.http`.
+
+Threads. `tritonclient.http.InferenceServerClient` is built on geventhttpclient: its sockets and
+connection pool belong to the gevent hub of the OS thread that created the client, and using it from
+any other thread fails with `greenlet.error: Cannot switch to a different thread` (even one call at
+a time; see `tests/test_triton.py::test_tritonclient_is_bound_to_its_thread`). So every worker
+thread gets its own client, made lazily and kept in a `threading.local`; trio reuses its worker
+threads, so connections are reused across calls. A client whose connection failed or timed out is
+thrown away and made afresh on the next call.
+
+Timeouts. The per-call `timeout` argument of `infer` is only honoured by Triton's dynamic batcher,
+so it bounds nothing here. What does bound a call is geventhttpclient's `network_timeout` (every
+socket read and write) and `connection_timeout` (connect), both set to the inference timeout: a
+hung server (SIGSTOPped) or a slow model raises `TimeoutError` after that long. On top of that the
+trio side waits at most `inference_timeout + grace` (`trio.fail_after`, `abandon_on_cancel=True`),
+as a hard bound; an abandoned thread keeps its limiter token until it really ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import trio
+
+from amira.backends.base import (
+    BackendError,
+    BackendFailure,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelMetadata,
+    TensorSpec,
+)
+
+T = TypeVar("T")
+
+# Triton datatypes (metadata and infer protocol) <-> numpy
+TRITON_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_TRITON: dict[np.dtype, str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
+
+_UNAVAILABLE_MARKERS = ("unknown model", "not found", "not ready", "unavailable", "is not loaded")
+
+
+def parse_endpoint(url: str) -> tuple[str, bool]:
+    """`http://host:port[/base]`, `https://...` or `host:port` -> (`host:port[/base]`, ssl)."""
+    text = url.strip()
+    if not text:
+        raise ValueError("empty Triton endpoint")
+    if "://" not in text:
+        text = f"http://{text}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Triton endpoint must be http://host:port, got {url!r}")
+    if parts.port is None:
+        raise ValueError(f"Triton endpoint {url!r} has no port (Triton's HTTP port is usually 8000)")
+    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
+
+
+def _is_timeout(error: BaseException) -> bool:
+    if isinstance(error, TimeoutError | socket.timeout):
+        return True
+    try:
+        import gevent
+
+        return isinstance(error, gevent.Timeout)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class TritonBackend:
+    """Runs models on a Triton server over HTTP; every call in a trio worker thread under `limiter`.
+
+    `url` is Triton's HTTP endpoint (`http://host:8000`); `inference_timeout` bounds every call
+    (`INFERENCE_TIMEOUT_SECS`); `metadata_limiter` caps the threads of metadata and readiness calls.
+    """
+
+    kind = "triton"
+
+    def __init__(
+        self,
+        url: str,
+        inference_timeout: float = 5.0,
+        *,
+        connection_timeout: float | None = None,
+        grace: float = 1.0,
+        metadata_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        if inference_timeout <= 0:
+            raise ValueError(f"inference_timeout must be positive, got {inference_timeout}")
+        self.url = url
+        self._endpoint, self._ssl = parse_endpoint(url)
+        self.inference_timeout = float(inference_timeout)
+        self.connection_timeout = float(connection_timeout or inference_timeout)
+        self.grace = grace
+        self._metadata_limiter = metadata_limiter or trio.CapacityLimiter(4)
+        self._local = threading.local()
+        self._closed = False
+        self._clients_made = 0  # for tests and metrics: how many thread clients were ever made
+
+    # -- one client per OS thread -----------------------------------------------------------------
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.http as triton_http
+
+            client = triton_http.InferenceServerClient(
+                self._endpoint,
+                ssl=self._ssl,
+                concurrency=1,
+                connection_timeout=self.connection_timeout,
+                network_timeout=self.inference_timeout,
+            )
+            self._local.client = client
+            self._clients_made += 1
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone anyway
+                client.close()
+
+    def _in_thread(self, action: Callable[[Any], T], what: str) -> T:
+        """Run `action(client)` in this worker thread; map every failure to a `BackendFailure`."""
+        from geventhttpclient.response import HTTPParseError
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return action(self._client())
+        except BackendFailure:
+            raise
+        except InferenceServerException as error:
+            message = error.message() or str(error)
+            status = error.status()
+            text = f"{what}: Triton answered {status or 'an error'}: {message}"
+            lowered = message.lower()
+            if status in ("404", "503") or any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
+                raise BackendUnavailable(text) from None
+            raise BackendError(text) from None
+        except BaseException as error:
+            if not isinstance(error, Exception) and not _is_timeout(error):
+                raise  # KeyboardInterrupt, SystemExit
+            self._drop_client()
+            if _is_timeout(error):
+                raise BackendTimeout(
+                    f"{what}: no answer from Triton within {self.inference_timeout} s"
+                ) from None
+            if isinstance(error, OSError | HTTPParseError | ConnectionError):
+                raise BackendUnavailable(f"{what}: Triton at {self.url} unreachable: {error!r}") from None
+            raise BackendError(f"{what}: {type(error).__name__}: {error}") from None
+
+    async def _call(self, action: Callable[[Any], T], what: str, limiter: trio.CapacityLimiter) -> T:
+        if self._closed:
+            raise BackendUnavailable(f"{what}: the Triton backend is closed")
+        try:
+            with trio.fail_after(self.inference_timeout + self.grace):
+                return await trio.to_thread.run_sync(
+                    self._in_thread, action, what, limiter=limiter, abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            raise BackendTimeout(f"{what}: no answer from Triton within {self.inference_timeout} s") from None
+
+    # -- the Backend protocol ---------------------------------------------------------------------
+
+    async def model_metadata(self, model: str) -> ModelMetadata:
+        raw = await self._call(
+            lambda client: client.get_model_metadata(model), f"metadata of {model!r}", self._metadata_limiter
+        )
+
+        def specs(entries: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
+            result = []
+            for entry in entries:
+                datatype = entry["datatype"]
+                if datatype not in TRITON_TO_NUMPY:
+                    raise BackendError(
+                        f"model {model!r}: tensor {entry['name']!r} has unsupported type {datatype}"
+                    )
+                result.append(
+                    TensorSpec(
+                        entry["name"], TRITON_TO_NUMPY[datatype], tuple(int(d) for d in entry["shape"])
+                    )
+                )
+            return tuple(result)
+
+        return ModelMetadata(
+            name=raw.get("name", model),
+            inputs=specs(raw.get("inputs", ())),
+            outputs=specs(raw.get("outputs", ())),
+        )
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        """The model's configuration as Triton reports it (`max_batch_size`, `parameters`, ...)."""
+        return await self._call(
+            lambda client: client.get_model_config(model), f"config of {model!r}", self._metadata_limiter
+        )
+
+    async def is_model_ready(self, model: str) -> bool:
+        """True when Triton answers and has `model` ready; False on any failure, never raises."""
+        try:
+            return bool(
+                await self._call(
+                    lambda client: client.is_model_ready(model),
+                    f"readiness of {model!r}",
+                    self._metadata_limiter,
+                )
+            )
+        except BackendFailure:
+            return False
+
+    async def is_server_ready(self) -> bool:
+        try:
+            return bool(
+                await self._call(
+                    lambda client: client.is_server_ready(), "server readiness", self._metadata_limiter
+                )
+            )
+        except BackendFailure:
+            return False
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, np.ndarray]:
+        import tritonclient.http as triton_http
+
+        request_inputs = []
+        for name, value in inputs.items():
+            array = np.ascontiguousarray(value)
+            datatype = NUMPY_TO_TRITON.get(array.dtype)
+            if datatype is None:
+                raise BackendError(f"input {name!r} of {model!r}: unsupported dtype {array.dtype}")
+            tensor = triton_http.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            request_inputs.append(tensor)
+        requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+
+        def run(client: Any) -> dict[str, np.ndarray]:
+            result = client.infer(model, request_inputs, outputs=requested)
+            arrays = {}
+            for name in outputs:
+                array = result.as_numpy(name)
+                if array is None:
+                    raise BackendError(f"{model!r} returned no output {name!r}")
+                arrays[name] = np.array(array)  # a writable copy: as_numpy views the response buffer
+            return arrays
+
+        return await self._call(run, f"inference on {model!r}", limiter)
+
+    async def aclose(self) -> None:
+        """Refuse further calls. Clients of other threads close when their (idle) threads end."""
+        self._closed = True
+        self._drop_client()

@@ -1,0 +1,315 @@
+"""Write a Triton model repository that a Triton server can load, from AMIRA's source layout.
+
+Source layout (see `amira.models`): `<src>/<model>/1/model.onnx` or `<src>/<model>/1/model.source`
+(`onnx_asr:nemo128`), `<src>/vocab.txt`, optionally `<src>/model_sets.toml`; a `config.pbtxt` in the
+source is ignored, since every config is written afresh from the ONNX file's own tensors.
+
+Two flavours:
+
+* `cpu`: every model is a Python-backend model (`backend: "python"`) whose `1/model.py` (a copy of
+  `amira/triton/python_model.py`) runs `1/model.onnx` with onnxruntime, `KIND_CPU` instances. This
+  is what the Triton in the `nvidia-pytriton` wheel can serve: it carries no onnxruntime backend.
+* `production`: `platform: "onnxruntime_onnx"`, `KIND_GPU` instances, for a real Triton image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import onnx
+
+from amira.models import model_file
+
+Flavour = Literal["cpu", "production"]
+FLAVOURS: tuple[str, ...] = ("cpu", "production")
+
+# ONNX TensorProto element types -> Triton config data types
+_ONNX_TO_TRITON = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.DOUBLE: "TYPE_FP64",
+    onnx.TensorProto.BFLOAT16: "TYPE_BF16",
+    onnx.TensorProto.INT8: "TYPE_INT8",
+    onnx.TensorProto.INT16: "TYPE_INT16",
+    onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.UINT16: "TYPE_UINT16",
+    onnx.TensorProto.UINT32: "TYPE_UINT32",
+    onnx.TensorProto.UINT64: "TYPE_UINT64",
+    onnx.TensorProto.BOOL: "TYPE_BOOL",
+    onnx.TensorProto.STRING: "TYPE_STRING",
+}
+
+NEMO_ENCODER_FILE = "encoder-model.onnx"
+NEMO_DECODER_JOINT_FILE = "decoder_joint-model.onnx"
+
+
+@attrs.frozen
+class ConfigTensor:
+    """One input or output as it goes into `config.pbtxt`; `-1` marks a dynamic dimension."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+def onnx_tensors(path: Path) -> tuple[tuple[ConfigTensor, ...], tuple[ConfigTensor, ...]]:
+    """The graph inputs (initialisers excluded) and outputs of an ONNX file, without loading weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    initialisers = {init.name for init in graph.initializer}
+
+    def convert(value_info: onnx.ValueInfoProto) -> ConfigTensor:
+        tensor_type = value_info.type.tensor_type
+        if tensor_type.elem_type not in _ONNX_TO_TRITON:
+            raise ValueError(
+                f"{path}: tensor {value_info.name!r} has unsupported type {tensor_type.elem_type}"
+            )
+        dims = tuple(
+            dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1
+            for dim in tensor_type.shape.dim
+        )
+        return ConfigTensor(value_info.name, _ONNX_TO_TRITON[tensor_type.elem_type], dims)
+
+    inputs = tuple(convert(vi) for vi in graph.input if vi.name not in initialisers)
+    outputs = tuple(convert(vi) for vi in graph.output)
+    return inputs, outputs
+
+
+def _tensor_block(kind: str, tensors: Sequence[ConfigTensor]) -> str:
+    entries = []
+    for tensor in tensors:
+        lines = [f'    name: "{tensor.name}"', f"    data_type: {tensor.data_type}"]
+        if tensor.dims:
+            lines.append(f"    dims: [ {', '.join(str(d) for d in tensor.dims)} ]")
+        else:  # a scalar: Triton wants at least one dimension
+            lines.append("    dims: [ 1 ]")
+            lines.append("    reshape: { shape: [ ] }")
+        entries.append("  {\n" + "\n".join(lines) + "\n  }")
+    return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
+
+
+def config_pbtxt(
+    name: str,
+    inputs: Sequence[ConfigTensor],
+    outputs: Sequence[ConfigTensor],
+    flavour: Flavour,
+    *,
+    instance_count: int = 1,
+    gpus: Sequence[int] | None = None,
+    parameters: Mapping[str, str] | None = None,
+) -> str:
+    """The text of one model's `config.pbtxt` (`max_batch_size: 0`: dims include the batch dim)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    if instance_count < 1:
+        raise ValueError(f"instance_count must be at least 1, got {instance_count}")
+    parts = [f'name: "{name}"\n']
+    if flavour == "cpu":
+        parts.append('backend: "python"\n')
+    else:
+        parts.append('platform: "onnxruntime_onnx"\n')
+    parts.append("max_batch_size: 0\n")
+    parts.append(_tensor_block("input", inputs))
+    parts.append(_tensor_block("output", outputs))
+    if flavour == "cpu":
+        group = f"  {{\n    kind: KIND_CPU\n    count: {instance_count}\n  }}"
+    else:
+        gpu_line = f"\n    gpus: [ {', '.join(str(g) for g in gpus)} ]" if gpus else ""
+        group = f"  {{\n    kind: KIND_GPU\n    count: {instance_count}{gpu_line}\n  }}"
+    parts.append(f"instance_group [\n{group}\n]\n")
+    for key, value in (parameters or {}).items():
+        value_text = json.dumps(str(value))
+        parts.append(
+            f"parameters {{\n  key: {json.dumps(key)}\n  value: {{ string_value: {value_text} }}\n}}\n"
+        )
+    return "".join(parts)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` where the file system allows it (model files are large), else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _external_data_files(path: Path) -> list[str]:
+    """Relative names of the external-data files an ONNX file refers to (large encoders have one)."""
+    model = onnx.load(str(path), load_external_data=False)
+    names: set[str] = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return sorted(names)
+
+
+def python_model_source() -> Path:
+    """The generic Python-backend model that CPU-flavour repositories use as `1/model.py`."""
+    return Path(__file__).with_name("python_model.py")
+
+
+def source_models(source_repo: Path) -> list[str]:
+    """Names of the models in a source repository: directories with `1/model.onnx` or `1/model.source`."""
+    return sorted(
+        entry.name
+        for entry in source_repo.iterdir()
+        if entry.is_dir()
+        and ((entry / "1" / "model.onnx").is_file() or (entry / "1" / "model.source").is_file())
+    )
+
+
+def _per_model(value: int | Mapping[str, int] | None, model: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return int(value.get(model, default))
+    return int(value)
+
+
+def write_model(
+    onnx_path: Path,
+    dest: Path,
+    name: str,
+    flavour: Flavour,
+    *,
+    instance_count: int | None = None,
+    gpus: Sequence[int] | None = None,
+    parameters: Mapping[str, str] | None = None,
+) -> Path:
+    """Write `<dest>/<name>/` (config, `1/model.onnx` with its external data, `1/model.py` for cpu)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    model_dir = dest / name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    _link_or_copy(onnx_path, version_dir / "model.onnx")
+    for data_name in _external_data_files(onnx_path):
+        _link_or_copy(onnx_path.parent / data_name, version_dir / data_name)
+    if flavour == "cpu":
+        shutil.copyfile(python_model_source(), version_dir / "model.py")
+    inputs, outputs = onnx_tensors(onnx_path)
+    count = instance_count if instance_count is not None else (2 if flavour == "cpu" else 1)
+    text = config_pbtxt(
+        name, inputs, outputs, flavour, instance_count=count, gpus=gpus, parameters=parameters
+    )
+    (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
+    return model_dir
+
+
+def build_repository(
+    source_repo: Path,
+    dest: Path,
+    flavour: Flavour = "cpu",
+    *,
+    models: Iterable[str] | None = None,
+    instance_count: int | Mapping[str, int] | None = None,
+    gpus: Sequence[int] | None = None,
+    parameters: Mapping[str, Mapping[str, str]] | None = None,
+    clean: bool = False,
+) -> Path:
+    """Write a ready Triton repository at `dest` from the source repository `source_repo`.
+
+    `instance_count` is one count for every model or a per-model mapping (default: 2 per model on
+    the CPU, 1 per GPU model); `gpus` lists the GPU ids of production instance groups (default: all);
+    `parameters` maps a model name to its string parameters (e.g. `{"slow": {"delay_seconds": "2"}}`
+    for a deliberately slow CPU model). `clean` removes `dest` first. Returns `dest`.
+    """
+    source_repo = Path(source_repo)
+    dest = Path(dest)
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    if not source_repo.is_dir():
+        raise FileNotFoundError(f"source repository {source_repo} is not a directory")
+    if clean and dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = list(models) if models is not None else source_models(source_repo)
+    default_count = 2 if flavour == "cpu" else 1
+    for name in names:
+        write_model(
+            model_file(source_repo, name),
+            dest,
+            name,
+            flavour,
+            instance_count=_per_model(instance_count, name, default_count),
+            gpus=gpus,
+            parameters=(parameters or {}).get(name),
+        )
+    for extra in ("vocab.txt", "model_sets.toml"):
+        if (source_repo / extra).is_file():
+            shutil.copyfile(source_repo / extra, dest / extra)
+    return dest
+
+
+def nemo_feature_size(export_dir: Path) -> int:
+    """Feature size (128 or 80) of a NeMo ONNX export: the encoder's input channel count, or `config.json`."""
+    inputs, _ = onnx_tensors(export_dir / NEMO_ENCODER_FILE)
+    if inputs and len(inputs[0].dims) == 3 and inputs[0].dims[1] > 0:
+        return inputs[0].dims[1]
+    config_path = export_dir / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if "features_size" in config:
+            return int(config["features_size"])
+    raise ValueError(f"{export_dir}: cannot tell the feature size; pass feature_size=128 or 80")
+
+
+def build_repository_from_nemo_export(
+    export_dir: Path,
+    dest: Path,
+    flavour: Flavour = "production",
+    *,
+    feature_size: int | None = None,
+    preprocessor_name: str = "preprocessor",
+    encoder_name: str = "encoder",
+    decoder_joint_name: str = "decoder_joint",
+    instance_count: int | Mapping[str, int] | None = None,
+    gpus: Sequence[int] | None = None,
+    clean: bool = False,
+) -> Path:
+    """Write a Triton repository from a NeMo RNN-T/TDT ONNX export (as onnx-asr loads it).
+
+    `export_dir` holds `encoder-model.onnx` (with its external data file, if any),
+    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`.
+    """
+    from amira.models import onnx_asr_preprocessor
+
+    export_dir = Path(export_dir)
+    dest = Path(dest)
+    for required in (NEMO_ENCODER_FILE, NEMO_DECODER_JOINT_FILE, "vocab.txt"):
+        if not (export_dir / required).is_file():
+            raise FileNotFoundError(f"{export_dir / required} is missing")
+    size = feature_size if feature_size is not None else nemo_feature_size(export_dir)
+    if size not in (128, 80):
+        raise ValueError(f"feature size must be 128 or 80, got {size}")
+    if clean and dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    default_count = 2 if flavour == "cpu" else 1
+    sources = {
+        preprocessor_name: onnx_asr_preprocessor(f"nemo{size}"),
+        encoder_name: export_dir / NEMO_ENCODER_FILE,
+        decoder_joint_name: export_dir / NEMO_DECODER_JOINT_FILE,
+    }
+    for name, path in sources.items():
+        write_model(
+            path,
+            dest,
+            name,
+            flavour,
+            instance_count=_per_model(instance_count, name, default_count),
+            gpus=gpus,
+        )
+    shutil.copyfile(export_dir / "vocab.txt", dest / "vocab.txt")
+    return dest
