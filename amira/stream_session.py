@@ -133,7 +133,7 @@ class Stream:
 
     async def run(self) -> None:
         """The infer task: audio in, windows decoded, results out, until the input ends."""
-        async with self._audio_receive, self._results_send:
+        with self._audio_receive, self._results_send:  # closing without a checkpoint: errors stay raised
             async for item in self._audio_receive:
                 if isinstance(item, _Finalize):
                     await self._flush(end_of_stream=False)

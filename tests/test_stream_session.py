@@ -12,6 +12,7 @@ import trio
 
 import amira
 from amira import Recognizer, Settings
+from amira.backends.base import BackendError
 from amira.core.errors import UnknownModel
 from amira.core.streaming import StreamingConfigError
 from amira.models import shipped_repository
@@ -176,3 +177,27 @@ async def test_unknown_model_and_bad_lengths_are_refused_up_front(model: str) ->
             async with recognizer.open_stream(model):
                 pass
         assert recognizer.state_pools[model].available == recognizer.state_pools[model].size
+
+
+async def test_a_backend_failure_ends_the_stream_and_frees_it(
+    recognizer: Recognizer, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encode, calls = recognizer.encode, 0
+
+    async def failing_encode(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise BackendError("the encoder fell over")
+        return await encode(*args)
+
+    monkeypatch.setattr(recognizer, "encode", failing_encode)
+    audio = read_clip()
+    seen: list[StreamResult] = []
+    with pytest.RaisesGroup(pytest.RaisesExc(BackendError, match="the encoder fell over")):
+        async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_audio, audio)
+            async for result in stream:
+                seen.append(result)
+    assert seen and stream.transcription == seen[-1].transcription
+    assert recognizer.state_pools[model].available == recognizer.state_pools[model].size
