@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import attrs
 import numpy as np
@@ -26,6 +26,7 @@ from amira.core.state_pool import StatePool
 from amira.core.transcript import Transcript, build_transcript
 from amira.core.vocabulary import Vocabulary, VocabularyError
 from amira.settings import Settings
+from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
 
 JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
@@ -213,6 +214,16 @@ class Recognizer:
             features_length=encoded.features_length,
             encoded_length=encoded.length,
         )
+
+    def open_stream(
+        self,
+        model: str = "default",
+        *,
+        input_capacity: int = INPUT_CAPACITY,
+        output_capacity: int = OUTPUT_CAPACITY,
+    ) -> AbstractAsyncContextManager[Stream]:
+        """A streaming session on model set `model`: see `amira.stream_session`."""
+        return open_stream(self, model, input_capacity=input_capacity, output_capacity=output_capacity)
 
 
 @asynccontextmanager

@@ -1,0 +1,218 @@
+"""Streaming recognition for trio programs: the trio shell around `amira.core.streaming`.
+
+    async with recognizer.open_stream("default") as stream, trio.open_nursery() as nursery:
+        nursery.start_soon(read_results, stream)  # async for result in stream: ...
+        await stream.send_audio(samples)  # 16 kHz mono float32, any number per call
+        await stream.finalize()  # a result with is_final, and the stream goes on
+        await stream.end()  # the last final result, then the results end
+
+A stream runs one infer task, in a nursery that the `async with` owns: it takes audio from a
+bounded input channel, encodes each window the chunker cuts, decodes its chunk with the stream's
+decoder state (committed) and its look-ahead with a copy of the state (tentative), and puts results
+into a bounded output channel. Both channels push back: `send_audio` waits while the infer task is
+behind, and the infer task waits while nobody reads results; so send and read in separate tasks.
+
+Leaving the `async with`, by any route, cancels the infer task and returns both decoder states to
+the pool; call `end()` and read the results to the last one first to get the final result. An
+inference error ends the stream: it propagates out of the `async with` (in an ExceptionGroup, as
+trio's nurseries do) and cancels the body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import numpy as np
+import trio
+
+from amira.backends.base import BackendError
+from amira.core.audio import MODEL_SAMPLE_RATE
+from amira.core.decoding import DecoderState, Emission, GreedyDecoder
+from amira.core.errors import BadAudio
+from amira.core.model_set import ModelSet
+from amira.core.streaming import Chunker, Snapshot, StreamingConfig, TokenWeaver, Window
+from amira.core.transcript import Word, words_from_emissions
+
+if TYPE_CHECKING:
+    from amira.recognizer import Recognizer
+
+INPUT_CAPACITY = 16  # audio messages in flight: seconds of audio at typical WebSocket frame sizes
+OUTPUT_CAPACITY = 8  # results a slow reader may fall behind by before decoding waits for it
+
+
+class _Finalize:
+    """The Finalize marker on the input channel."""
+
+
+FINALIZE: Final = _Finalize()
+
+
+@attrs.frozen
+class StreamResult:
+    """A partial or final result, always for the whole stream so far.
+
+    `tokens` and `token_frames` are those of `transcription` (committed, then the tentative tail of
+    a partial); `words` are only filled in final results. `is_final` results follow Finalize and
+    the end of the stream; `end_of_stream` marks the last result, which every stream gets exactly
+    once. `processing_time_ms` is the inference time spent on the window (or flush) behind it.
+    """
+
+    transcription: str
+    committed: str
+    is_final: bool
+    end_of_stream: bool
+    tokens: tuple[int, ...]
+    token_frames: tuple[int, ...]
+    words: tuple[Word, ...]
+    audio_seconds: float
+    processing_time_ms: float
+
+
+def streaming_config(recognizer: Recognizer, model_set: ModelSet) -> StreamingConfig:
+    """The settings' chunk and context lengths in this model set's encoder frames."""
+    settings = recognizer.settings
+    return StreamingConfig.from_seconds(
+        chunk=settings.stream_chunk_secs,
+        left=settings.stream_left_context_secs,
+        right=settings.stream_right_context_secs,
+        frame_samples=model_set.frame_samples,
+        sample_rate=model_set.sample_rate,
+    )
+
+
+class Stream:
+    """One stream's channels and its infer task; made by `open_stream`."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        model_set: ModelSet,
+        config: StreamingConfig,
+        state: DecoderState,
+        scratch: DecoderState,
+        input_capacity: int,
+        output_capacity: int,
+    ) -> None:
+        self._recognizer = recognizer
+        self._model_set = model_set
+        self._state, self._scratch = state, scratch
+        self._chunker = Chunker(config)
+        self._weaver = TokenWeaver(model_set.vocabulary)
+        self._audio_send, self._audio_receive = trio.open_memory_channel[np.ndarray | _Finalize](
+            input_capacity
+        )
+        self._results_send, self._results_receive = trio.open_memory_channel[StreamResult](output_capacity)
+        self.transcription = ""  # of the latest result: what an error message shows as "so far"
+
+    async def send_audio(self, samples: np.ndarray) -> None:
+        """Queue 16 kHz mono samples (copied); waits while the infer task is behind."""
+        samples = np.array(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise BadAudio(f"stream audio must have shape [samples], got {samples.shape}")
+        if samples.size:
+            await self._audio_send.send(samples)
+
+    async def finalize(self) -> None:
+        """Commit everything sent so far and get a final result; the stream stays open."""
+        await self._audio_send.send(FINALIZE)
+
+    async def end(self) -> None:
+        """No more audio: the rest is committed, the last final result follows, then results end."""
+        await self._audio_send.aclose()
+
+    def results(self) -> trio.MemoryReceiveChannel[StreamResult]:
+        """Results in order; iteration ends after the end-of-stream result."""
+        return self._results_receive
+
+    def __aiter__(self) -> trio.MemoryReceiveChannel[StreamResult]:
+        return self._results_receive
+
+    async def run(self) -> None:
+        """The infer task: audio in, windows decoded, results out, until the input ends."""
+        with self._audio_receive, self._results_send:  # closing without a checkpoint: errors stay raised
+            async for item in self._audio_receive:
+                if isinstance(item, _Finalize):
+                    await self._flush(end_of_stream=False)
+                    continue
+                self._chunker.feed(item)
+                while (window := self._chunker.next_window()) is not None:
+                    started = time.perf_counter()
+                    await self._decode(window)
+                    snapshot = self._weaver.snapshot()
+                    if snapshot.changed:
+                        await self._send(snapshot, started, is_final=False, end_of_stream=False)
+            await self._flush(end_of_stream=True)
+
+    async def _flush(self, *, end_of_stream: bool) -> None:
+        started = time.perf_counter()
+        window = self._chunker.flush()
+        if window is not None:
+            await self._decode(window)
+        self._weaver.propose(())
+        await self._send(self._weaver.snapshot(), started, is_final=True, end_of_stream=end_of_stream)
+
+    async def _decode(self, window: Window) -> None:
+        """Encode the window; commit its chunk's tokens, and decode its look-ahead as the tentative tail."""
+        recognizer, model_set = self._recognizer, self._model_set
+        limiter = recognizer.stream_limiter
+        encoded = await recognizer.encode(model_set, self._chunker.samples(window), limiter)
+        try:
+            stop = window.decode_stop(encoded.length)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from exc
+        committed = GreedyDecoder(model_set.decoding, self._state, stop)
+        await recognizer.decode(model_set, committed, encoded, window.first_frame, limiter)
+        self._weaver.commit(committed.emissions)
+        tentative: list[Emission] = []
+        if window.tentative_stop > self._state.frame:
+            self._state.copy_into(self._scratch)
+            lookahead = GreedyDecoder(model_set.decoding, self._scratch, window.tentative_stop)
+            await recognizer.decode(model_set, lookahead, encoded, window.first_frame, limiter)
+            tentative = lookahead.emissions
+        self._weaver.propose(tentative)
+
+    async def _send(self, snapshot: Snapshot, started: float, *, is_final: bool, end_of_stream: bool) -> None:
+        emissions = snapshot.emissions
+        words = ()
+        if is_final:
+            words = words_from_emissions(self._model_set.vocabulary, emissions, self._model_set.frame_seconds)
+        self.transcription = snapshot.transcription
+        await self._results_send.send(
+            StreamResult(
+                transcription=snapshot.transcription,
+                committed=snapshot.committed,
+                is_final=is_final,
+                end_of_stream=end_of_stream,
+                tokens=tuple(e.token for e in emissions),
+                token_frames=tuple(e.frame for e in emissions),
+                words=words,
+                audio_seconds=self._chunker.total_samples / MODEL_SAMPLE_RATE,
+                processing_time_ms=(time.perf_counter() - started) * 1000,
+            )
+        )
+
+
+@asynccontextmanager
+async def open_stream(
+    recognizer: Recognizer,
+    model: str = "default",
+    *,
+    input_capacity: int = INPUT_CAPACITY,
+    output_capacity: int = OUTPUT_CAPACITY,
+) -> AsyncIterator[Stream]:
+    """A stream on model set `model`; raises `UnknownModel` and `StreamingConfigError` up front."""
+    model_set = recognizer.model_set(model)
+    config = streaming_config(recognizer, model_set)
+    pool = recognizer.state_pools[model]
+    with pool.state() as state, pool.state() as scratch:
+        async with trio.open_nursery() as nursery:
+            stream = Stream(recognizer, model_set, config, state, scratch, input_capacity, output_capacity)
+            nursery.start_soon(stream.run)
+            try:
+                yield stream
+            finally:
+                nursery.cancel_scope.cancel()
