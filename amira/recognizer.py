@@ -23,10 +23,11 @@ from amira.core.decoding import GreedyDecoder
 from amira.core.errors import UnknownModel
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.state_pool import StatePool
+from amira.core.streaming import StreamingConfigError
 from amira.core.transcript import Transcript, build_transcript
 from amira.core.vocabulary import Vocabulary, VocabularyError
 from amira.settings import Settings
-from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
+from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream, streaming_config
 
 JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
@@ -93,6 +94,10 @@ class Recognizer:
             decoding = attrs.evolve(model_set.decoding, frames_per_call=self.settings.frames_per_call)
             model_set = attrs.evolve(model_set, decoding=decoding)
             model_set = await self._probe_frame_rate(model_set)
+            try:
+                streaming_config(self, model_set)
+            except StreamingConfigError as exc:
+                raise ModelSetError(f"model set {name!r}: {exc}") from exc
             self.state_pools[name] = StatePool(
                 model_set.decoding.blank,
                 model_set.state_layers,

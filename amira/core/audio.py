@@ -82,7 +82,9 @@ class StreamResampler:
 
     def __init__(self, rate: int) -> None:
         self.rate = check_sample_rate(rate)
-        self._soxr = None if rate == MODEL_SAMPLE_RATE else soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32")
+        self._soxr = (
+            None if rate == MODEL_SAMPLE_RATE else soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32")
+        )
 
     def push(self, pcm: bytes) -> np.ndarray:
         samples = pcm16_to_float(pcm)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 
-import attrs
 import trio
 from quart import Quart, Response, jsonify, request
 from quart_trio import QuartTrio
@@ -18,58 +17,14 @@ from werkzeug.exceptions import HTTPException
 import amira
 from amira.backends.base import BackendFailure, BackendUnavailable
 from amira.core.errors import CapacityExceeded, RequestError, UnknownModel
-from amira.recognizer import Recognizer
 from amira.server.batch_body import NO_OPAQUE, parse_batch_body
 from amira.server.errors import error_response, exception_response
-from amira.server.metrics import Metrics
-from amira.settings import Settings
+from amira.server.state import ServerState
+from amira.server.stream import add_stream_route
 
 log = logging.getLogger("amira.server")
 
-READY_CACHE_SECS = 1.0
 BODY_LIMIT_FRAMES = 16
-
-
-@attrs.define
-class ServerState:
-    """What the request handlers share: the recogniser, admission, readiness and metrics."""
-
-    recognizer: Recognizer
-    settings: Settings
-    metrics: Metrics
-    batch_admission: trio.CapacityLimiter
-    load_error: str | None = None
-    _ready_at: float = -1.0
-    _ready: tuple[bool, str] = (False, "not checked yet")
-
-    @classmethod
-    def create(cls, recognizer: Recognizer, settings: Settings) -> ServerState:
-        return cls(
-            recognizer,
-            settings,
-            Metrics(lambda: dict(recognizer.calls)),
-            trio.CapacityLimiter(settings.max_concurrent_batches),
-        )
-
-    async def readiness(self) -> tuple[bool, str]:
-        """Backend and model readiness, cached for a second so that probes stay cheap."""
-        now = trio.current_time()
-        if now - self._ready_at >= READY_CACHE_SECS:
-            self._ready = await self._check_ready()
-            self._ready_at = now
-        return self._ready
-
-    async def _check_ready(self) -> tuple[bool, str]:
-        if self.load_error is not None:
-            return False, self.load_error
-        if not self.recognizer.loaded:
-            return False, "the model sets have not been loaded from the backend yet"
-        try:
-            with trio.fail_after(self.settings.inference_timeout_secs):
-                ready = await self.recognizer.ready()
-        except (BackendFailure, trio.TooSlowError) as exc:
-            return False, f"the {self.recognizer.backend.kind} backend does not answer: {exc}"
-        return (True, "ready") if ready else (False, "a model of a configured model set is not ready")
 
 
 def create_app(state: ServerState) -> Quart:
@@ -161,4 +116,5 @@ def create_app(state: ServerState) -> Quart:
             document["opaque"] = parsed.opaque
         return jsonify(document)
 
+    add_stream_route(app, state)
     return app

@@ -20,7 +20,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from amira.backends.base import BackendFailure
 from amira.core.model_set import ModelSetError
 from amira.recognizer import Recognizer, create_backend
-from amira.server.app import ServerState, create_app
+from amira.server.app import create_app
+from amira.server.state import ServerState
+from amira.server.stream import HYPERCORN_FRAME_FACTOR
 from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
@@ -54,7 +56,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{settings.server_host}:{settings.server_port}"]
     config.accesslog = None
     config.graceful_timeout = settings.shutdown_drain_secs
-    config.websocket_max_message_size = settings.max_frame_bytes
+    config.websocket_max_message_size = HYPERCORN_FRAME_FACTOR * settings.max_frame_bytes
     return config
 
 

@@ -1,0 +1,119 @@
+"""A streaming client on trio-websocket: send audio in real time or as fast as possible, read results.
+
+    async with open_stream_client("ws://127.0.0.1:8057/v2/decode/stream/default") as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_samples, samples, 0.1, True)  # 100 ms frames, real time
+            async for result in client.results():
+                print(result["transcription"])
+
+Results are the server's JSON documents (dicts). `results()` ends after the final `COMPLETE`
+result; an `ERROR` result raises `StreamError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from amira.core.audio import MODEL_SAMPLE_RATE, PCM16_SCALE
+
+END_OF_STREAM = b"\x00"
+KEEPALIVE = b"\x01"
+DEFAULT_KEEPALIVE_SECS = 5.0
+CLOSE_WAIT_SECS = 5.0
+
+
+class StreamError(Exception):
+    """The server ended the stream with an `ERROR` result or closed it without a final result."""
+
+    def __init__(self, message: str, error_type: str | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_type, self.code = error_type, code
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, (PCM16_SCALE - 1) / PCM16_SCALE) * PCM16_SCALE).astype("<i2").tobytes()
+
+
+class StreamClient:
+    def __init__(self, connection: WebSocketConnection, sample_rate: int) -> None:
+        self.connection = connection
+        self.sample_rate = sample_rate
+        self.close_code: int | None = None
+
+    async def send_pcm(self, pcm: bytes) -> None:
+        await self.connection.send_message(pcm)
+
+    async def keepalive(self) -> None:
+        await self.connection.send_message(KEEPALIVE)
+
+    async def finalize(self) -> None:
+        await self.connection.send_message(json.dumps({"type": "Finalize"}))
+
+    async def end(self) -> None:
+        await self.connection.send_message(END_OF_STREAM)
+
+    async def send_samples(
+        self, samples: np.ndarray, frame_seconds: float = 0.1, realtime: bool = False
+    ) -> None:
+        """Send float samples at the stream's rate in frames of `frame_seconds`, then end the stream.
+
+        In real time, frames leave at the pace of the audio (against an absolute clock, so delays
+        do not add up).
+        """
+        pcm = to_pcm16(samples)
+        frame_bytes = 2 * max(1, round(frame_seconds * self.sample_rate))
+        started = trio.current_time()
+        for index, offset in enumerate(range(0, len(pcm), frame_bytes)):
+            if realtime:
+                await trio.sleep_until(started + index * frame_seconds)
+            await self.send_pcm(pcm[offset : offset + frame_bytes])
+        await self.end()
+
+    async def keep_alive_until(self, done: trio.Event, interval: float = DEFAULT_KEEPALIVE_SECS) -> None:
+        """Keepalives during a pause in the audio, so that the server's inactivity timer does not fire."""
+        while not done.is_set():
+            with trio.move_on_after(interval):
+                await done.wait()
+            if not done.is_set():
+                await self.keepalive()
+
+    async def wait_closed(self) -> int:
+        """The close code the server sends; messages before it are dropped. Bound it with a cancel scope."""
+        try:
+            while True:
+                await self.connection.get_message()
+        except ConnectionClosed as closed:
+            self.close_code = closed.reason.code
+        return self.close_code
+
+    async def results(self) -> AsyncIterator[dict]:
+        while True:
+            try:
+                message = await self.connection.get_message()
+            except ConnectionClosed as closed:
+                self.close_code = closed.reason.code
+                message = f"closed with {closed.reason.code} before the final result"
+                raise StreamError(message, None, closed.reason.code) from None
+            result = json.loads(message)
+            if result.get("status") == "ERROR":
+                with trio.move_on_after(CLOSE_WAIT_SECS):
+                    await self.wait_closed()
+                code = self.close_code
+                raise StreamError(result.get("message", ""), result.get("error_type"), code)
+            yield result
+            if result.get("status") == "COMPLETE":
+                return
+
+
+@asynccontextmanager
+async def open_stream_client(url: str, sample_rate: int = MODEL_SAMPLE_RATE) -> AsyncIterator[StreamClient]:
+    if sample_rate != MODEL_SAMPLE_RATE:
+        url = f"{url}{'&' if '?' in url else '?'}sample_rate={sample_rate}"
+    async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as connection:
+        yield StreamClient(connection, sample_rate)
