@@ -29,6 +29,7 @@ log = logging.getLogger("amira.server")
 
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
+FINAL_FLUSH_CALLS = 4
 
 
 async def keep_loading(state: ServerState) -> None:
@@ -55,7 +56,10 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.server_host}:{settings.server_port}"]
     config.accesslog = None
-    config.graceful_timeout = settings.shutdown_drain_secs
+    # Streams get the drain time, then their final results: the last flush may take a few backend calls.
+    config.graceful_timeout = (
+        settings.shutdown_drain_secs + FINAL_FLUSH_CALLS * settings.inference_timeout_secs
+    )
     config.websocket_max_message_size = HYPERCORN_FRAME_FACTOR * settings.max_frame_bytes
     return config
 
@@ -68,6 +72,10 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
+
+    Shutdown is graceful: no new connections; running streams may go on for `SHUTDOWN_DRAIN_SECS`,
+    then each gets the final result for all the audio it sent and close code 1001; batch requests
+    in flight complete.
 
     A model set that does not fit the contract stops the start with `ModelSetError` when the
     backend can be asked at start-up; vocabularies are always checked before binding.
@@ -84,10 +92,16 @@ async def serve(
         except (BackendFailure, trio.TooSlowError) as exc:
             log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
         app = create_app(state)
+
+        async def begin_shutdown() -> None:
+            await (shutdown_trigger or trio.sleep_forever)()
+            state.shutting_down.set()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_loading, state)
+            nursery.start_soon(state.drain_after_shutdown)
             await hypercorn_serve(
-                app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger, task_status=task_status
+                app, hypercorn_config(settings), shutdown_trigger=begin_shutdown, task_status=task_status
             )
             nursery.cancel_scope.cancel()
     finally:

@@ -23,6 +23,8 @@ class ServerState:
     batch_admission: trio.CapacityLimiter
     stream_admission: trio.CapacityLimiter
     load_error: str | None = None
+    shutting_down: trio.Event = attrs.field(factory=trio.Event)
+    drain_expired: trio.Event = attrs.field(factory=trio.Event)
     _ready_at: float = -1.0
     _ready: tuple[bool, str] = (False, "not checked yet")
 
@@ -35,6 +37,12 @@ class ServerState:
             trio.CapacityLimiter(settings.max_concurrent_batches),
             trio.CapacityLimiter(settings.max_concurrent_streams),
         )
+
+    async def drain_after_shutdown(self) -> None:
+        """Give running streams `SHUTDOWN_DRAIN_SECS` after shutdown starts; then they are finalised."""
+        await self.shutting_down.wait()
+        await trio.sleep(self.settings.shutdown_drain_secs)
+        self.drain_expired.set()
 
     async def readiness(self) -> tuple[bool, str]:
         """Backend and model readiness, cached for a second so that probes stay cheap."""

@@ -25,11 +25,12 @@ import attrs
 import trio
 from quart import Quart, websocket
 
-from amira.backends.base import BackendFailure
+from amira.backends.base import BackendError, BackendFailure
 from amira.core.audio import StreamResampler
 from amira.core.errors import BadRequest, CapacityExceeded, RequestError, TooLarge, UnknownModel
 from amira.server.batch_body import parse_sample_rate
 from amira.server.state import ServerState
+from amira.settings import Settings
 from amira.stream_session import Stream, StreamResult
 
 log = logging.getLogger("amira.stream")
@@ -59,9 +60,10 @@ HYPERCORN_FRAME_FACTOR = 2  # Hypercorn closes (1009, no message) only past twic
 
 @attrs.define
 class StreamEnding:
-    """Why the receive task stopped: the session is ended normally or with an error."""
+    """Why the receive task stopped: normally, with a client's error, or for the server's shutdown."""
 
     error: RequestError | None = None
+    shutdown: bool = False
 
 
 def result_json(result: StreamResult) -> str:
@@ -107,37 +109,51 @@ def backend_failure(group: BaseExceptionGroup) -> BackendFailure | None:
 async def _receive(
     stream: Stream, resampler: StreamResampler, state: ServerState, ending: StreamEnding
 ) -> None:
-    """Frames in, until end of stream, inactivity or a protocol error; always ends the session."""
-    settings = state.settings
-    try:
-        while True:
-            with trio.move_on_after(settings.stream_timeout_secs) as idle:
-                message = await websocket.receive()
-            if idle.cancelled_caught:
-                log.info("stream inactive for %.0f s: finalising", settings.stream_timeout_secs)
-                break
-            if isinstance(message, str):
-                if await _control_message(stream, message):
-                    break
-                continue
-            if not message:
-                raise BadRequest("empty binary frame")
-            if len(message) > settings.max_frame_bytes:
-                raise TooLarge(f"frame of {len(message)} bytes; the limit is {settings.max_frame_bytes}")
-            if message == END_OF_STREAM:
-                break
-            if message == KEEPALIVE:
-                continue
-            if len(message) % 2:
-                raise BadRequest(
-                    f"a frame of {len(message)} bytes is neither audio (even length) nor a control byte"
-                )
-            await stream.send_audio(resampler.push(message))
-        await stream.send_audio(resampler.flush())
-        await stream.end()
-    except RequestError as exc:
-        ending.error = exc
-        raise
+    """Frames in until the stream ends: by the client, by inactivity, or at the end of the
+    shutdown drain. Then the rest of the audio is flushed, so the final covers every sample."""
+    async with trio.open_nursery() as watch:
+        watch.start_soon(_stop_when_drained, state, ending, watch.cancel_scope)
+        try:
+            await _read_frames(stream, resampler, state.settings)
+        except RequestError as exc:
+            ending.error = exc
+        watch.cancel_scope.cancel()
+    if ending.error is not None:
+        raise ending.error
+    await stream.send_audio(resampler.flush())
+    await stream.end()
+
+
+async def _stop_when_drained(state: ServerState, ending: StreamEnding, reading: trio.CancelScope) -> None:
+    await state.drain_expired.wait()
+    ending.shutdown = True
+    reading.cancel()
+
+
+async def _read_frames(stream: Stream, resampler: StreamResampler, settings: Settings) -> None:
+    while True:
+        with trio.move_on_after(settings.stream_timeout_secs) as idle:
+            message = await websocket.receive()
+        if idle.cancelled_caught:
+            log.info("stream inactive for %.0f s: finalising", settings.stream_timeout_secs)
+            return
+        if isinstance(message, str):
+            if await _control_message(stream, message):
+                return
+            continue
+        if not message:
+            raise BadRequest("empty binary frame")
+        if len(message) > settings.max_frame_bytes:
+            raise TooLarge(f"frame of {len(message)} bytes; the limit is {settings.max_frame_bytes}")
+        if message == END_OF_STREAM:
+            return
+        if message == KEEPALIVE:
+            continue
+        if len(message) % 2:
+            raise BadRequest(
+                f"a frame of {len(message)} bytes is neither audio (even length) nor a control byte"
+            )
+        await stream.send_audio(resampler.push(message))
 
 
 async def _control_message(stream: Stream, text: str) -> bool:
@@ -199,6 +215,9 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
         metrics.active_streams.inc()
         try:
             await _run_stream(model, stream_id, resampler)
+        except Exception:
+            log.exception("stream %s failed", stream_id)
+            await close_with_error(BackendError("internal error; see the server log"), stream_id)
         finally:
             metrics.active_streams.dec()
             admission.release()
@@ -220,4 +239,4 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
                 raise
             await close_with_error(failure, stream_id, stream.transcription if stream else "")
             return
-        await websocket.close(CLOSE_NORMAL)
+        await websocket.close(CLOSE_GOING_AWAY if ending.shutdown else CLOSE_NORMAL)
