@@ -79,7 +79,7 @@ def _name(text: str) -> str:
     return text.strip()
 
 
-def _api_keys(text: str) -> tuple[str, ...]:
+def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in text.split(",") if key.strip())
 
 
@@ -106,6 +106,9 @@ class Settings:
     frames_per_call: int | None = None
     shutdown_drain_secs: float = 10.0
     api_keys: tuple[str, ...] = ()
+    cors_allow_origins: tuple[str, ...] = ()
+    max_stream_audio_secs: float = 3600.0
+    max_frames_per_sec: int = 200
 
     @property
     def backend_kind(self) -> str:
@@ -164,5 +167,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "STREAM_RIGHT_CONTEXT_SECS": ("stream_right_context_secs", _non_negative_float),
     "FRAMES_PER_CALL": ("frames_per_call", _positive_int),
     "SHUTDOWN_DRAIN_SECS": ("shutdown_drain_secs", _non_negative_float),
-    "API_KEYS": ("api_keys", _api_keys),
+    "API_KEYS": ("api_keys", _comma_list),
+    "CORS_ALLOW_ORIGINS": ("cors_allow_origins", _comma_list),
+    "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
+    "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
 }

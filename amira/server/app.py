@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 import amira
 from amira.backends.base import BackendFailure, BackendUnavailable
 from amira.core.errors import CapacityExceeded, RequestError, UnknownModel
+from amira.server import security
 from amira.server.batch_body import NO_OPAQUE, parse_batch_body
 from amira.server.errors import error_response, exception_response
 from amira.server.state import ServerState
@@ -116,5 +117,6 @@ def create_app(state: ServerState) -> Quart:
             document["opaque"] = parsed.opaque
         return jsonify(document)
 
+    security.install(app, settings)
     add_stream_route(app, state)
     return app

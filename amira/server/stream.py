@@ -66,6 +66,22 @@ class StreamEnding:
     shutdown: bool = False
 
 
+@attrs.define
+class FrameRate:
+    """Frames per second allowed to a stream: past the rate, reading pauses (the client is slowed
+    down by backpressure, not refused), so a flood of tiny frames cannot monopolise the loop."""
+
+    per_second: int
+    _window_start: float = 0.0
+    _count: int = 0
+
+    def pause_before_next(self, now: float) -> float:
+        if now - self._window_start >= 1.0:
+            self._window_start, self._count = now, 0
+        self._count += 1
+        return self._window_start + 1.0 - now if self._count > self.per_second else 0.0
+
+
 def result_json(result: StreamResult) -> str:
     document: dict[str, object] = {
         "transcription": result.transcription,
@@ -131,7 +147,11 @@ async def _stop_when_drained(state: ServerState, ending: StreamEnding, reading: 
 
 
 async def _read_frames(stream: Stream, resampler: StreamResampler, settings: Settings) -> None:
+    rate = FrameRate(settings.max_frames_per_sec)
+    max_samples = settings.max_stream_audio_secs * resampler.rate
+    received_samples = 0
     while True:
+        await trio.sleep(rate.pause_before_next(trio.current_time()))
         with trio.move_on_after(settings.stream_timeout_secs) as idle:
             message = await websocket.receive()
         if idle.cancelled_caught:
@@ -153,6 +173,9 @@ async def _read_frames(stream: Stream, resampler: StreamResampler, settings: Set
             raise BadRequest(
                 f"a frame of {len(message)} bytes is neither audio (even length) nor a control byte"
             )
+        received_samples += len(message) // 2
+        if received_samples > max_samples:
+            raise TooLarge(f"the stream is longer than {settings.max_stream_audio_secs:g} s of audio")
         await stream.send_audio(resampler.push(message))
 
 

@@ -1,0 +1,81 @@
+"""API keys and CORS: the checks every request passes before it reaches a handler.
+
+Keys come in `Authorization: Bearer <key>`, `X-API-Key: <key>`, or, for browsers, which cannot
+set headers on a WebSocket, the query parameter `api_key`. They are compared in constant time, and
+against every configured key, so that timing tells nothing about which key nearly matched.
+`/health` stays open for liveness probes; everything else, `/metrics` included, needs a key.
+
+CORS is closed by default: no `Access-Control-Allow-Origin` unless the origin is configured. A
+WebSocket upgrade that carries an `Origin` header not in the list is refused (403), which stops
+other sites' pages from opening streams with a visitor's credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from quart import Quart, Response, request, websocket
+
+from amira.server.errors import error_response
+from amira.settings import Settings
+
+OPEN_PATHS = ("/health",)
+CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
+
+
+def presented_key(headers: object, args: object) -> str | None:
+    authorization = headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("X-API-Key") or args.get("api_key")
+
+
+def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
+    if presented is None:
+        return False
+    candidate = presented.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key.encode())
+    return matched
+
+
+def origin_allowed(origin: str, settings: Settings) -> bool:
+    return "*" in settings.cors_allow_origins or origin in settings.cors_allow_origins
+
+
+def install(app: Quart, settings: Settings) -> None:
+    def refusal(path: str, headers: object, args: object) -> Response | None:
+        if not settings.api_keys or path in OPEN_PATHS:
+            return None
+        if key_is_valid(presented_key(headers, args), settings.api_keys):
+            return None
+        response = error_response(
+            "unauthorized", "a valid API key is required (Authorization: Bearer, X-API-Key)"
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="amira"'
+        return response
+
+    @app.before_request
+    async def check_request() -> Response | None:
+        if request.method == "OPTIONS":  # CORS preflights carry no credentials
+            return None
+        return refusal(request.path, request.headers, request.args)
+
+    @app.before_websocket
+    async def check_websocket() -> Response | None:
+        origin = websocket.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, settings):
+            return error_response("unauthorized", f"origin {origin!r} may not open streams", 403)
+        return refusal(websocket.path, websocket.headers, websocket.args)
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin_allowed(origin, settings):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        return response

@@ -1,0 +1,80 @@
+"""API keys and CORS through a real server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from amira.client import open_stream_client, to_pcm16
+from amira.server.security import key_is_valid
+from tests.conftest import embedded_settings, start_server
+from tests.recordings import CARDS, read_recording
+
+KEYS = ("first-key", "second-key")
+PCM = to_pcm16(read_recording(CARDS[0]))
+
+
+@pytest.fixture
+async def secured(nursery: trio.Nursery) -> str:
+    settings = embedded_settings(api_keys=KEYS, cors_allow_origins=("https://tutor.example",))
+    return await start_server(nursery, settings)
+
+
+ENDPOINTS = [
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/v2/models"),
+    ("POST", "/v2/decode/batch/default"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+async def test_every_endpoint_but_health_needs_a_key(
+    http: httpx.AsyncClient, secured: str, method: str, path: str
+) -> None:
+    body = {"content": PCM, "headers": {"Content-Type": "audio/pcm"}} if method == "POST" else {}
+    refused = await http.request(method, f"{secured}{path}", **body)
+    assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+    wrong = await http.request(method, f"{secured}{path}", **body | {"params": {"api_key": "nope"}})
+    assert wrong.status_code == 401
+    for extra in (
+        {"headers": {**body.get("headers", {}), "Authorization": "Bearer second-key"}},
+        {"headers": {**body.get("headers", {}), "X-API-Key": "first-key"}},
+        {"params": {"api_key": "first-key"}},
+    ):
+        accepted = await http.request(method, f"{secured}{path}", **body | extra)
+        assert accepted.status_code == 200, (extra, accepted.text)
+    assert (await http.get(f"{secured}/health")).status_code == 200
+
+
+async def test_streams_need_a_key_too(secured: str) -> None:
+    url = secured.replace("http://", "ws://") + "/v2/decode/stream/default"
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(url):
+            pass
+    assert rejected.value.status_code == 401
+    async with open_stream_client(f"{url}?api_key=second-key") as client:
+        await client.send_pcm(PCM)
+        await client.end()
+        results = [r async for r in client.results()]
+    assert results[-1]["status"] == "COMPLETE"
+
+
+async def test_cors_is_closed_except_for_configured_origins(http: httpx.AsyncClient, secured: str) -> None:
+    headers = {"X-API-Key": "first-key"}
+    allowed = await http.get(f"{secured}/v2/models", headers=headers | {"Origin": "https://tutor.example"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://tutor.example"
+    other = await http.get(f"{secured}/v2/models", headers=headers | {"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    url = secured.replace("http://", "ws://") + "/v2/decode/stream/default?api_key=first-key"
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(url, extra_headers=[("Origin", "https://evil.example")]):
+            pass
+    assert rejected.value.status_code == 403
+
+
+def test_key_comparison_checks_every_key() -> None:
+    assert key_is_valid("second-key", KEYS) and not key_is_valid("second-ke", KEYS)
+    assert not key_is_valid(None, KEYS) and not key_is_valid("", KEYS)
