@@ -9,8 +9,9 @@ which backend calls run in worker threads.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import attrs
@@ -63,6 +64,7 @@ class Recognizer:
         self.stream_limiter = trio.CapacityLimiter(settings.max_concurrent_streams)
         self.batch_limiter = trio.CapacityLimiter(settings.max_concurrent_batches)
         self.calls: Counter[str] = Counter()
+        self.on_call: Callable[[str, str, float], None] | None = None
 
     def load_vocabularies(self) -> None:
         """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""
@@ -135,26 +137,42 @@ class Recognizer:
                 f"unknown model {name!r}; configured: {', '.join(sorted(self.configs))}"
             ) from None
 
+    async def _infer(
+        self,
+        model_set: ModelSet,
+        role: str,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, np.ndarray]:
+        """One backend call for a model of the set, counted and timed for the metrics."""
+        started = time.perf_counter()
+        try:
+            return await self.backend.infer(model_set.config.models[role], inputs, outputs, limiter)
+        finally:
+            self.calls[role] += 1
+            if self.on_call is not None:
+                self.on_call(model_set.name, role, time.perf_counter() - started)
+
     async def encode(
         self, model_set: ModelSet, samples: np.ndarray, limiter: trio.CapacityLimiter
     ) -> Encoded:
         """Preprocessor and encoder over one piece of 16 kHz audio."""
-        config = model_set.config
-        pre = await self.backend.infer(
-            config.preprocessor,
+        pre = await self._infer(
+            model_set,
+            "preprocessor",
             {"waveforms": samples[None, :], "waveforms_lens": np.array([samples.size], np.int64)},
             ("features", "features_lens"),
             limiter,
         )
-        self.calls["preprocessor"] += 1
         features_length = int(pre["features_lens"][0])
-        enc = await self.backend.infer(
-            config.encoder,
+        enc = await self._infer(
+            model_set,
+            "encoder",
             {"audio_signal": pre["features"], "length": pre["features_lens"]},
             ("outputs", "encoded_lengths"),
             limiter,
         )
-        self.calls["encoder"] += 1
         frames = enc["outputs"][0]
         length = int(enc["encoded_lengths"][0])
         if frames.ndim != 2 or length > frames.shape[1]:
@@ -175,8 +193,9 @@ class Recognizer:
         state = decoder.state
         while (call := decoder.next_call()) is not None:
             frames = np.ascontiguousarray(encoded.frames[None, :, call.start - offset : call.stop - offset])
-            out = await self.backend.infer(
-                model_set.config.decoder_joint,
+            out = await self._infer(
+                model_set,
+                "decoder_joint",
                 {
                     "encoder_outputs": frames,
                     "targets": np.array([[call.target]], np.int32),
@@ -187,7 +206,6 @@ class Recognizer:
                 JOINT_OUTPUTS,
                 limiter,
             )
-            self.calls["decoder_joint"] += 1
             logits = out["outputs"]
             if logits.ndim != 4 or logits.shape[2] != 1:
                 raise BackendError(f"decoder_joint returned outputs of shape {logits.shape}")

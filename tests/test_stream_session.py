@@ -14,7 +14,7 @@ import amira
 from amira import Recognizer, Settings
 from amira.backends.base import BackendError
 from amira.core.errors import UnknownModel
-from amira.core.streaming import StreamingConfigError
+from amira.core.model_set import ModelSetError
 from amira.models import shipped_repository
 from amira.stream_session import Stream, StreamResult
 
@@ -169,14 +169,14 @@ async def test_sending_waits_while_results_are_not_read(recognizer: Recognizer, 
 
 
 async def test_unknown_model_and_bad_lengths_are_refused_up_front(model: str) -> None:
-    async with amira.open_recognizer(settings(stream_chunk_secs=1.7)) as recognizer:
+    async with amira.open_recognizer(settings()) as recognizer:
         with pytest.raises(UnknownModel):
             async with recognizer.open_stream(f"no-{model}"):
                 pass
-        with pytest.raises(StreamingConfigError, match=r"STREAM_CHUNK_SECS=1\.7"):
-            async with recognizer.open_stream(model):
-                pass
         assert recognizer.state_pools[model].available == recognizer.state_pools[model].size
+    with pytest.raises(ModelSetError, match=r"STREAM_CHUNK_SECS=1\.7 is not a whole number"):
+        async with amira.open_recognizer(settings(stream_chunk_secs=1.7)):
+            pass
 
 
 async def test_a_backend_failure_ends_the_stream_and_frees_it(

@@ -20,7 +20,7 @@ from amira.core.errors import CapacityExceeded, RequestError, UnknownModel
 from amira.server import security
 from amira.server.batch_body import NO_OPAQUE, parse_batch_body
 from amira.server.errors import error_response, exception_response
-from amira.server.state import ServerState
+from amira.server.state import ServerState, new_id
 from amira.server.stream import add_stream_route
 
 log = logging.getLogger("amira.server")
@@ -75,6 +75,20 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
+        request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()
+        response = await _batch(model, started)
+        response.headers["X-Request-Id"] = request_id
+        log.info(
+            "batch request_id=%s model=%s status=%d seconds=%.3f",
+            request_id,
+            model if model in recognizer.configs else "(unknown)",
+            response.status_code,
+            time.perf_counter() - started,
+        )
+        return response
+
+    async def _batch(model: str, started: float) -> Response:
+        label = model if model in recognizer.configs else "(unknown)"
         try:
             if model not in recognizer.configs:
                 raise UnknownModel(
@@ -94,7 +108,7 @@ def create_app(state: ServerState) -> Quart:
                 metrics.active_batches.dec()
                 state.batch_admission.release()
         except (RequestError, BackendFailure) as exc:
-            metrics.requests.labels(model, exc.error_type).inc()
+            metrics.requests.labels(label, exc.error_type).inc()
             metrics.errors.labels(exc.error_type).inc()
             return exception_response(exc)
         metrics.requests.labels(model, "ok").inc()

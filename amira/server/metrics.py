@@ -54,7 +54,17 @@ class Metrics:
         self.rejected = Counter(
             "amira_rejected", "Requests refused for capacity", ["kind"], registry=self.registry
         )
+        self.backend_call_seconds = Histogram(
+            "amira_backend_call_seconds",
+            "Inference call latency by model set and role",
+            ["model", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_BackendCalls(backend_calls))
+
+    def observe_backend_call(self, model: str, role: str, seconds: float) -> None:
+        self.backend_call_seconds.labels(model, role).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 import trio
 
@@ -11,6 +13,11 @@ from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 READY_CACHE_SECS = 1.0
+
+
+def new_id() -> str:
+    """A short random id for a request or stream, for logs and error messages."""
+    return secrets.token_hex(5)
 
 
 @attrs.define
@@ -30,10 +37,12 @@ class ServerState:
 
     @classmethod
     def create(cls, recognizer: Recognizer, settings: Settings) -> ServerState:
+        metrics = Metrics(lambda: dict(recognizer.calls))
+        recognizer.on_call = metrics.observe_backend_call
         return cls(
             recognizer,
             settings,
-            Metrics(lambda: dict(recognizer.calls)),
+            metrics,
             trio.CapacityLimiter(settings.max_concurrent_batches),
             trio.CapacityLimiter(settings.max_concurrent_streams),
         )

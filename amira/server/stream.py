@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import attrs
 import trio
@@ -29,7 +28,7 @@ from amira.backends.base import BackendError, BackendFailure
 from amira.core.audio import StreamResampler
 from amira.core.errors import BadRequest, CapacityExceeded, RequestError, TooLarge, UnknownModel
 from amira.server.batch_body import parse_sample_rate
-from amira.server.state import ServerState
+from amira.server.state import ServerState, new_id
 from amira.settings import Settings
 from amira.stream_session import Stream, StreamResult
 
@@ -217,7 +216,7 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
 
     @app.websocket("/v2/decode/stream/<model>")
     async def stream_endpoint(model: str) -> None:
-        stream_id = f"{time.time_ns():x}"[-10:]
+        stream_id = new_id()
         await websocket.accept()
         try:
             if model not in recognizer.configs:
@@ -236,6 +235,7 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
             await close_with_error(exc, stream_id)
             return
         metrics.active_streams.inc()
+        log.info("stream stream_id=%s model=%s opened", stream_id, model)
         try:
             await _run_stream(model, stream_id, resampler)
         except Exception:
@@ -244,6 +244,7 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
         finally:
             metrics.active_streams.dec()
             admission.release()
+            log.info("stream stream_id=%s model=%s ended", stream_id, model)
 
     async def _run_stream(model: str, stream_id: str, resampler: StreamResampler) -> None:
         ending = StreamEnding()
