@@ -88,6 +88,66 @@ async def serve_until_signalled(settings: Settings) -> None:
     await serve(settings, shutdown_trigger=shutdown_trigger)
 
 
+def gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU ids like 0,1, got {text!r}") from None
+    if not gpus or min(gpus) < 0:
+        raise argparse.ArgumentTypeError(f"expected GPU ids like 0,1, got {text!r}")
+    return gpus
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_model_repository(args: argparse.Namespace) -> int:
+    """`amira model-repo build`: write a Triton repository from a NeMo export or a source repository."""
+    from amira.triton.repository import build_repository, build_repository_from_nemo_export
+
+    if args.from_nemo is not None:
+        dest = build_repository_from_nemo_export(
+            args.from_nemo,
+            args.output,
+            args.flavour,
+            feature_size=args.feature_size,
+            instance_count=args.instances,
+            gpus=args.gpus,
+        )
+    else:
+        dest = build_repository(
+            args.from_repository, args.output, args.flavour, instance_count=args.instances, gpus=args.gpus
+        )
+    models = sorted(p.parent.name for p in dest.glob("*/config.pbtxt"))
+    print(f"amira: wrote a {args.flavour} Triton repository to {dest}: {', '.join(models)}", file=sys.stderr)
+    return 0
+
+
+def run_local_triton(args: argparse.Namespace) -> int:
+    """`amira triton`: build a CPU-flavour repository into a temporary directory and run the Triton
+    of the nvidia-pytriton wheel on it in the foreground, until SIGINT or SIGTERM."""
+    import tempfile
+
+    from amira.models import shipped_repository
+    from amira.triton.launcher import serve as serve_triton
+    from amira.triton.repository import build_repository
+
+    source = args.repository or shipped_repository()
+    with tempfile.TemporaryDirectory(prefix="amira-triton-repo-") as scratch:
+        repository = build_repository(source, Path(scratch) / "repository", args.flavour)
+        print(f"amira: serving {source} ({args.flavour}) from {repository}", file=sys.stderr, flush=True)
+        status = serve_triton(repository, host=args.host, http_port=args.port)
+    # Triton's exit status after our SIGTERM is a clean stop
+    return 0 if status in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amira", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +168,57 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--model-sets", dest="model_sets_file", type=Path)
 
-    for sub in (transcribe, serve):
+    triton = commands.add_parser(
+        "triton",
+        help="run a local CPU-only Triton (from the nvidia-pytriton wheel) until SIGINT/SIGTERM",
+        description="Build a CPU-flavour Triton repository (Python-backend models running onnxruntime) "
+        "into a temporary directory and run the Triton of the nvidia-pytriton wheel on it.",
+    )
+    triton.add_argument(
+        "--repository", type=Path, help="source model repository (default: the shipped test models)"
+    )
+    triton.add_argument("--host", default="127.0.0.1", help="HTTP address (default: %(default)s)")
+    triton.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    triton.add_argument(
+        "--flavour",
+        choices=["cpu"],
+        default="cpu",
+        help="only cpu: the wheel's Triton has no onnxruntime backend",
+    )
+
+    model_repo = commands.add_parser("model-repo", help="Triton model repositories")
+    model_repo_commands = model_repo.add_subparsers(dest="model_repo_command", required=True)
+    build = model_repo_commands.add_parser(
+        "build",
+        help="write a Triton model repository",
+        description="Write a Triton model repository: every config.pbtxt is generated from the ONNX "
+        "file's own tensors. production: onnxruntime_onnx on GPU instances, for NVIDIA's Triton image; "
+        "cpu: Python-backend models running onnxruntime, for the nvidia-pytriton wheel's Triton.",
+    )
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-nemo",
+        type=Path,
+        metavar="EXPORT_DIR",
+        help="a NeMo RNN-T/TDT ONNX export: encoder-model.onnx, decoder_joint-model.onnx, vocab.txt",
+    )
+    source.add_argument(
+        "--from-repository",
+        type=Path,
+        metavar="DIR",
+        help="an AMIRA source repository (e.g. the shipped one)",
+    )
+    build.add_argument("--output", type=Path, required=True, metavar="DEST")
+    build.add_argument("--flavour", choices=["production", "cpu"], default="production")
+    build.add_argument("--instances", type=positive_int, help="instances per model (default: 1 GPU, 2 CPU)")
+    build.add_argument(
+        "--gpus", type=gpu_list, help="GPU ids of the instance groups, e.g. 0,1 (default: all)"
+    )
+    build.add_argument(
+        "--feature-size", type=int, choices=[80, 128], help="--from-nemo: default from the encoder"
+    )
+
+    for sub in (transcribe, serve, triton, build):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -119,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if args.command in ("triton", "model-repo"):
+        from amira.triton.launcher import TritonLaunchError
+
+        try:
+            return run_local_triton(args) if args.command == "triton" else build_model_repository(args)
+        except (OSError, ValueError, TritonLaunchError) as exc:
+            print(f"amira: {exc}", file=sys.stderr)
+            return 2
     overrides = {
         key: getattr(args, key, None)
         for key in ("server_host", "server_port", "triton_endpoint", "model_repository", "model_sets_file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -26,6 +27,10 @@ from amira.server.stream import HYPERCORN_FRAME_FACTOR
 from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
+
+ASGIReceive = Callable[[], Awaitable[dict]]
+ASGISend = Callable[[dict], Awaitable[None]]
+ASGIApp = Callable[[dict, ASGIReceive, ASGISend], Awaitable[Any]]
 
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
@@ -50,6 +55,42 @@ async def keep_loading(state: ServerState) -> None:
         else:
             state.load_error = None
             log.info("model sets loaded: %s", ", ".join(sorted(recognizer.model_sets)))
+
+
+def close_when_body_unread(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: answer `Connection: close` when a response starts before the request body
+    was received in full (a 413 on the declared length, `unknown_model`, `capacity_exceeded`).
+
+    Hypercorn cannot reuse such a connection, yet without the header it keeps it open and a
+    keep-alive client's next request on it hangs (httpx: a read timeout). With the header the
+    client opens a fresh connection for its next request.
+    """
+
+    async def wrapped(scope: dict, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        body_done = headers.get(b"content-length", b"0").strip() in (b"0", b"") and (
+            b"transfer-encoding" not in headers
+        )
+
+        async def receiving() -> dict:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receiving, sending)
+
+    return wrapped
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -101,7 +142,10 @@ async def serve(
             nursery.start_soon(keep_loading, state)
             nursery.start_soon(state.drain_after_shutdown)
             await hypercorn_serve(
-                app, hypercorn_config(settings), shutdown_trigger=begin_shutdown, task_status=task_status
+                close_when_body_unread(app),
+                hypercorn_config(settings),
+                shutdown_trigger=begin_shutdown,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
     finally:
