@@ -128,7 +128,6 @@ def test_amira_triton_serves_the_shipped_models_until_sigint() -> None:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
         assert process.returncode == 0, output
-        assert f"Triton ready at http://127.0.0.1:{port}" in output
     finally:
         if process.poll() is None:
             process.kill()

@@ -181,7 +181,7 @@ async def wait_for_status(http: httpx.AsyncClient, url: str, status: int, within
     """Poll `url` until it answers `status`; returns how long that took."""
     began = time.monotonic()
     with trio.fail_after(within):
-        while (await http.get(url)).status_code != status:  # noqa: ASYNC110 (polling another process)
+        while (await http.get(url)).status_code != status:
             await trio.sleep(0.1)
     return time.monotonic() - began
 
