@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import trio
 
 from amira.core import audio
@@ -148,6 +149,45 @@ def run_local_triton(args: argparse.Namespace) -> int:
     return 0 if status in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else status
 
 
+class PartialLine:
+    """The partial transcript, rewritten in place on a terminal; the final one stays."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json, self.tty = as_json, sys.stdout.isatty()
+
+    def __call__(self, result: dict) -> None:
+        if self.as_json:
+            print(json.dumps(result), flush=True)
+        elif result.get("status") == "COMPLETE":
+            print(f"\r\033[K{result['transcription']}" if self.tty else result["transcription"], flush=True)
+        elif self.tty:
+            committed = result["committed"]
+            tail = result["transcription"][len(committed) :]
+            print(f"\r\033[K{committed}\033[2m{tail}\033[0m", end="", flush=True)
+
+
+async def stream_to_server(args: argparse.Namespace) -> int:
+    from trio_websocket import HandshakeError
+
+    from amira.client import StreamError, stream_file
+
+    try:
+        samples, rate = soundfile.read(args.file, dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as exc:
+        print(f"amira: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    status = 0
+    try:
+        await stream_file(
+            args.url, samples.mean(axis=1), rate, args.frame_ms / 1000, not args.fast, PartialLine(args.json)
+        )
+    except* (StreamError, HandshakeError, OSError) as group:
+        for exc in group.exceptions:
+            print(f"\namira: {exc}", file=sys.stderr)
+        status = 1
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amira", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="only cpu: the wheel's Triton has no onnxruntime backend",
     )
 
+    stream = commands.add_parser("stream", help="stream a sound file to a server over WebSocket")
+    stream.add_argument("file", type=Path)
+    stream.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8057/v2/decode/stream/default",
+        help="the stream endpoint (default: %(default)s)",
+    )
+    stream.add_argument("--frame-ms", type=positive_int, default=100, help="audio per frame (default: 100)")
+    stream.add_argument("--fast", action="store_true", help="send as fast as possible, not in real time")
+    stream.add_argument("--json", action="store_true", help="print every result as a JSON line")
+
     model_repo = commands.add_parser("model-repo", help="Triton model repositories")
     model_repo_commands = model_repo.add_subparsers(dest="model_repo_command", required=True)
     build = model_repo_commands.add_parser(
@@ -218,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-size", type=int, choices=[80, 128], help="--from-nemo: default from the encoder"
     )
 
-    for sub in (transcribe, serve, triton, build):
+    for sub in (transcribe, serve, stream, triton, build):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -237,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, TritonLaunchError) as exc:
             print(f"amira: {exc}", file=sys.stderr)
             return 2
+    if args.command == "stream":
+        return trio.run(stream_to_server, args)
     overrides = {
         key: getattr(args, key, None)
         for key in ("server_host", "server_port", "triton_endpoint", "model_repository", "model_sets_file")

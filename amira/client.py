@@ -13,7 +13,7 @@ result; an `ERROR` result raises `StreamError`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -105,7 +105,8 @@ class StreamClient:
                 with trio.move_on_after(CLOSE_WAIT_SECS):
                     await self.wait_closed()
                 code = self.close_code
-                raise StreamError(result.get("message", ""), result.get("error_type"), code)
+                error_type = result.get("error_type")
+                raise StreamError(f"{error_type}: {result.get('message', '')}", error_type, code)
             yield result
             if result.get("status") == "COMPLETE":
                 return
@@ -117,3 +118,21 @@ async def open_stream_client(url: str, sample_rate: int = MODEL_SAMPLE_RATE) -> 
         url = f"{url}{'&' if '?' in url else '?'}sample_rate={sample_rate}"
     async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as connection:
         yield StreamClient(connection, sample_rate)
+
+
+async def stream_file(
+    url: str,
+    samples: np.ndarray,
+    sample_rate: int,
+    frame_seconds: float,
+    realtime: bool,
+    show: Callable[[dict], None],
+) -> dict:
+    """Stream one recording, call `show` with every result, and return the final one."""
+    async with open_stream_client(url, sample_rate) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_samples, samples, frame_seconds, realtime)
+        final: dict = {}
+        async for result in client.results():
+            show(result)
+            final = result
+        return final

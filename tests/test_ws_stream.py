@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
+import soundfile
+import soxr
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
@@ -254,3 +257,30 @@ async def test_a_fast_sender_gets_all_its_audio_transcribed(server: tuple[str, R
     check_results(results)
     assert results[-1]["metadata"]["audio_seconds"] == 60.0
     assert len(results[-1]["metadata"]["tokens"]) > 100
+
+
+async def test_amira_stream_command(server: tuple[str, Recognizer], tmp_path) -> None:
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, soxr.resample(CLIP, 16_000, 44_100), 44_100)
+    command = [
+        sys.executable,
+        "-m",
+        "amira.cli",
+        "stream",
+        str(wav),
+        "--url",
+        ws_url(server),
+        "--fast",
+        "--json",
+    ]
+    result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    documents = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    check_results(documents)
+    assert documents[-1]["metadata"]["audio_seconds"] == pytest.approx(CLIP.size / 16_000, abs=0.01)
+    assert documents[-1]["metadata"]["tokens"]
+    refused = await trio.run_process(
+        [sys.executable, "-m", "amira.cli", "stream", str(wav), "--url", ws_url(server, "nope")],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and b"unknown_model" in refused.stderr
