@@ -31,7 +31,18 @@ from amira.settings import Settings
 from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream, streaming_config
 
 JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
+OUTAGE_RETRY_SECS = 0.25
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
+
+
+@attrs.frozen
+class CallPolicy:
+    """How a kind of work calls the backend: under which limiter, and how long it rides through an
+    outage (the backend unreachable) by retrying before it gives up. Calls are pure functions of
+    their inputs, so a retry is safe."""
+
+    limiter: trio.CapacityLimiter
+    ride_through_secs: float = 0.0
 
 
 @attrs.frozen
@@ -61,8 +72,10 @@ class Recognizer:
         self.vocabularies: dict[str, Vocabulary] = {}
         self.model_sets: dict[str, ModelSet] = {}
         self.state_pools: dict[str, StatePool] = {}
-        self.stream_limiter = trio.CapacityLimiter(settings.max_concurrent_streams)
-        self.batch_limiter = trio.CapacityLimiter(settings.max_concurrent_batches)
+        self.stream_calls = CallPolicy(
+            trio.CapacityLimiter(settings.max_concurrent_streams), settings.stream_outage_secs
+        )
+        self.batch_calls = CallPolicy(trio.CapacityLimiter(settings.max_concurrent_batches))
         self.calls: Counter[str] = Counter()
         self.on_call: Callable[[str, str, float], None] | None = None
 
@@ -110,7 +123,7 @@ class Recognizer:
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
-        encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_limiter)
+        encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_calls)
         if encoded.features_length < 1 or encoded.length < 1:
             raise ModelSetError(f"model set {model_set.name!r} gives no frames for {PROBE_SAMPLES} samples")
         hop = PROBE_SAMPLES // encoded.features_length
@@ -143,27 +156,33 @@ class Recognizer:
         role: str,
         inputs: dict[str, np.ndarray],
         outputs: tuple[str, ...],
-        limiter: trio.CapacityLimiter,
+        policy: CallPolicy,
     ) -> dict[str, np.ndarray]:
-        """One backend call for a model of the set, counted and timed for the metrics."""
-        started = time.perf_counter()
-        try:
-            return await self.backend.infer(model_set.config.models[role], inputs, outputs, limiter)
-        finally:
-            self.calls[role] += 1
-            if self.on_call is not None:
-                self.on_call(model_set.name, role, time.perf_counter() - started)
+        """One backend call for a model of the set, counted and timed, retried through an outage."""
+        give_up_at = trio.current_time() + policy.ride_through_secs
+        while True:
+            started = time.perf_counter()
+            try:
+                return await self.backend.infer(
+                    model_set.config.models[role], inputs, outputs, policy.limiter
+                )
+            except BackendUnavailable:
+                if trio.current_time() + OUTAGE_RETRY_SECS > give_up_at:
+                    raise
+            finally:
+                self.calls[role] += 1
+                if self.on_call is not None:
+                    self.on_call(model_set.name, role, time.perf_counter() - started)
+            await trio.sleep(OUTAGE_RETRY_SECS)
 
-    async def encode(
-        self, model_set: ModelSet, samples: np.ndarray, limiter: trio.CapacityLimiter
-    ) -> Encoded:
+    async def encode(self, model_set: ModelSet, samples: np.ndarray, policy: CallPolicy) -> Encoded:
         """Preprocessor and encoder over one piece of 16 kHz audio."""
         pre = await self._infer(
             model_set,
             "preprocessor",
             {"waveforms": samples[None, :], "waveforms_lens": np.array([samples.size], np.int64)},
             ("features", "features_lens"),
-            limiter,
+            policy,
         )
         features_length = int(pre["features_lens"][0])
         enc = await self._infer(
@@ -171,7 +190,7 @@ class Recognizer:
             "encoder",
             {"audio_signal": pre["features"], "length": pre["features_lens"]},
             ("outputs", "encoded_lengths"),
-            limiter,
+            policy,
         )
         frames = enc["outputs"][0]
         length = int(enc["encoded_lengths"][0])
@@ -187,7 +206,7 @@ class Recognizer:
         decoder: GreedyDecoder,
         encoded: Encoded,
         offset: int,
-        limiter: trio.CapacityLimiter,
+        policy: CallPolicy,
     ) -> None:
         """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
         state = decoder.state
@@ -204,7 +223,7 @@ class Recognizer:
                     "input_states_2": state.c,
                 },
                 JOINT_OUTPUTS,
-                limiter,
+                policy,
             )
             logits = out["outputs"]
             if logits.ndim != 4 or logits.shape[2] != 1:
@@ -218,16 +237,16 @@ class Recognizer:
         self,
         samples: np.ndarray,
         model: str = "default",
-        limiter: trio.CapacityLimiter | None = None,
+        policy: CallPolicy | None = None,
     ) -> Transcript:
         """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call."""
         model_set = self.model_set(model)
         samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
-        limiter = limiter or self.batch_limiter
-        encoded = await self.encode(model_set, samples, limiter)
+        policy = policy or self.batch_calls
+        encoded = await self.encode(model_set, samples, policy)
         with self.state_pools[model].state() as state:
             decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
-            await self.decode(model_set, decoder, encoded, 0, limiter)
+            await self.decode(model_set, decoder, encoded, 0, policy)
         return build_transcript(
             model_set.vocabulary,
             decoder.emissions,

@@ -109,6 +109,7 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
+    stream_outage_secs: float = 10.0
 
     @property
     def backend_kind(self) -> str:
@@ -171,4 +172,5 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "CORS_ALLOW_ORIGINS": ("cors_allow_origins", _comma_list),
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
+    "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
 }

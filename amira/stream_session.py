@@ -158,20 +158,20 @@ class Stream:
     async def _decode(self, window: Window) -> None:
         """Encode the window; commit its chunk's tokens, and decode its look-ahead as the tentative tail."""
         recognizer, model_set = self._recognizer, self._model_set
-        limiter = recognizer.stream_limiter
-        encoded = await recognizer.encode(model_set, self._chunker.samples(window), limiter)
+        policy = recognizer.stream_calls
+        encoded = await recognizer.encode(model_set, self._chunker.samples(window), policy)
         try:
             stop = window.decode_stop(encoded.length)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
         committed = GreedyDecoder(model_set.decoding, self._state, stop)
-        await recognizer.decode(model_set, committed, encoded, window.first_frame, limiter)
+        await recognizer.decode(model_set, committed, encoded, window.first_frame, policy)
         self._weaver.commit(committed.emissions)
         tentative: list[Emission] = []
         if window.tentative_stop > self._state.frame:
             self._state.copy_into(self._scratch)
             lookahead = GreedyDecoder(model_set.decoding, self._scratch, window.tentative_stop)
-            await recognizer.decode(model_set, lookahead, encoded, window.first_frame, limiter)
+            await recognizer.decode(model_set, lookahead, encoded, window.first_frame, policy)
             tentative = lookahead.emissions
         self._weaver.propose(tentative)
 

@@ -124,7 +124,7 @@ def create_app(state: ServerState) -> Quart:
             raise BackendUnavailable(
                 "the inference backend has not answered yet; the model sets are not loaded"
             )
-        transcript = await recognizer.transcribe(parsed.samples, model, recognizer.batch_limiter)
+        transcript = await recognizer.transcribe(parsed.samples, model)
         metrics.audio_seconds.labels(model, "batch").inc(transcript.audio_seconds)
         document = transcript.to_json(model, (time.perf_counter() - started) * 1000)
         if parsed.opaque is not NO_OPAQUE:
