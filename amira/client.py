@@ -58,6 +58,9 @@ class StreamClient:
     async def end(self) -> None:
         await self.connection.send_message(END_OF_STREAM)
 
+    async def send_samples_frame(self, samples: np.ndarray) -> None:
+        await self.send_pcm(to_pcm16(samples))
+
     async def send_samples(
         self, samples: np.ndarray, frame_seconds: float = 0.1, realtime: bool = False
     ) -> None:

@@ -1,0 +1,171 @@
+"""Streaming on a real Triton: equal to the embedded backend, capacity, and Triton faults mid-stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from amira.client import StreamError, open_stream_client
+from amira.models import shipped_repository
+from amira.triton.launcher import TritonProcess
+from amira.triton.repository import build_repository
+from tests.conftest import TritonFixture, embedded_settings, start_server, write_model_sets
+from tests.recordings import LIBRIVOX, read_recording
+
+CLIP = read_recording(LIBRIVOX[0])
+
+
+def ws(base: str, model: str = "default") -> str:
+    return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
+
+
+async def stream(url: str, samples: np.ndarray, frame_seconds: float, pace: float = 0.0) -> list[dict]:
+    """Stream `samples`; `pace` seconds between frames (0: as fast as possible). A `StreamError`
+    comes out as itself, not inside the nursery's exception group."""
+    try:
+        async with open_stream_client(url) as client, trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                step = round(frame_seconds * 16_000)
+                for offset in range(0, samples.size, step):
+                    await client.send_samples_frame(samples[offset : offset + step])
+                    await trio.sleep(pace)
+                await client.end()
+
+            nursery.start_soon(send)
+            return [result async for result in client.results()]
+    except BaseExceptionGroup as group:
+        stream_errors, _ = group.split(StreamError)
+        if stream_errors is None:
+            raise
+        while isinstance(stream_errors, BaseExceptionGroup):
+            stream_errors = stream_errors.exceptions[0]
+        raise stream_errors from None
+
+
+@pytest.fixture
+async def embedded_finals(nursery: trio.Nursery) -> dict[str, list[int]]:
+    url = await start_server(nursery, embedded_settings())
+    return {
+        model: (await stream(ws(url, model), CLIP, 0.1))[-1]["metadata"]["tokens"]
+        for model in ("default", "rnnt")
+    }
+
+
+async def test_streams_on_triton_equal_the_embedded_backend(
+    nursery: trio.Nursery, asr_triton: TritonFixture, embedded_finals: dict[str, list[int]]
+) -> None:
+    url = await start_server(nursery, asr_triton.settings())
+    for model in ("default", "rnnt"):
+        for frame_seconds in (0.1, 1.0):
+            results = await stream(ws(url, model), CLIP, frame_seconds)
+            assert results[-1]["status"] == "COMPLETE"
+            assert results[-1]["metadata"]["tokens"] == embedded_finals[model], (model, frame_seconds)
+
+
+async def test_ten_streams_on_triton_complete_and_the_eleventh_is_refused(
+    nursery: trio.Nursery, asr_triton: TritonFixture
+) -> None:
+    url = ws(await start_server(nursery, asr_triton.settings(max_concurrent_streams=10)))
+    finals: list[dict] = []
+    audio = CLIP[: 16_000 * 3]
+    async with trio.open_nursery() as streams:
+        for _ in range(10):
+            streams.start_soon(lambda: collect(url, audio, finals))
+        await trio.sleep(0.5)
+        async with open_stream_client(url) as eleventh:
+            with pytest.raises(StreamError) as refused:
+                async for _ in eleventh.results():
+                    pass
+        assert refused.value.error_type == "capacity_exceeded" and refused.value.code == 1013
+    assert len(finals) == 10
+    assert len({tuple(f["metadata"]["tokens"]) for f in finals}) == 1
+
+
+async def collect(url: str, audio: np.ndarray, finals: list[dict]) -> None:
+    finals.append((await stream(url, audio, 0.1, pace=0.05))[-1])
+
+
+@pytest.fixture
+async def own_triton(tmp_path: Path) -> TritonProcess:
+    """A Triton of the test's own, to kill and restart."""
+    repository = build_repository(
+        shipped_repository(), tmp_path / "repository", "cpu",
+        models=["preprocessor", "encoder", "decoder_joint"], instance_count=1,
+    )  # fmt: skip
+    triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
+    await triton.astart()
+    try:
+        yield triton
+    finally:
+        with trio.CancelScope(shield=True):
+            await triton.astop()
+
+
+def own_settings(triton: TritonProcess, tmp_path: Path, **overrides: object):
+    sets = write_model_sets(tmp_path / "sets.toml", {"default": ("preprocessor", "encoder", "decoder_joint")})
+    return embedded_settings(triton_endpoint=triton.url, model_sets_file=sets, **overrides)
+
+
+async def test_a_stream_rides_through_a_triton_restart(
+    nursery: trio.Nursery, own_triton: TritonProcess, tmp_path: Path, embedded_finals: dict[str, list[int]]
+) -> None:
+    url = ws(await start_server(nursery, own_settings(own_triton, tmp_path, inference_timeout_secs=1.0)))
+    results: list[dict] = []
+    async with trio.open_nursery() as inner:
+
+        async def run() -> None:
+            results.extend(await stream(url, CLIP, 0.1, pace=0.05))
+
+        inner.start_soon(run)
+        await trio.sleep(1.0)
+        await own_triton.akill()
+        await trio.sleep(1.0)
+        await own_triton.astart()
+    assert results[-1]["status"] == "COMPLETE"
+    assert results[-1]["metadata"]["tokens"] == embedded_finals["default"]
+    assert results[-1]["metadata"]["audio_seconds"] == round(CLIP.size / 16_000, 3)
+
+
+async def test_a_stream_gets_backend_unavailable_when_triton_stays_down(
+    nursery: trio.Nursery, own_triton: TritonProcess, tmp_path: Path
+) -> None:
+    settings = own_settings(own_triton, tmp_path, inference_timeout_secs=1.0, stream_outage_secs=1.0)
+    base = await start_server(nursery, settings)
+    async with open_stream_client(ws(base)) as client:
+        await client.send_samples_frame(CLIP[: 16_000 * 3])
+        results = client.results()
+        partial = await anext(results)
+        assert partial["status"] == "ACTIVE" and partial["committed"]
+        await own_triton.akill()
+        await client.send_samples_frame(CLIP[16_000 * 3 :])
+        with trio.fail_after(15), pytest.raises(StreamError) as failed:
+            async for _ in results:
+                pass
+    assert failed.value.error_type == "backend_unavailable" and failed.value.code == 1011
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{base}/health")).status_code == 200
+
+
+async def test_a_slow_model_times_out_one_stream_and_not_its_neighbour(
+    nursery: trio.Nursery, asr_triton: TritonFixture, tmp_path: Path
+) -> None:
+    sets = write_model_sets(
+        tmp_path / "sets.toml",
+        {
+            "default": ("preprocessor", "encoder", "decoder_joint"),
+            "slow": ("preprocessor", "encoder", "decoder_joint_slow"),
+        },
+    )
+    base = await start_server(nursery, asr_triton.settings(sets, inference_timeout_secs=0.5))
+    neighbour: list[dict] = []
+    async with trio.open_nursery() as streams:
+        streams.start_soon(lambda: collect(ws(base), CLIP[: 16_000 * 3], neighbour))
+        with pytest.raises(StreamError) as slow:
+            await stream(ws(base, "slow"), CLIP[: 16_000 * 3], 0.1)
+    assert slow.value.error_type == "timeout" and slow.value.code == 1011
+    assert neighbour[-1]["status"] == "COMPLETE" and neighbour[-1]["metadata"]["tokens"]
