@@ -30,7 +30,9 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (  # noqa: E402
+from amira import open_recognizer
+from amira.settings import Settings
+from bench.common import (
     Recording,
     fmt,
     machine,
@@ -44,9 +46,6 @@ from bench.common import (  # noqa: E402
     test_recordings,
     write_json,
 )
-
-from amira import open_recognizer  # noqa: E402
-from amira.settings import Settings  # noqa: E402
 
 CONCURRENCY = (1, 2, 5, 10, 25, 50)
 QUICK_CONCURRENCY = (1, 5, 25)
@@ -168,11 +167,20 @@ def report(rows: list[dict[str, object]]) -> dict[str, object]:
         columns,
         [
             (
-                r["backend"], r["model"], r["concurrency"], r["server"]["requests_per_s"],
-                r["server"]["audio_s_per_s"], r["server"]["p50_ms"], r["server"]["p90_ms"],
-                r["server"]["p99_ms"], r["direct"]["p50_ms"], r["direct"]["p99_ms"],
-                fmt(r["overhead_p50"], 2), fmt(r["overhead_p99"], 2), int(r["server"]["errors"]),
-            )  # fmt: skip
+                r["backend"],
+                r["model"],
+                r["concurrency"],
+                r["server"]["requests_per_s"],
+                r["server"]["audio_s_per_s"],
+                r["server"]["p50_ms"],
+                r["server"]["p90_ms"],
+                r["server"]["p99_ms"],
+                r["direct"]["p50_ms"],
+                r["direct"]["p99_ms"],
+                fmt(r["overhead_p50"], 2),
+                fmt(r["overhead_p99"], 2),
+                int(r["server"]["errors"]),
+            )
             for r in rows
         ],
     )
@@ -181,9 +189,13 @@ def report(rows: list[dict[str, object]]) -> dict[str, object]:
         ("backend", "model", "joint calls/audio s", "tokens/audio s", "windows/audio s", "bound met"),
         [
             (
-                r["backend"], r["model"], fmt(r["joint_calls_per_audio_s"], 2), fmt(r["emitted_per_audio_s"], 2),
-                fmt(r["windows_per_audio_s"], 3), _calls_ok(r),
-            )  # fmt: skip
+                r["backend"],
+                r["model"],
+                fmt(r["joint_calls_per_audio_s"], 2),
+                fmt(r["emitted_per_audio_s"], 2),
+                fmt(r["windows_per_audio_s"], 3),
+                _calls_ok(r),
+            )
             for r in rows
             if r["concurrency"] == 1
         ],
@@ -199,7 +211,8 @@ def report(rows: list[dict[str, object]]) -> dict[str, object]:
                 "tokens_match": r["tokens_match"],
             }
             print(
-                f"{label}: overhead ratio at p50, c=1: {fmt(r['overhead_p50'], 2)} (target <= {TARGET_OVERHEAD}: "
+                f"{label}: overhead ratio at p50, c=1: {fmt(r['overhead_p50'], 2)} "
+                f"(target <= {TARGET_OVERHEAD}: "
                 f"{'met' if targets[label]['overhead_met'] else 'NOT met'}); decoder_joint calls "
                 f"{'within' if _calls_ok(r) else 'OVER'} tokens + windows; server tokens "
                 f"{'equal' if r['tokens_match'] else 'DIFFER from'} direct"

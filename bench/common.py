@@ -46,7 +46,9 @@ STARTUP_TIMEOUT = 180.0
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     result.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
     result.add_argument("--model", choices=(*MODELS, "both"), default="both")
     result.add_argument("--json", type=Path, help="write every figure to this file")
@@ -82,7 +84,10 @@ def recording(name: str, pieces: Iterable[np.ndarray]) -> Recording:
 
 def test_recordings() -> list[Recording]:
     """The 11 test recordings (1 to 7 s): LibriVox, cards, goforward."""
-    return [recording(path.stem[-4:] if path in LIBRIVOX else path.stem, [read_recording(path)]) for path in RECORDINGS]
+    return [
+        recording(path.stem[-4:] if path in LIBRIVOX else path.stem, [read_recording(path)])
+        for path in RECORDINGS
+    ]
 
 
 def librivox_concatenation(order: Sequence[int], name: str | None = None) -> Recording:
@@ -128,7 +133,9 @@ async def open_subject(backend: str, model: str, workdir: Path) -> AsyncIterator
     from amira.triton.launcher import local_triton
     from amira.triton.repository import build_repository
 
-    repository = build_repository(source, workdir / f"triton-{model}", "cpu", models=TRITON_MODELS, clean=True)
+    repository = build_repository(
+        source, workdir / f"triton-{model}", "cpu", models=TRITON_MODELS, clean=True
+    )
     log = workdir / f"triton-{model}.log"
     async with local_triton(repository, log_path=log, startup_timeout=STARTUP_TIMEOUT) as triton:
         env = {"MODEL_REPOSITORY": str(repository), "TRITON_ENDPOINT": triton.url}
@@ -183,8 +190,10 @@ def server_env(subject: Subject, **settings: object) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def running_server(subject: Subject, log_path: Path, **settings: object) -> AsyncIterator[ServerProcess]:
-    """The AMIRA server on a free loopback port in its own process, with `settings` as environment variables."""
+async def running_server(
+    subject: Subject, log_path: Path, **settings: object
+) -> AsyncIterator[ServerProcess]:
+    """The AMIRA server on a free loopback port in its own process; `settings` become its environment."""
     with log_path.open("ab") as log:
         process = await trio.lowlevel.open_process(
             [sys.executable, str(ROOT / "bench" / "worker.py")],

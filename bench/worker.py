@@ -29,9 +29,9 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amira.recognizer import Recognizer, create_backend  # noqa: E402
-from amira.server.runner import serve  # noqa: E402
-from amira.settings import Settings  # noqa: E402
+from amira.recognizer import Recognizer, create_backend
+from amira.server.runner import serve
+from amira.settings import Settings
 
 STALL_TICK = 0.010
 
