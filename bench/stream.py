@@ -42,7 +42,6 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira.client import StreamError, open_stream_client
 from bench.common import (
-    CARDS,
     SAMPLE_RATE,
     Recording,
     ServerProcess,
@@ -57,7 +56,6 @@ from bench.common import (
     percentile,
     print_table,
     process_tree_cpu,
-    read_recording,
     recording,
     running_server,
     subjects,
@@ -65,6 +63,7 @@ from bench.common import (
 from bench.common import (
     write_json as save,
 )
+from tests.recordings import CARDS, read_recording
 
 CHUNK, LEFT, RIGHT = 1.6, 4.0, 0.8
 FRAME_SECONDS = 0.1
