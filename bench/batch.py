@@ -13,8 +13,10 @@ clients, each taking the next request when its last one is answered:
   (same Triton, or onnxruntime sessions of the same model): the pipeline with no HTTP in between.
 
 Both rounds run back to back (their order alternates between repetitions), `--repeat` times; each
-figure is the median over repetitions of its value in one round. The server overhead ratio is the
-server latency over the direct latency of the same repetition. `decoder_joint` calls are counted by
+figure is the median over repetitions of its value in one round. The server overhead ratio at p50
+is the median, over requests, of each request's server latency over the direct latency of the same
+request in the same repetition (paired, so that which recording lands on the median does not
+matter); at p99 it is the ratio of the two p99s. `decoder_joint` calls are counted by
 the server (see bench/worker.py) against the tokens it emitted and the windows it encoded.
 """
 
@@ -50,41 +52,47 @@ from bench.common import (
 CONCURRENCY = (1, 2, 5, 10, 25, 50)
 QUICK_CONCURRENCY = (1, 5, 25)
 TARGET_OVERHEAD = 1.15
+KEYS = ("requests_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms", "errors")
 
 Send = Callable[[Recording], Awaitable[tuple[int, ...]]]
 
 
-async def run_round(send: Send, requests: list[Recording], concurrency: int) -> dict[str, float]:
-    """`requests` from `concurrency` clients; latency percentiles in ms, throughput, errors."""
-    latencies: list[float] = []
-    errors = 0
-    queue = iter(requests)
+async def run_round(send: Send, requests: list[Recording], concurrency: int) -> dict[str, object]:
+    """`requests` from `concurrency` clients; latency percentiles in ms, throughput, errors, and each
+    request's latency (NaN for an error) in `latencies`."""
+    latencies = [math.nan] * len(requests)
+    queue = iter(enumerate(requests))
 
     async def client() -> None:
-        nonlocal errors
-        for item in queue:
+        for index, item in queue:
             started = time.perf_counter()
             try:
                 await send(item)
             except Exception:
-                errors += 1
                 continue
-            latencies.append((time.perf_counter() - started) * 1000)
+            latencies[index] = (time.perf_counter() - started) * 1000
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(client)
     wall = time.perf_counter() - started
-    audio = sum(r.seconds for r in requests)
+    done = [ms for ms in latencies if not math.isnan(ms)]
     return {
-        "requests_per_s": len(latencies) / wall,
-        "audio_s_per_s": audio / wall,
-        "p50_ms": percentile(latencies, 50),
-        "p90_ms": percentile(latencies, 90),
-        "p99_ms": percentile(latencies, 99),
-        "errors": float(errors),
+        "requests_per_s": len(done) / wall,
+        "audio_s_per_s": sum(r.seconds for r in requests) / wall,
+        "p50_ms": percentile(done, 50),
+        "p90_ms": percentile(done, 90),
+        "p99_ms": percentile(done, 99),
+        "errors": float(len(requests) - len(done)),
+        "latencies": latencies,
     }
+
+
+def paired_overhead(server: dict[str, object], direct: dict[str, object]) -> float:
+    """The median over requests of server latency / direct latency of the same request."""
+    pairs = zip(server["latencies"], direct["latencies"], strict=True)  # type: ignore[call-overload]
+    return median(s / d for s, d in pairs)
 
 
 async def bench_subject(backend: str, model: str, args) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
@@ -117,7 +125,7 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
             for concurrency in levels:
                 count = max(2 * concurrency, len(recordings))
                 requests = [recordings[i % len(recordings)] for i in range(count)]
-                runs: dict[str, list[dict[str, float]]] = {"server": [], "direct": []}
+                runs: dict[str, list[dict[str, object]]] = {"server": [], "direct": []}
                 before = await server.probe()
                 for rep in range(repeat):
                     order = ("direct", "server") if rep % 2 == 0 else ("server", "direct")
@@ -136,10 +144,10 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
                     "requests": count,
                     "repeat": repeat,
                     "tokens_match": all(same),
-                    "server": {k: median(run[k] for run in runs["server"]) for k in runs["server"][0]},
-                    "direct": {k: median(run[k] for run in runs["direct"]) for k in runs["direct"][0]},
+                    "server": {k: median(run[k] for run in runs["server"]) for k in KEYS},
+                    "direct": {k: median(run[k] for run in runs["direct"]) for k in KEYS},
                     "overhead_p50": median(
-                        s["p50_ms"] / d["p50_ms"] for s, d in zip(runs["server"], runs["direct"], strict=True)
+                        paired_overhead(s, d) for s, d in zip(runs["server"], runs["direct"], strict=True)
                     ),
                     "overhead_p99": median(
                         s["p99_ms"] / d["p99_ms"] for s, d in zip(runs["server"], runs["direct"], strict=True)
