@@ -1,0 +1,120 @@
+"""The AMIRA server as a benchmark subject: `serve` in its own process, plus what the benchmarks measure.
+
+    python bench/worker.py        # settings from the environment, as `amira serve` reads them
+
+Binds a free loopback port and prints one JSON line `{"url": ...}` on stdout once it listens. Then
+it answers each line on stdin with one JSON line of counters since it started:
+
+* `cpu_s`: user + system CPU time of this process (every thread: Hypercorn, trio, the backend's
+  worker threads, and with the embedded backend onnxruntime itself);
+* `max_stall_ms`: the largest event-loop stall since the previous `reset` line: a trio task sleeps
+  10 ms in a loop, and a stall is how late it wakes up;
+* `calls`: backend calls per role (`Recognizer.calls`); `emitted`: tokens emitted by the greedy
+  decoder (committed and tentative); `spans`: decoder runs (one per batch recording, two per
+  streaming window: the chunk and its look-ahead).
+
+End of input (or `quit`) shuts the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from amira.recognizer import Recognizer, create_backend
+from amira.server.runner import serve
+from amira.settings import Settings
+
+STALL_TICK = 0.010
+
+
+class Probe:
+    """Counters that the benchmarks read over stdin/stdout."""
+
+    def __init__(self, recognizer: Recognizer) -> None:
+        self.recognizer = recognizer
+        self.max_stall = 0.0
+        self.counts: Counter[str] = Counter()
+        decode = recognizer.decode
+
+        async def counting_decode(model_set, decoder, encoded, offset, limiter) -> None:  # type: ignore[no-untyped-def]
+            await decode(model_set, decoder, encoded, offset, limiter)
+            self.counts["emitted"] += len(decoder.emissions)
+            self.counts["spans"] += 1
+
+        recognizer.decode = counting_decode  # type: ignore[method-assign]
+
+    async def watch_stalls(self) -> None:
+        while True:
+            due = trio.current_time() + STALL_TICK
+            await trio.sleep_until(due)
+            self.max_stall = max(self.max_stall, trio.current_time() - due)
+
+    def report(self) -> dict[str, object]:
+        times = os.times()
+        return {
+            "cpu_s": times.user + times.system,
+            "max_stall_ms": self.max_stall * 1000,
+            "calls": dict(self.recognizer.calls),
+            "emitted": self.counts["emitted"],
+            "spans": self.counts["spans"],
+            "time": time.monotonic(),
+        }
+
+
+def answer(document: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
+async def control(probe: Probe, done: trio.Event) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    buffer = b""
+    async with stdin:
+        while True:
+            data = await stdin.receive_some()
+            if not data:
+                break
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                command = line.decode().strip()
+                if command == "quit":
+                    done.set()
+                    return
+                if command == "reset":
+                    probe.max_stall = 0.0
+                answer(probe.report())
+    done.set()
+
+
+async def main() -> None:
+    settings = Settings.from_env(server_host="127.0.0.1", server_port=0)
+    recognizer = Recognizer(create_backend(settings), settings)
+    probe = Probe(recognizer)
+    done = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, settings, recognizer, shutdown_trigger=done.wait))
+            if not recognizer.loaded:
+                raise SystemExit("the backend did not answer at start-up")
+            nursery.start_soon(probe.watch_stalls)
+            nursery.start_soon(control, probe, done)
+            answer({"url": binds[0]})
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await recognizer.backend.aclose()
+
+
+if __name__ == "__main__":
+    trio.run(main)
