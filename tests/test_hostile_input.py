@@ -1,0 +1,272 @@
+"""Hostile input against a real `amira serve` process: property-based (hypothesis) bodies, headers and
+WebSocket frames, while a well-behaved client keeps getting correct transcripts; plus clients that
+drop mid-frame, never read, or abandon hundreds of connections."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from amira.client import open_stream_client, to_pcm16
+from amira.models import shipped_repository
+from tests.recordings import CARDS, LIBRIVOX, read_recording
+
+DOCUMENTED = {
+    "bad_request": 400, "bad_audio": 400, "unauthorized": 401, "unknown_model": 404, "too_large": 413,
+    "unsupported_media_type": 415, "capacity_exceeded": 503,
+}  # fmt: skip
+WS_CLOSE = {"bad_request": 1008, "bad_audio": 1008, "unknown_model": 1008, "too_large": 1009}
+MAX_FRAME = 65_536
+SAMPLES = read_recording(CARDS[0])
+PCM = to_pcm16(SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[subprocess.Popen, str]]:
+    env = os.environ | {
+        "SERVER_HOST": "127.0.0.1",
+        "SERVER_PORT": "0",
+        "MAX_FRAME_BYTES": str(MAX_FRAME),
+        "MAX_BATCH_AUDIO_SECS": "10",
+        "STREAM_TIMEOUT_SECS": "2",
+        "MAX_CONCURRENT_STREAMS": "20",
+        "MODEL_SETS_FILE": str(shipped_repository() / "model_sets.toml"),
+    }
+    env.pop("TRITON_ENDPOINT", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "amira.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        log = ""
+        while not (match := re.search(r"Running on (http://\S+)", log)):
+            line = process.stderr.readline()
+            assert line, f"the server exited: {log}"
+            log += line
+        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+        yield process, match.group(1)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def expected_tokens(served: tuple[subprocess.Popen, str]) -> list[int]:
+    response = httpx.post(
+        f"{served[1]}/v2/decode/batch/default", content=PCM, headers={"Content-Type": "audio/pcm"}, timeout=30
+    )
+    return response.json()["metadata"]["tokens"]
+
+
+class WellBehavedClient:
+    """Batches and streams the same recording in a loop on a thread of its own, recording mismatches."""
+
+    def __init__(self, base: str, expected: list[int]) -> None:
+        self.base, self.expected = base, expected
+        self.stop, self.problems, self.rounds = threading.Event(), [], 0
+        self.thread = threading.Thread(target=trio.run, args=(self.run,))
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            while not self.stop.is_set():
+                response = await http.post(
+                    f"{self.base}/v2/decode/batch/default", content=PCM, headers={"Content-Type": "audio/pcm"}
+                )
+                if response.status_code != 200 or response.json()["metadata"]["tokens"] != self.expected:
+                    self.problems.append(f"batch: {response.status_code} {response.text[:200]}")
+                url = self.base.replace("http://", "ws://") + "/v2/decode/stream/default"
+                async with open_stream_client(url) as client:
+                    await client.send_pcm(PCM)
+                    await client.end()
+                    final = [r async for r in client.results()][-1]
+                if final["metadata"]["tokens"] != self.expected:
+                    self.problems.append(f"stream: {final}")
+                self.rounds += 1
+
+    def __enter__(self) -> WellBehavedClient:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.problems, self.problems[:3]
+        assert self.rounds >= 1
+
+
+content_types = st.sampled_from(
+    [
+        "application/json", "audio/pcm", "audio/l16", "application/octet-stream", "audio/wav", "audio/x-wav",
+        "audio/flac", "audio/ogg", "text/plain", "", "application/json; charset=utf-8", "audio/WAV",
+        "multipart/form-data",
+    ]
+)  # fmt: skip
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+).map(lambda value: json.dumps(value).encode())
+buffers = st.one_of(
+    st.lists(st.integers(-300, 300), max_size=400), st.text(max_size=50), st.binary(max_size=50).map(list)
+)
+rates = st.one_of(st.integers(-10, 300_000), st.text(max_size=8))
+audio_buffers = st.fixed_dictionaries(
+    {"audio_buffer": buffers}, optional={"sample_rate": rates, "opaque": st.text(max_size=10)}
+).map(lambda value: json.dumps(value).encode())
+wav_like = st.binary(max_size=200).map(lambda tail: b"RIFF\x24\x00\x00\x00WAVEfmt " + tail)
+bodies = st.one_of(st.binary(max_size=2000), json_bodies, audio_buffers, wav_like, st.just(PCM[:3001]))
+queries = st.dictionaries(st.sampled_from(["sample_rate", "api_key", "x"]), st.text(max_size=8), max_size=2)
+models = st.sampled_from(["default", "rnnt", "nope", "%00", "a" * 300, "default.", "..%2f"])
+headers = st.dictionaries(
+    st.sampled_from(["X-Request-Id", "Authorization", "X-API-Key", "Origin", "Content-Encoding"]),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=40),  # what httpx can send
+    max_size=3,
+)
+
+
+def check_error(response: httpx.Response) -> None:
+    assert response.status_code != 500, response.text
+    if response.status_code == 200:
+        assert response.json()["status"] == "COMPLETE"
+        return
+    document = response.json()
+    assert DOCUMENTED.get(document["error_type"]) == response.status_code or response.status_code in (
+        404,
+        405,
+    )
+    assert document["error"] and "Traceback" not in document["error"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(content_type=content_types, body=bodies, query=queries, model=models, extra=headers)
+def test_batch_endpoint_answers_every_body_with_a_documented_error(
+    served: tuple,
+    expected_tokens: list[int],
+    content_type: str,
+    body: bytes,
+    query: dict,
+    model: str,
+    extra: dict,
+) -> None:
+    response = httpx.post(
+        f"{served[1]}/v2/decode/batch/{model}",
+        content=body,
+        params=query,
+        headers={"Content-Type": content_type, **extra},
+        timeout=30,
+    )
+    check_error(response)
+
+
+frames = st.lists(
+    st.one_of(
+        st.binary(min_size=0, max_size=9),
+        st.binary(min_size=2, max_size=3200).filter(lambda b: len(b) % 2 == 0),
+        st.sampled_from([b"\x00", b"\x01", b"\x02", b"\xff", bytes(MAX_FRAME + 2)]),
+        st.text(max_size=30),
+        st.sampled_from(
+            ['{"type": "KeepAlive"}', '{"type": "Finalize"}', '{"type": "CloseStream"}', "{}", "null"]
+        ),
+    ),
+    max_size=8,
+)
+
+
+async def fuzz_stream(url: str, messages: list) -> None:
+    async with open_websocket_url(url) as ws:
+        for message in messages:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                break
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send_message(b"\x00")
+        with trio.fail_after(20):
+            try:
+                while True:
+                    document = json.loads(await ws.get_message())
+                    assert document["status"] in ("ACTIVE", "COMPLETE", "ERROR")
+                    if document["status"] == "ERROR":
+                        assert document["error_type"] in WS_CLOSE, document
+                        assert "stream " in document["message"]
+            except ConnectionClosed as closed:
+                assert closed.reason.code in (1000, *WS_CLOSE.values()), closed.reason
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(messages=frames, query=st.sampled_from(["", "?sample_rate=8000", "?sample_rate=0", "?sample_rate=x"]))
+def test_stream_endpoint_answers_every_frame_sequence_as_documented(
+    served: tuple, expected_tokens: list[int], messages: list, query: str
+) -> None:
+    trio.run(
+        fuzz_stream, served[1].replace("http://", "ws://") + "/v2/decode/stream/default" + query, messages
+    )
+
+
+def resident_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_well_behaved_client_is_undisturbed_by_hostile_ones(
+    served: tuple, expected_tokens: list[int]
+) -> None:
+    base = served[1]
+    before = resident_mb(served[0].pid)
+    with WellBehavedClient(base, expected_tokens):
+        for body in (b"\x00" * 3, b"{", bytes(range(256)) * 10):
+            check_error(
+                httpx.post(
+                    f"{base}/v2/decode/batch/default", content=body, headers={"Content-Type": "audio/wav"}
+                )
+            )
+        trio.run(hostile_streams, base.replace("http://", "ws://") + "/v2/decode/stream/default")
+    assert served[0].poll() is None
+    # the never-reading client pushed 28 s of audio at full speed: backpressure keeps the server's
+    # memory bounded (what it holds is a few windows and the bounded queues, not the whole flood)
+    assert resident_mb(served[0].pid) - before < 100
+
+
+async def hostile_streams(url: str) -> None:
+    """Drop mid-frame, abandon hundreds of connections, and never read: the server stays fine."""
+    for _ in range(5):  # a TCP connection that dies in the middle of a frame
+        host, port = url.removeprefix("ws://").split("/")[0].split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /v2/decode/stream/default HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              b"Sec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+        await stream.receive_some(4096)
+        await stream.send_all(
+            b"\x82\x7e\x10\x00\x00\x00\x00\x00" + b"\x00" * 100
+        )  # 4096-byte frame, cut short
+        await stream.aclose()
+    async with trio.open_nursery() as nursery:  # hundreds of connections opened and dropped
+        for _ in range(200):
+            nursery.start_soon(open_and_drop, url)
+    async with open_websocket_url(url) as ws:  # a client that sends a lot and never reads
+        audio = to_pcm16(np.tile(read_recording(LIBRIVOX[0]), 4))
+        with trio.move_on_after(3):
+            for offset in range(0, len(audio), 32_000):
+                await ws.send_message(audio[offset : offset + 32_000])
+
+
+async def open_and_drop(url: str) -> None:
+    try:
+        async with open_websocket_url(url) as ws:
+            await ws.send_message(PCM[:3200])
+    except Exception:
+        pass
