@@ -169,3 +169,39 @@ async def test_a_slow_model_times_out_one_stream_and_not_its_neighbour(
             await stream(ws(base, "slow"), CLIP[: 16_000 * 3], 0.1)
     assert slow.value.error_type == "timeout" and slow.value.code == 1011
     assert neighbour[-1]["status"] == "COMPLETE" and neighbour[-1]["metadata"]["tokens"]
+
+
+async def test_a_batch_in_flight_when_triton_dies_gets_backend_unavailable(tmp_path: Path) -> None:
+    repository = build_repository(
+        shipped_repository(), tmp_path / "repository", "cpu",
+        models=["preprocessor", "encoder", "decoder_joint"], instance_count=1,
+        parameters={"encoder": {"delay_seconds": "1.5"}},
+    )  # fmt: skip
+    triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
+    await triton.astart()
+    try:
+        async with trio.open_nursery() as nursery:
+            base = await start_server(nursery, own_settings(triton, tmp_path, inference_timeout_secs=3.0))
+            async with httpx.AsyncClient(timeout=30) as http:
+                responses = []
+
+                async def post() -> None:
+                    body = (CLIP[: 16_000 * 2] * 32767).astype("<i2").tobytes()
+                    headers = {"Content-Type": "audio/pcm"}
+                    responses.append(
+                        await http.post(f"{base}/v2/decode/batch/default", content=body, headers=headers)
+                    )
+
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(post)
+                    await trio.sleep(0.5)  # the request is waiting on the slow encoder
+                    started = trio.current_time()
+                    await triton.akill()
+                assert trio.current_time() - started < 3.0
+                assert responses[0].status_code == 503
+                assert responses[0].json()["error_type"] == "backend_unavailable"
+                assert (await http.get(f"{base}/health")).status_code == 200
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await triton.astop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
 import soxr
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.backends.embedded import EmbeddedBackend
@@ -284,3 +286,32 @@ async def test_amira_stream_command(server: tuple[str, Recognizer], tmp_path) ->
         capture_stdout=True, capture_stderr=True, check=False,
     )  # fmt: skip
     assert refused.returncode == 1 and b"unknown_model" in refused.stderr
+
+
+async def test_stream_metrics_move(server: tuple[str, Recognizer]) -> None:
+    base = server[0].replace("ws://", "http://")
+
+    async def samples() -> dict:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{base}/metrics")).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    before = await samples()
+    await stream(ws_url(server), SHORT, 0.1)
+    async with open_websocket_url(ws_url(server)) as ws:
+        await ws.send_message(b"\x02")
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await ws.get_message()
+    after = await samples()
+    audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "default")))
+    assert after[audio] - before.get(audio, 0) == pytest.approx(SHORT.size / 16_000, abs=0.01)
+    errors = ("amira_errors_total", (("error_type", "bad_request"),))
+    assert after[errors] - before.get(errors, 0) == 1
+    calls = ("amira_backend_call_seconds_count", (("model", "default"), ("role", "decoder_joint")))
+    assert after[calls] > before.get(calls, 0)
+    assert after[("amira_active_streams", ())] == 0
