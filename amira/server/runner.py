@@ -97,6 +97,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.server_host}:{settings.server_port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through the application's logging, once
     # Streams get the drain time, then their final results: the last flush may take a few backend calls.
     config.graceful_timeout = (
         settings.shutdown_drain_secs + FINAL_FLUSH_CALLS * settings.inference_timeout_secs
