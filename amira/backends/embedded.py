@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import trio
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amira.backends.base import BackendError, BackendUnavailable, ModelMetadata, TensorSpec
 from amira.models import model_file
@@ -26,6 +27,17 @@ ONNX_DTYPES = {
     "tensor(float16)": np.dtype(np.float16),
     "tensor(bool)": np.dtype(np.bool_),
 }
+
+
+# onnxruntime's own exceptions derive from Exception directly, one class per status code.
+ORT_ERRORS = tuple(
+    getattr(ort_state, name)
+    for name in (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail",
+    )
+    if hasattr(ort_state, name)
+)  # fmt: skip
 
 
 def _tensor_spec(arg: onnxruntime.NodeArg) -> TensorSpec:
@@ -51,7 +63,7 @@ class EmbeddedBackend:
             try:
                 path = model_file(self.repository, model)
                 session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except (OSError, ValueError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as exc:
+            except (OSError, ValueError, *ORT_ERRORS) as exc:
                 raise BackendUnavailable(
                     f"model {model!r} cannot be loaded from {self.repository}: {exc}"
                 ) from exc
@@ -83,10 +95,7 @@ class EmbeddedBackend:
         session = self._sessions.get(model) or await trio.to_thread.run_sync(self._session, model)
         try:
             results = await trio.to_thread.run_sync(session.run, list(outputs), dict(inputs), limiter=limiter)
-        except (
-            onnxruntime.capi.onnxruntime_pybind11_state.Fail,
-            onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument,
-        ) as exc:
+        except ORT_ERRORS as exc:
             raise BackendError(f"model {model!r} failed: {exc}") from exc
         return dict(zip(outputs, results, strict=True))
 
