@@ -195,9 +195,22 @@ async def _control_message(stream: Stream, text: str) -> bool:
     raise BadRequest("text frames must be a JSON control message: KeepAlive, Finalize or CloseStream")
 
 
+class ClientNotReading(Exception):
+    """A send stayed blocked for `STREAM_TIMEOUT_SECS`: the client stopped reading its results."""
+
+
+async def _send_within(text: str, seconds: float) -> None:
+    """Send one message, but give up on a client that has not read anything for `seconds`, so that it
+    cannot hold a capacity slot forever."""
+    with trio.move_on_after(seconds) as stuck:
+        await websocket.send(text)
+    if stuck.cancelled_caught:
+        raise ClientNotReading(f"the client read nothing for {seconds:g} s")
+
+
 async def _send(stream: Stream, state: ServerState, model: str) -> None:
     async for result in stream:
-        await websocket.send(result_json(result))
+        await _send_within(result_json(result), state.settings.stream_timeout_secs)
         if result.end_of_stream:
             state.metrics.audio_seconds.labels(model, "stream").inc(result.audio_seconds)
             return
@@ -211,8 +224,9 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
         exc: RequestError | BackendFailure, stream_id: str, transcription: str = ""
     ) -> None:
         metrics.errors.labels(exc.error_type).inc()
-        await websocket.send(error_json(exc.error_type, str(exc), transcription, stream_id))
-        await websocket.close(CLOSE_CODES[exc.error_type], exc.error_type)
+        with trio.move_on_after(settings.stream_timeout_secs):  # a client that reads nothing gets no more
+            await websocket.send(error_json(exc.error_type, str(exc), transcription, stream_id))
+            await websocket.close(CLOSE_CODES[exc.error_type], exc.error_type)
 
     @app.websocket("/v2/decode/stream/<model>")
     async def stream_endpoint(model: str) -> None:
@@ -258,6 +272,9 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
             await close_with_error(exc, stream_id)
             return
         except BaseExceptionGroup as group:
+            if group.subgroup(ClientNotReading) is not None:
+                log.warning("stream %s: the client stopped reading; dropping the connection", stream_id)
+                return
             failure = backend_failure(group) or ending.error
             if failure is None:
                 raise
