@@ -24,6 +24,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from amira.models import model_file
+from amira.triton.repository import config_pbtxt, model_tensors, onnx_tensors
+
 DEFAULT_SEED = 20240611
 DEFAULT_REPOSITORY = Path(__file__).parent / "repository"
 OPSET = 17
@@ -214,70 +217,6 @@ def write_vocabulary(path: Path, pieces: Sequence[str]) -> None:
 
 
 # --- Triton configuration -----------------------------------------------------------------------------
-
-_TRITON_TYPES = {
-    TensorProto.FLOAT: "TYPE_FP32",
-    TensorProto.INT64: "TYPE_INT64",
-    TensorProto.INT32: "TYPE_INT32",
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output as Triton's config names it: `dims` in full rank, -1 where dynamic."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-
-
-def onnx_tensor_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of an ONNX graph as Triton specs (symbolic or unknown dims become -1)."""
-
-    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        return TensorSpec(value.name, _TRITON_TYPES[tensor.elem_type], dims)
-
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in model.graph.output]
-
-
-def config_text(
-    name: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    *,
-    platform: str = "onnxruntime_onnx",
-    max_batch_size: int = 0,
-    instance_kind: str = "KIND_GPU",
-    instance_count: int = 1,
-) -> str:
-    """A production-flavour Triton `config.pbtxt`: explicit tensors, no batching by Triton."""
-
-    def block(kind: str, specs: Sequence[TensorSpec]) -> str:
-        entries = ",\n".join(
-            f'  {{\n    name: "{s.name}"\n    data_type: {s.data_type}\n'
-            f"    dims: [ {', '.join(str(d) for d in s.dims)} ]\n  }}"
-            for s in specs
-        )
-        return f"{kind} [\n{entries}\n]\n"
-
-    return (
-        f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
-        + block("input", inputs)
-        + block("output", outputs)
-        + f"instance_group [\n  {{\n    kind: {instance_kind}\n    count: {instance_count}\n  }}\n]\n"
-    )
-
-
-def write_config(
-    path: Path, name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], **options: object
-) -> None:
-    """Write `config_text(...)` to `path` (a `config.pbtxt`); `options` as for `config_text`."""
-    path.write_text(config_text(name, inputs, outputs, **options), encoding="utf-8")  # type: ignore[arg-type]
-
 
 # --- graphs -------------------------------------------------------------------------------------------
 
@@ -529,21 +468,13 @@ def decoder_joint_graph(sizes: ModelSizes, seed: int, *, tdt: bool) -> onnx.Mode
 
 # --- repository ---------------------------------------------------------------------------------------
 
-PREPROCESSOR_INPUTS = (
-    TensorSpec("waveforms", "TYPE_FP32", (-1, -1)),
-    TensorSpec("waveforms_lens", "TYPE_INT64", (-1,)),
-)
-PREPROCESSOR_OUTPUTS = (
-    TensorSpec("features", "TYPE_FP32", (-1, 128, -1)),
-    TensorSpec("features_lens", "TYPE_INT64", (-1,)),
-)
-
 
 def _write_onnx_model(repository: Path, name: str, model: onnx.ModelProto) -> None:
     version = repository / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.onnx").write_bytes(model.SerializeToString())
-    write_config(repository / name / "config.pbtxt", name, *onnx_tensor_specs(model))
+    config = config_pbtxt(name, *model_tensors(model, name), "production")
+    (repository / name / "config.pbtxt").write_text(config, encoding="utf-8")
 
 
 def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: ModelSizes = SMALL) -> None:
@@ -553,7 +484,9 @@ def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: Mo
     preprocessor = repository / "preprocessor"
     (preprocessor / "1").mkdir(parents=True, exist_ok=True)
     (preprocessor / "1" / "model.source").write_text(PREPROCESSOR_SOURCE + "\n", encoding="utf-8")
-    write_config(preprocessor / "config.pbtxt", "preprocessor", PREPROCESSOR_INPUTS, PREPROCESSOR_OUTPUTS)
+    tensors = onnx_tensors(model_file(repository, "preprocessor"))
+    config = config_pbtxt("preprocessor", *tensors, "production")
+    (preprocessor / "config.pbtxt").write_text(config, encoding="utf-8")
 
     encoder = encoder_graph(sizes, seed)
     _write_onnx_model(repository, "encoder", encoder)

@@ -62,7 +62,13 @@ class ConfigTensor:
 
 def onnx_tensors(path: Path) -> tuple[tuple[ConfigTensor, ...], tuple[ConfigTensor, ...]]:
     """The graph inputs (initialisers excluded) and outputs of an ONNX file, without loading weights."""
-    model = onnx.load(str(path), load_external_data=False)
+    return model_tensors(onnx.load(str(path), load_external_data=False), str(path))
+
+
+def model_tensors(
+    model: onnx.ModelProto, source: str = "model"
+) -> tuple[tuple[ConfigTensor, ...], tuple[ConfigTensor, ...]]:
+    """The graph inputs (initialisers excluded) and outputs of an ONNX model, as config tensors."""
     graph = model.graph
     initialisers = {init.name for init in graph.initializer}
 
@@ -70,7 +76,7 @@ def onnx_tensors(path: Path) -> tuple[tuple[ConfigTensor, ...], tuple[ConfigTens
         tensor_type = value_info.type.tensor_type
         if tensor_type.elem_type not in _ONNX_TO_TRITON:
             raise ValueError(
-                f"{path}: tensor {value_info.name!r} has unsupported type {tensor_type.elem_type}"
+                f"{source}: tensor {value_info.name!r} has unsupported type {tensor_type.elem_type}"
             )
         dims = tuple(
             dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1
