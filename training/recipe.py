@@ -109,7 +109,17 @@ def real_recordings(repo_root: Path) -> list[tuple[str, np.ndarray, str]]:
     return out
 
 
-def run(seed: int, output: Path, work: Path, steps: int, n_train: int, n_test: int, batch: int) -> dict:
+def run(
+    seed: int,
+    output: Path,
+    work: Path,
+    steps: int,
+    n_train: int,
+    n_test: int,
+    batch: int,
+    finetune_steps: int = 0,
+    resume: Path | None = None,
+) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     np_rng = np.random.default_rng(seed)
@@ -125,39 +135,54 @@ def run(seed: int, output: Path, work: Path, steps: int, n_train: int, n_test: i
 
     sizes = Sizes(vocab_size=len(grammar.PIECES))
     model = Transducer(sizes)
-    log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} steps of {batch}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
     train_started = time.time()
-    for step in range(steps):
-        model.train()
-        start = int(np_rng.integers(0, len(order) - batch + 1))
-        rows = order[start : start + batch]
-        waves = [augment(np_rng, train_waves[i]) for i in rows]
-        features, lengths = pre(waves)
-        features = spec_augment(np_rng, features, lengths)
-        targets = [train_targets[i] for i in rows]
-        target_lengths = torch.tensor([len(t) for t in targets])
-        padded = torch.zeros(len(rows), int(target_lengths.max()), dtype=torch.long)
-        for row, target in enumerate(targets):
-            padded[row, : len(target)] = torch.tensor(target)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, 2e-3, min(500, steps // 10))
-        rnnt, ctc = model.losses(
-            torch.from_numpy(features), torch.from_numpy(lengths), padded, target_lengths
-        )
-        loss = rnnt + 0.3 * ctc
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(
-                f"step {step}: rnnt {rnnt.item():.3f} ctc {ctc.item():.3f} "
-                f"({(time.time() - train_started) / (step + 1):.2f} s/step)"
+
+    def train(stage_steps: int, peak: float, warmup: int, np_rng: np.random.Generator) -> None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=1e-3)
+        stage_started = time.time()
+        for step in range(stage_steps):
+            model.train()
+            start = int(np_rng.integers(0, len(order) - batch + 1))
+            rows = order[start : start + batch]
+            waves = [augment(np_rng, train_waves[i]) for i in rows]
+            features, lengths = pre(waves)
+            features = spec_augment(np_rng, features, lengths)
+            targets = [train_targets[i] for i in rows]
+            target_lengths = torch.tensor([len(t) for t in targets])
+            padded = torch.zeros(len(rows), int(target_lengths.max()), dtype=torch.long)
+            for row, target in enumerate(targets):
+                padded[row, : len(target)] = torch.tensor(target)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, stage_steps, peak, warmup)
+            rnnt, ctc = model.losses(
+                torch.from_numpy(features), torch.from_numpy(lengths), padded, target_lengths
             )
-        if step % 1000 == 999:
-            wer, _ = evaluate(model, test_features[:100], test_texts[:100])
-            log(f"step {step}: held-out WER (first 100) {wer:.3%}")
+            loss = rnnt + 0.3 * ctc
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            if step % 100 == 0 or step == stage_steps - 1:
+                log(
+                    f"step {step}: rnnt {rnnt.item():.3f} ctc {ctc.item():.3f} "
+                    f"({(time.time() - stage_started) / (step + 1):.2f} s/step)"
+                )
+            if step % 1000 == 999:
+                wer, _ = evaluate(model, test_features[:100], test_texts[:100])
+                log(f"step {step}: held-out WER (first 100) {wer:.3%}")
+
+    # Stage 1: warm-up and cosine decay from 2e-3. Stage 2: a warm restart from 1e-3 with a fresh
+    # optimizer and fresh seeds, so that it depends on the stage-1 weights alone (--resume-stage2).
+    if resume is None:
+        train(steps, 2e-3, min(500, steps // 10), np_rng)
+        torch.save(model.state_dict(), work / "stage1.pt")
+    else:
+        model.load_state_dict(torch.load(resume))
+        log(f"stage 1 weights from {resume}")
+    if finetune_steps:
+        torch.manual_seed(seed + 1)
+        train(finetune_steps, 1e-3, 100, np.random.default_rng(seed + 1))
     train_s = time.time() - train_started
 
     wer, hyps = evaluate(model, test_features, test_texts)
@@ -177,6 +202,7 @@ def run(seed: int, output: Path, work: Path, steps: int, n_train: int, n_test: i
     metrics = {
         "seed": seed,
         "steps": steps,
+        "finetune_steps": finetune_steps,
         "batch": batch,
         "train_utterances": n_train,
         "test_utterances": n_test,
