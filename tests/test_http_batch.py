@@ -66,7 +66,10 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
     health = (await http.get(f"{embedded_url}/health")).json()
     assert health == {"status": "healthy", "version": "0.1.0", "backend": "embedded"}
     ready = await http.get(f"{embedded_url}/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "models": ["default", "rnnt"]}
+    assert ready.status_code == 200 and ready.json() == {
+        "status": "ready",
+        "models": ["default", "demo", "rnnt"],
+    }
     models = {m["name"]: m for m in (await http.get(f"{embedded_url}/v2/models")).json()["models"]}
     assert models["default"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
     assert models["default"]["models"]["encoder"] == "encoder"

@@ -49,6 +49,17 @@ decoder_joint = "decoder_joint_rnnt"
 vocabulary = "vocab.txt"
 """
 
+# The trained demo transducer (`python -m training`, see MODEL_CARD.md) shares the repository; it is not
+# generated here, and its model set is listed whenever its files are present.
+TRAINED_FILES = ("encoder_demo", "decoder_joint_demo", "vocab_demo.txt", "MODEL_CARD.md")
+DEMO_MODEL_SETS_TOML = """
+[model_sets.demo]
+preprocessor = "preprocessor"
+encoder = "encoder_demo"
+decoder_joint = "decoder_joint_demo"
+vocabulary = "vocab_demo.txt"
+"""
+
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -479,7 +490,8 @@ def _write_onnx_model(repository: Path, name: str, model: onnx.ModelProto) -> No
 
 def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: ModelSizes = SMALL) -> None:
     """Write the TDT (`default`) and RNN-T (`rnnt`) model sets, sharing preprocessor, encoder weights
-    and vocabulary, with `model_sets.toml` and Triton configs."""
+    and vocabulary, with `model_sets.toml` and Triton configs. The trained demo set (`TRAINED_FILES`)
+    is left alone, and listed in `model_sets.toml` when present."""
     repository.mkdir(parents=True, exist_ok=True)
     preprocessor = repository / "preprocessor"
     (preprocessor / "1").mkdir(parents=True, exist_ok=True)
@@ -494,7 +506,8 @@ def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: Mo
     _write_onnx_model(repository, "decoder_joint", decoder_joint_graph(sizes, seed, tdt=True))
     _write_onnx_model(repository, "decoder_joint_rnnt", decoder_joint_graph(sizes, seed + 1, tdt=False))
     write_vocabulary(repository / "vocab.txt", vocabulary(sizes.vocab_size))
-    (repository / "model_sets.toml").write_text(MODEL_SETS_TOML, encoding="utf-8")
+    demo = DEMO_MODEL_SETS_TOML if (repository / "encoder_demo").is_dir() else ""
+    (repository / "model_sets.toml").write_text(MODEL_SETS_TOML + demo, encoding="utf-8")
 
 
 # --- calibration check --------------------------------------------------------------------------------

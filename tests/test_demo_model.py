@@ -1,0 +1,94 @@
+"""The shipped demo transducer (trained by `python -m training`) transcribes real human recordings of
+its domain exactly, through the embedded backend; its export decodes as onnx-asr does."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from amira import open_recognizer
+from amira.models import model_file, shipped_repository
+from amira.settings import Settings
+
+from .recordings import DATA, read_recording
+from .reference import reference_decoder
+
+REPOSITORY = shipped_repository()
+DEMO_FILES = ("encoder_demo", "decoder_joint_demo", "vocab_demo.txt")
+
+
+def _expected() -> list[tuple[Path, str]]:
+    """(recording, normalised transcript): lower case, single spaces, no <s> markers or ids."""
+    cases = []
+    for line in (DATA / "cards" / "cards.transcription").read_text(encoding="utf-8").splitlines():
+        words = line.replace("<s>", " ").replace("</s>", " ").split()
+        cases.append((DATA / "cards" / f"{words[-1].strip('()')}.wav", " ".join(words[:-1]).lower()))
+    cases.append((DATA / "goforward.raw", "go forward ten meters"))
+    return cases
+
+
+EXPECTED = _expected()
+
+
+def _settings() -> Settings:
+    return Settings(model_repository=REPOSITORY, model_sets_file=REPOSITORY / "model_sets.toml")
+
+
+# The shipped model (recipe seed 0, 2000 + 1200 steps) still misses these two; see MODEL_CARD.md.
+KNOWN_MISSES = {"001.wav": "king of clubs", "002.wav": "four three of clubs"}
+
+
+def _cases() -> list:
+    return [
+        pytest.param(
+            path,
+            text,
+            id=path.name,
+            marks=[pytest.mark.xfail(strict=True, reason="demo model error")]
+            if path.name in KNOWN_MISSES
+            else [],
+        )
+        for path, text in EXPECTED
+    ]
+
+
+async def _transcribe(path: Path) -> str:
+    async with open_recognizer(_settings()) as rec:
+        return (await rec.transcribe(read_recording(path), "demo")).text
+
+
+@pytest.mark.parametrize(("path", "text"), _cases())
+async def test_demo_model_transcribes_the_real_recordings_exactly(path: Path, text: str) -> None:
+    assert await _transcribe(path) == text
+
+
+@pytest.mark.parametrize(("path", "text"), EXPECTED, ids=[p.name for p, _ in EXPECTED])
+async def test_onnx_asr_decodes_the_demo_model_alike(path: Path, text: str, tmp_path: Path) -> None:
+    expected = KNOWN_MISSES.get(path.name, text)
+    assert await _transcribe(path) == expected
+    assert reference_decoder(REPOSITORY, "demo", tmp_path).text(read_recording(path)) == expected
+
+
+def test_demo_model_set_layout() -> None:
+    sets = tomllib.loads((REPOSITORY / "model_sets.toml").read_text(encoding="utf-8"))["model_sets"]
+    assert sets["demo"] == {
+        "preprocessor": "preprocessor",
+        "encoder": "encoder_demo",
+        "decoder_joint": "decoder_joint_demo",
+        "vocabulary": "vocab_demo.txt",
+    }
+    for model in ("encoder_demo", "decoder_joint_demo"):
+        config = (REPOSITORY / model / "config.pbtxt").read_text(encoding="utf-8")
+        assert f'name: "{model}"' in config and 'platform: "onnxruntime_onnx"' in config
+        assert model_file(REPOSITORY, model).is_file()
+    lines = (REPOSITORY / "vocab_demo.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[-1] == f"<blk> {len(lines) - 1}"
+    size = sum(
+        p.stat().st_size
+        for name in DEMO_FILES
+        for p in [REPOSITORY / name, *(REPOSITORY / name).rglob("*")]
+        if p.is_file()
+    )
+    assert size <= 10_000_000

@@ -1,0 +1,1 @@
+"""Training recipe of the AMIRA demo transducer (needs the `train` extra; never imported by amira)."""

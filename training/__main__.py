@@ -1,0 +1,46 @@
+"""python -m training --seed 0 --output amira/models/repository  (see training/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .recipe import run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train and export the AMIRA demo transducer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output", type=Path, required=True, help="model repository to write the demo set into"
+    )
+    parser.add_argument("--work", type=Path, default=Path("build/demo"), help="cache, metrics, checkpoint")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--finetune-steps", type=int, default=1200, help="stage 2 (warm restart) steps")
+    parser.add_argument(
+        "--resume-stage2", type=Path, default=None, help="stage-1 weights (work/stage1.pt): run stage 2 only"
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--train-utterances", type=int, default=6000)
+    parser.add_argument("--test-utterances", type=int, default=400)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    metrics = run(
+        args.seed,
+        args.output,
+        args.work,
+        args.steps,
+        args.train_utterances,
+        args.test_utterances,
+        args.batch,
+        args.finetune_steps,
+        args.resume_stage2,
+    )
+    print(
+        f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "
+        f"{sum(r['exact'] for r in metrics['real_recordings'])}/{len(metrics['real_recordings'])}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The end-to-end recipe: synthesise, train (step-counted, seeded), evaluate, export, check the export."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import grammar, synth
+from .export import OnnxGreedy, export
+from .features import Preprocessor, augment, spec_augment
+from .model import Sizes, Transducer
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def make_data(seed: int, n_train: int, n_test: int, cache: Path) -> dict:
+    """Synthesised train and held-out sets (held-out sentences never occur in training)."""
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    rng = random.Random(seed)
+    train_texts = [grammar.sentence(rng) for _ in range(n_train)]
+    seen = set(train_texts)
+    test_texts: list[str] = []
+    while len(test_texts) < n_test:
+        text = grammar.sentence(rng)
+        if text not in seen:
+            test_texts.append(text)
+            seen.add(text)
+    out = {}
+    for name, texts in (("train", train_texts), ("test", test_texts)):
+        requests = [synth.random_request(rng, text) for text in texts]
+        started = time.time()
+        waves = synth.synthesize(requests)
+        log(
+            f"synthesised {len(waves)} {name} utterances "
+            f"({sum(map(len, waves)) / 16000 / 3600:.2f} h) in {time.time() - started:.0f} s"
+        )
+        out[f"{name}_audio"] = np.concatenate(waves)
+        out[f"{name}_offsets"] = np.cumsum([0] + [len(w) for w in waves])
+        out[f"{name}_texts"] = np.array(texts)
+        out[f"{name}_voices"] = np.array([f"{r.engine}:{r.voice}" for r in requests])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def _waves(data: dict, name: str) -> list[np.ndarray]:
+    audio, offsets = data[f"{name}_audio"], data[f"{name}_offsets"]
+    return [audio[a:b] for a, b in itertools.pairwise(offsets)]
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    r, h = ref.split(), hyp.split()
+    row = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, row[0] = row[0], i
+        for j, hw in enumerate(h, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
+    return row[len(h)]
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def clean_features(pre: Preprocessor, waves: list[np.ndarray]) -> list[np.ndarray]:
+    """Features of each waveform alone (as the server computes them), int16 -> float32."""
+    out = []
+    for wave in waves:
+        features, lengths = pre([wave.astype(np.float32) / 32768.0])
+        out.append(features[0, :, : int(lengths[0])])
+    return out
+
+
+def evaluate(model: Transducer, features: list[np.ndarray], texts: list[str]) -> tuple[float, list[str]]:
+    model.eval()
+    hyps = [grammar.decode(model.greedy(torch.from_numpy(f), f.shape[1])) for f in features]
+    errors = sum(word_errors(r, h) for r, h in zip(texts, hyps, strict=True))
+    return errors / sum(len(t.split()) for t in texts), hyps
+
+
+def real_recordings(repo_root: Path) -> list[tuple[str, np.ndarray, str]]:
+    """The pocketsphinx test recordings, only to report on them (never trained on)."""
+    import soundfile
+
+    data = repo_root / "tests" / "data"
+    out = []
+    transcription = (data / "cards" / "cards.transcription").read_text().splitlines()
+    for line in transcription:
+        words = line.replace("<s>", "").replace("</s>", "").split()
+        name, text = words[-1].strip("()"), " ".join(words[:-1]).lower()
+        wave, _ = soundfile.read(data / "cards" / f"{name}.wav", dtype="int16")
+        out.append((f"cards/{name}.wav", wave, text))
+    raw = np.fromfile(data / "goforward.raw", dtype="<i2")
+    out.append(("goforward.raw", raw, "go forward ten meters"))
+    return out
+
+
+def run(
+    seed: int,
+    output: Path,
+    work: Path,
+    steps: int,
+    n_train: int,
+    n_test: int,
+    batch: int,
+    finetune_steps: int = 0,
+    resume: Path | None = None,
+) -> dict:
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    np_rng = np.random.default_rng(seed)
+    started = time.time()
+    data = make_data(seed, n_train, n_test, work / f"data-{seed}-{n_train}-{n_test}.npz")
+    synth_s = time.time() - started
+    train_waves, train_texts = _waves(data, "train"), [str(t) for t in data["train_texts"]]
+    test_waves, test_texts = _waves(data, "test"), [str(t) for t in data["test_texts"]]
+    train_targets = [grammar.encode(t) for t in train_texts]
+    order = np.argsort([len(w) for w in train_waves], kind="stable")
+    pre = Preprocessor()
+    test_features = clean_features(pre, test_waves)
+
+    sizes = Sizes(vocab_size=len(grammar.PIECES))
+    model = Transducer(sizes)
+    log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
+    train_started = time.time()
+
+    def train(stage_steps: int, peak: float, warmup: int, np_rng: np.random.Generator) -> None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=1e-3)
+        stage_started = time.time()
+        for step in range(stage_steps):
+            model.train()
+            start = int(np_rng.integers(0, len(order) - batch + 1))
+            rows = order[start : start + batch]
+            waves = [augment(np_rng, train_waves[i]) for i in rows]
+            features, lengths = pre(waves)
+            features = spec_augment(np_rng, features, lengths)
+            targets = [train_targets[i] for i in rows]
+            target_lengths = torch.tensor([len(t) for t in targets])
+            padded = torch.zeros(len(rows), int(target_lengths.max()), dtype=torch.long)
+            for row, target in enumerate(targets):
+                padded[row, : len(target)] = torch.tensor(target)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, stage_steps, peak, warmup)
+            rnnt, ctc = model.losses(
+                torch.from_numpy(features), torch.from_numpy(lengths), padded, target_lengths
+            )
+            loss = rnnt + 0.3 * ctc
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            if step % 100 == 0 or step == stage_steps - 1:
+                log(
+                    f"step {step}: rnnt {rnnt.item():.3f} ctc {ctc.item():.3f} "
+                    f"({(time.time() - stage_started) / (step + 1):.2f} s/step)"
+                )
+            if step % 1000 == 999:
+                wer, _ = evaluate(model, test_features[:100], test_texts[:100])
+                log(f"step {step}: held-out WER (first 100) {wer:.3%}")
+
+    # Stage 1: warm-up and cosine decay from 2e-3. Stage 2: a warm restart from 1e-3 with a fresh
+    # optimizer and fresh seeds, so that it depends on the stage-1 weights alone (--resume-stage2).
+    if resume is None:
+        train(steps, 2e-3, min(500, steps // 10), np_rng)
+        torch.save(model.state_dict(), work / "stage1.pt")
+    else:
+        model.load_state_dict(torch.load(resume))
+        log(f"stage 1 weights from {resume}")
+    if finetune_steps:
+        torch.manual_seed(seed + 1)
+        train(finetune_steps, 1e-3, 100, np.random.default_rng(seed + 1))
+    train_s = time.time() - train_started
+
+    wer, hyps = evaluate(model, test_features, test_texts)
+    log(f"held-out synthetic WER {wer:.3%} over {len(test_texts)} utterances")
+    export(model, output, grammar.PIECES)
+    onnx_greedy = OnnxGreedy(output)
+    mismatches = 0
+    for f, hyp in zip(test_features, hyps, strict=True):
+        mismatches += grammar.decode(onnx_greedy(f, f.shape[1])) != hyp
+    log(f"ONNX export vs torch greedy: {mismatches} of {len(hyps)} held-out utterances differ")
+    real = []
+    for name, wave, ref in real_recordings(Path(__file__).resolve().parent.parent):
+        (f,) = clean_features(pre, [wave])
+        hyp = grammar.decode(onnx_greedy(f, f.shape[1]))
+        real.append({"file": name, "reference": ref, "hypothesis": hyp, "exact": hyp == ref})
+        log(f"{name}: {hyp!r} ({'exact' if hyp == ref else 'expected ' + repr(ref)})")
+    metrics = {
+        "seed": seed,
+        "steps": steps,
+        "finetune_steps": finetune_steps,
+        "batch": batch,
+        "train_utterances": n_train,
+        "test_utterances": n_test,
+        "train_hours": float(data["train_offsets"][-1] / 16000 / 3600),
+        "held_out_wer": wer,
+        "export_mismatches": mismatches,
+        "real_recordings": real,
+        "synthesis_s": round(synth_s),
+        "training_s": round(train_s),
+        "voices": sorted(set(map(str, data["train_voices"]))),
+        "total_s": round(time.time() - started),
+    }
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    torch.save(model.state_dict(), work / "model.pt")
+    return metrics
