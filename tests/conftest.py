@@ -58,7 +58,7 @@ SLOW_DELAY = 1.0
 BROKEN_MAX_FEATURES = 1000
 FAULT_SETS = {
     "slow": ("preprocessor", "encoder_slow", "decoder_joint"),
-    "broken": ("preprocessor", "encoder_broken", "decoder_joint"),
+    "broken": ("preprocessor", "encoder_broken", "decoder_joint_tdt", "vocab_test.txt"),  # D = 128
     "slow_joint": ("preprocessor", "encoder", "decoder_joint_slow"),
 }
 
@@ -114,16 +114,17 @@ def make_broken_encoder(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write_model_sets(path: Path, sets: dict[str, tuple[str, str, str]]) -> Path:
-    """A model-sets TOML: name -> (preprocessor, encoder, decoder_joint), all with the shipped vocab."""
+def write_model_sets(path: Path, sets: dict[str, tuple[str, ...]]) -> Path:
+    """A model-sets TOML: name -> (preprocessor, encoder, decoder_joint[, vocabulary]); the vocabulary
+    defaults to the shipped `vocab.txt` (the demo model's)."""
     lines = []
-    for name, (preprocessor, encoder, decoder_joint) in sets.items():
+    for name, (preprocessor, encoder, decoder_joint, *vocabulary) in sets.items():
         lines += [
             f"[model_sets.{name}]",
             f'preprocessor = "{preprocessor}"',
             f'encoder = "{encoder}"',
             f'decoder_joint = "{decoder_joint}"',
-            'vocabulary = "vocab.txt"',
+            f'vocabulary = "{vocabulary[0] if vocabulary else "vocab.txt"}"',
             "",
         ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -11,7 +11,7 @@ DATA = Path(__file__).parent / "data"
 LIBRIVOX = sorted((DATA / "librivox").glob("*.wav"))
 CARDS = sorted((DATA / "cards").glob("*.wav"))
 RECORDINGS = [*LIBRIVOX, *CARDS, DATA / "goforward.raw"]
-MODEL_SETS = ("default", "rnnt")
+MODEL_SETS = ("tdt", "rnnt")  # the random-weight sets: exact decoding, many tokens
 
 
 def read_recording(path: Path) -> np.ndarray:

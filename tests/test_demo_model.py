@@ -1,5 +1,5 @@
-"""The shipped demo transducer (trained by `python -m training`) transcribes real human recordings of
-its domain exactly, through the embedded backend; its export decodes as onnx-asr does."""
+"""The shipped demo transducer (trained by `python -m training`), the default model set, transcribes
+real human recordings of its domain exactly on the embedded backend; its export decodes as onnx-asr does."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .recordings import DATA, read_recording
 from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()
-DEMO_FILES = ("encoder_demo", "decoder_joint_demo", "vocab_demo.txt")
+DEMO_FILES = ("encoder", "decoder_joint", "vocab.txt")
 
 
 def _expected() -> list[tuple[Path, str]]:
@@ -33,7 +33,8 @@ EXPECTED = _expected()
 
 
 def _settings() -> Settings:
-    return Settings(model_repository=REPOSITORY, model_sets_file=REPOSITORY / "model_sets.toml")
+    """The out-of-the-box settings: the embedded backend on the shipped repository, its default set."""
+    return Settings()
 
 
 # The shipped model (recipe seed 0, 2000 + 1200 steps) still misses these two; see MODEL_CARD.md.
@@ -56,7 +57,7 @@ def _cases() -> list:
 
 async def _transcribe(path: Path) -> str:
     async with open_recognizer(_settings()) as rec:
-        return (await rec.transcribe(read_recording(path), "demo")).text
+        return (await rec.transcribe(read_recording(path))).text
 
 
 @pytest.mark.parametrize(("path", "text"), _cases())
@@ -68,22 +69,22 @@ async def test_demo_model_transcribes_the_real_recordings_exactly(path: Path, te
 async def test_onnx_asr_decodes_the_demo_model_alike(path: Path, text: str, tmp_path: Path) -> None:
     expected = KNOWN_MISSES.get(path.name, text)
     assert await _transcribe(path) == expected
-    assert reference_decoder(REPOSITORY, "demo", tmp_path).text(read_recording(path)) == expected
+    assert reference_decoder(REPOSITORY, "default", tmp_path).text(read_recording(path)) == expected
 
 
 def test_demo_model_set_layout() -> None:
     sets = tomllib.loads((REPOSITORY / "model_sets.toml").read_text(encoding="utf-8"))["model_sets"]
-    assert sets["demo"] == {
+    assert sets["default"] == {
         "preprocessor": "preprocessor",
-        "encoder": "encoder_demo",
-        "decoder_joint": "decoder_joint_demo",
-        "vocabulary": "vocab_demo.txt",
+        "encoder": "encoder",
+        "decoder_joint": "decoder_joint",
+        "vocabulary": "vocab.txt",
     }
-    for model in ("encoder_demo", "decoder_joint_demo"):
+    for model in ("encoder", "decoder_joint"):
         config = (REPOSITORY / model / "config.pbtxt").read_text(encoding="utf-8")
         assert f'name: "{model}"' in config and 'platform: "onnxruntime_onnx"' in config
         assert model_file(REPOSITORY, model).is_file()
-    lines = (REPOSITORY / "vocab_demo.txt").read_text(encoding="utf-8").splitlines()
+    lines = (REPOSITORY / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert lines[-1] == f"<blk> {len(lines) - 1}"
     size = sum(
         p.stat().st_size

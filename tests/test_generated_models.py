@@ -24,7 +24,7 @@ from tests.reference import reference_decoder
 
 REPOSITORY = shipped_repository()
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
-VARIANTS = [("encoder", "decoder_joint", True), ("encoder_rnnt", "decoder_joint_rnnt", False)]
+VARIANTS = [("encoder_tdt", "decoder_joint_tdt", True), ("encoder_rnnt", "decoder_joint_rnnt", False)]
 V = SMALL.vocab_size
 L, H, D = SMALL.pred_layers, SMALL.pred_hidden, SMALL.d_model
 
@@ -67,24 +67,26 @@ def test_default_seed_regenerates_the_shipped_repository(tmp_path: Path) -> None
 
 def test_another_seed_gives_other_weights(tmp_path: Path) -> None:
     generate_repository(tmp_path, seed=DEFAULT_SEED + 7)
-    assert (tmp_path / "encoder/1/model.onnx").read_bytes() != model_file(REPOSITORY, "encoder").read_bytes()
+    assert (tmp_path / "encoder_tdt/1/model.onnx").read_bytes() != model_file(
+        REPOSITORY, "encoder_tdt"
+    ).read_bytes()
 
 
 def test_repository_layout() -> None:
     sets = tomllib.loads((REPOSITORY / "model_sets.toml").read_text(encoding="utf-8"))["model_sets"]
-    assert sets["default"] == {
+    assert sets["tdt"] == {
         "preprocessor": "preprocessor",
-        "encoder": "encoder",
-        "decoder_joint": "decoder_joint",
-        "vocabulary": "vocab.txt",
+        "encoder": "encoder_tdt",
+        "decoder_joint": "decoder_joint_tdt",
+        "vocabulary": "vocab_test.txt",
     }
     assert sets["rnnt"]["encoder"] == "encoder_rnnt" and sets["rnnt"]["decoder_joint"] == "decoder_joint_rnnt"
     assert (REPOSITORY / "preprocessor/1/model.source").read_text().strip() == "onnx_asr:nemo128"
-    for model in ("preprocessor", "encoder", "decoder_joint", "encoder_rnnt", "decoder_joint_rnnt"):
+    for model in ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "encoder_rnnt", "decoder_joint_rnnt"):
         config = (REPOSITORY / model / "config.pbtxt").read_text()
         assert f'name: "{model}"' in config and 'platform: "onnxruntime_onnx"' in config
         assert "max_batch_size: 0" in config and "kind: KIND_GPU" in config
-    lines = (REPOSITORY / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    lines = (REPOSITORY / "vocab_test.txt").read_text(encoding="utf-8").splitlines()
     assert [line.rsplit(" ", 1) for line in lines] == [[p, str(i)] for i, p in enumerate(vocabulary(V))]
     assert lines[-1] == f"<blk> {V - 1}" and len(set(lines)) == V
     generated = [p for p in REPOSITORY.rglob("*") if p.relative_to(REPOSITORY).parts[0] not in TRAINED_FILES]
@@ -138,7 +140,7 @@ def test_encoder_lengths_follow_nemo() -> None:
             length = (length - 1) // 2 + 1 if length > 0 else 0
         return length
 
-    enc = session("encoder")
+    enc = session("encoder_tdt")
     for frames in (1, 7, 8, 9, 16, 17, 300, 301):
         lengths = np.array([frames, max(frames - 5, 0), 1, 0], np.int64)
         features = np.random.default_rng(frames).standard_normal((4, 128, frames)).astype(np.float32)
@@ -148,7 +150,7 @@ def test_encoder_lengths_follow_nemo() -> None:
 
 
 def test_encoder_batch_rows_match_single_recordings() -> None:
-    enc = session("encoder")
+    enc = session("encoder_tdt")
     rng = np.random.default_rng(1)
     features = rng.standard_normal((2, 128, 200)).astype(np.float32)
     batch, lengths = enc.run(None, {"audio_signal": features, "length": np.array([200, 131], np.int64)})
@@ -202,7 +204,7 @@ def test_greedy_decoding_of_speech_is_non_trivial() -> None:
             assert set(stats.durations) == {0, 1, 2, 3, 4}
 
 
-@pytest.mark.parametrize("model_set", ["default", "rnnt"])
+@pytest.mark.parametrize("model_set", ["tdt", "rnnt"])
 def test_onnx_asr_decodes_the_shipped_models(model_set: str, tmp_path: Path) -> None:
     decode = reference_decoder(REPOSITORY, model_set, tmp_path)
     waveform, rate = soundfile.read(LIBRIVOX[1], dtype="float32")

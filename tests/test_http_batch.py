@@ -68,10 +68,13 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
     ready = await http.get(f"{embedded_url}/ready")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "models": ["default", "demo", "rnnt"],
+        "models": ["default", "rnnt", "tdt"],
     }
     models = {m["name"]: m for m in (await http.get(f"{embedded_url}/v2/models")).json()["models"]}
-    assert models["default"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
+    assert models["tdt"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
+    assert (
+        models["default"]["type"] == "rnnt" and models["default"]["vocabulary_size"] == 57
+    )  # the demo model
     assert models["default"]["models"]["encoder"] == "encoder"
     metrics = await http.get(f"{embedded_url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -65,9 +65,10 @@ async def test_max_symbols_per_step_limits_emissions_per_frame(tmp_path: Path) -
     repository = shipped_repository()
     sets = tmp_path / "sets.toml"
     sets.write_text(
-        "[model_sets.default]\nmax_symbols_per_step = 1\n"
+        '[model_sets.tdt]\nencoder = "encoder_tdt"\ndecoder_joint = "decoder_joint_tdt"\n'
+        'vocabulary = "vocab_test.txt"\nmax_symbols_per_step = 1\n'
         '[model_sets.rnnt]\nencoder = "encoder_rnnt"\ndecoder_joint = "decoder_joint_rnnt"\n'
-        "max_symbols_per_step = 1\n"
+        'vocabulary = "vocab_test.txt"\nmax_symbols_per_step = 1\n'
     )
     settings = Settings(model_repository=repository, model_sets_file=sets)
     async with open_recognizer(settings) as limited, open_recognizer(embedded_settings()) as unlimited:
@@ -108,8 +109,9 @@ async def test_model_sets_that_do_not_fit_are_refused(tmp_path: Path, change: di
     repository = shipped_repository()
     big = tmp_path / "big_vocab.txt"
     big.write_text("".join(f"▁w{i} {i}\n" for i in range(200)) + "<blk> 200\n", encoding="utf-8")
-    table = {"encoder": "encoder_rnnt", "decoder_joint": "decoder_joint_rnnt", **change}
-    if "vocabulary" in table:
+    table = {"encoder": "encoder_rnnt", "decoder_joint": "decoder_joint_rnnt", "vocabulary": "vocab_test.txt"}
+    table |= change
+    if "vocabulary" in change:
         table["vocabulary"] = str(big)
     lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in table.items())
     sets = tmp_path / "sets.toml"

@@ -57,7 +57,7 @@ async def test_sigterm_finalises_every_stream_with_1001_and_exits_within_the_dra
     all_streaming = trio.Event()
 
     async def one_stream(index: int) -> None:
-        async with open_stream_client(f"{url}/v2/decode/stream/default") as client:
+        async with open_stream_client(f"{url}/v2/decode/stream/tdt") as client:
 
             async def send() -> None:
                 pcm = to_pcm16(audio)

@@ -22,7 +22,7 @@ CLIPS = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))  # 0
 CHUNK, LEFT, RIGHT = 0.8, 1.6, 0.4
 RATE = 16_000
 
-pytestmark = pytest.mark.parametrize("model", ["default", "rnnt"])
+pytestmark = pytest.mark.parametrize("model", ["tdt", "rnnt"])
 
 
 def read_clip(index: int = 0) -> np.ndarray:

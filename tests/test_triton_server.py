@@ -40,10 +40,11 @@ async def test_health_ready_and_models(http: httpx.AsyncClient, triton_server: s
     health = (await http.get(f"{triton_server}/health")).json()
     assert health["status"] == "healthy" and health["backend"] == "triton"
     ready = await http.get(f"{triton_server}/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "models": ["default", "rnnt"]}
+    expected = {"status": "ready", "models": ["default", "rnnt", "tdt"]}
+    assert ready.status_code == 200 and ready.json() == expected
     models = {m["name"]: m for m in (await http.get(f"{triton_server}/v2/models")).json()["models"]}
-    assert set(models) == {"default", "rnnt"}
-    assert models["default"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
+    assert set(models) == {"default", "rnnt", "tdt"}
+    assert models["tdt"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
     assert models["rnnt"]["models"] == {
         "preprocessor": "preprocessor",
         "encoder": "encoder_rnnt",

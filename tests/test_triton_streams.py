@@ -17,9 +17,10 @@ from tests.conftest import TritonFixture, embedded_settings, start_server, write
 from tests.recordings import LIBRIVOX, read_recording
 
 CLIP = read_recording(LIBRIVOX[0])
+OWN_SET = ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt")  # a set rich in tokens
 
 
-def ws(base: str, model: str = "default") -> str:
+def ws(base: str, model: str = "tdt") -> str:
     return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
 
 
@@ -52,7 +53,7 @@ async def embedded_finals(nursery: trio.Nursery) -> dict[str, list[int]]:
     url = await start_server(nursery, embedded_settings())
     return {
         model: (await stream(ws(url, model), CLIP, 0.1))[-1]["metadata"]["tokens"]
-        for model in ("default", "rnnt")
+        for model in ("tdt", "rnnt")
     }
 
 
@@ -60,7 +61,7 @@ async def test_streams_on_triton_equal_the_embedded_backend(
     nursery: trio.Nursery, asr_triton: TritonFixture, embedded_finals: dict[str, list[int]]
 ) -> None:
     url = await start_server(nursery, asr_triton.settings())
-    for model in ("default", "rnnt"):
+    for model in ("tdt", "rnnt"):
         for frame_seconds in (0.1, 1.0):
             results = await stream(ws(url, model), CLIP, frame_seconds)
             assert results[-1]["status"] == "COMPLETE"
@@ -95,7 +96,7 @@ async def own_triton(tmp_path: Path) -> TritonProcess:
     """A Triton of the test's own, to kill and restart."""
     repository = build_repository(
         shipped_repository(), tmp_path / "repository", "cpu",
-        models=["preprocessor", "encoder", "decoder_joint"], instance_count=1,
+        models=list(OWN_SET[:3]), instance_count=1,
     )  # fmt: skip
     triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
     await triton.astart()
@@ -107,7 +108,7 @@ async def own_triton(tmp_path: Path) -> TritonProcess:
 
 
 def own_settings(triton: TritonProcess, tmp_path: Path, **overrides: object):
-    sets = write_model_sets(tmp_path / "sets.toml", {"default": ("preprocessor", "encoder", "decoder_joint")})
+    sets = write_model_sets(tmp_path / "sets.toml", {"tdt": OWN_SET})
     return embedded_settings(triton_endpoint=triton.url, model_sets_file=sets, **overrides)
 
 
@@ -127,7 +128,7 @@ async def test_a_stream_rides_through_a_triton_restart(
         await trio.sleep(1.0)
         await own_triton.astart()
     assert results[-1]["status"] == "COMPLETE"
-    assert results[-1]["metadata"]["tokens"] == embedded_finals["default"]
+    assert results[-1]["metadata"]["tokens"] == embedded_finals["tdt"]
     assert results[-1]["metadata"]["audio_seconds"] == round(CLIP.size / 16_000, 3)
 
 
@@ -157,7 +158,7 @@ async def test_a_slow_model_times_out_one_stream_and_not_its_neighbour(
     sets = write_model_sets(
         tmp_path / "sets.toml",
         {
-            "default": ("preprocessor", "encoder", "decoder_joint"),
+            "tdt": OWN_SET,
             "slow": ("preprocessor", "encoder", "decoder_joint_slow"),
         },
     )
@@ -174,8 +175,8 @@ async def test_a_slow_model_times_out_one_stream_and_not_its_neighbour(
 async def test_a_batch_in_flight_when_triton_dies_gets_backend_unavailable(tmp_path: Path) -> None:
     repository = build_repository(
         shipped_repository(), tmp_path / "repository", "cpu",
-        models=["preprocessor", "encoder", "decoder_joint"], instance_count=1,
-        parameters={"encoder": {"delay_seconds": "1.5"}},
+        models=list(OWN_SET[:3]), instance_count=1,
+        parameters={"encoder_tdt": {"delay_seconds": "1.5"}},
     )  # fmt: skip
     triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
     await triton.astart()
@@ -189,7 +190,7 @@ async def test_a_batch_in_flight_when_triton_dies_gets_backend_unavailable(tmp_p
                     body = (CLIP[: 16_000 * 2] * 32767).astype("<i2").tobytes()
                     headers = {"Content-Type": "audio/pcm"}
                     responses.append(
-                        await http.post(f"{base}/v2/decode/batch/default", content=body, headers=headers)
+                        await http.post(f"{base}/v2/decode/batch/tdt", content=body, headers=headers)
                     )
 
                 async with trio.open_nursery() as requests:

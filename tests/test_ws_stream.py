@@ -35,7 +35,7 @@ async def server(nursery: trio.Nursery) -> tuple[str, Recognizer]:
     return binds[0].replace("http://", "ws://"), recognizer
 
 
-def ws_url(server: tuple[str, Recognizer], model: str = "default", query: str = "") -> str:
+def ws_url(server: tuple[str, Recognizer], model: str = "tdt", query: str = "") -> str:
     return f"{server[0]}/v2/decode/stream/{model}{query}"
 
 
@@ -61,7 +61,7 @@ def check_results(results: list[dict]) -> None:
         committed = result["committed"]
 
 
-@pytest.mark.parametrize("model", ["default", "rnnt"])
+@pytest.mark.parametrize("model", ["tdt", "rnnt"])
 async def test_frame_size_invariance(server: tuple[str, Recognizer], model: str) -> None:
     finals = {}
     for frame_seconds in (0.01, 0.1, 1.0, CLIP.size / 16_000):
@@ -75,7 +75,7 @@ async def test_frame_size_invariance(server: tuple[str, Recognizer], model: str)
     assert finals[0.1]["metadata"]["tokens"]
 
 
-@pytest.mark.parametrize("model", ["default", "rnnt"])
+@pytest.mark.parametrize("model", ["tdt", "rnnt"])
 async def test_a_stream_shorter_than_a_window_equals_the_batch_result(
     server: tuple[str, Recognizer], model: str
 ) -> None:
@@ -170,7 +170,7 @@ async def test_malformed_frames_get_their_error_and_close_code(
             assert closed.value.reason.code == code
         with trio.fail_after(10):
             await neighbour.wait()
-    batch = await server[1].transcribe(SHORT)
+    batch = await server[1].transcribe(SHORT, "tdt")
     assert neighbour_results[-1]["metadata"]["tokens"] == list(batch.tokens)
 
 
@@ -184,7 +184,7 @@ async def test_unknown_model(server: tuple[str, Recognizer]) -> None:
 
 async def test_capacity_and_release(server: tuple[str, Recognizer]) -> None:
     url, recognizer = ws_url(server), server[1]
-    pool = recognizer.state_pools["default"]
+    pool = recognizer.state_pools["tdt"]
     async with trio.open_nursery() as nursery:
         clients, finals = [], []
         for _ in range(10):
@@ -308,10 +308,10 @@ async def test_stream_metrics_move(server: tuple[str, Recognizer]) -> None:
             while True:
                 await ws.get_message()
     after = await samples()
-    audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "default")))
+    audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "tdt")))
     assert after[audio] - before.get(audio, 0) == pytest.approx(SHORT.size / 16_000, abs=0.01)
     errors = ("amira_errors_total", (("error_type", "bad_request"),))
     assert after[errors] - before.get(errors, 0) == 1
-    calls = ("amira_backend_call_seconds_count", (("model", "default"), ("role", "decoder_joint")))
+    calls = ("amira_backend_call_seconds_count", (("model", "tdt"), ("role", "decoder_joint")))
     assert after[calls] > before.get(calls, 0)
     assert after[("amira_active_streams", ())] == 0

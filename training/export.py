@@ -11,7 +11,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from amira.models.generate import onnx_tensor_specs, write_config, write_vocabulary
+from amira.models.generate import write_vocabulary
+from amira.triton.repository import config_pbtxt, model_tensors
 
 from .model import Transducer
 
@@ -63,18 +64,20 @@ def _export(
     model.doc_string = "AMIRA demo transducer (RNN-T), trained by `python -m training`"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-    write_config(path.parent.parent / "config.pbtxt", path.parent.parent.name, *onnx_tensor_specs(model))
+    name = path.parent.parent.name
+    config = config_pbtxt(name, *model_tensors(model, name), "production")
+    (path.parent.parent / "config.pbtxt").write_text(config, encoding="utf-8")
 
 
-def export(model: Transducer, directory: Path, pieces: list[str], suffix: str = "_demo") -> None:
-    """Write `encoder{suffix}`, `decoder_joint{suffix}` (Triton layout) and `vocab{suffix}.txt`."""
+def export(model: Transducer, directory: Path, pieces: list[str]) -> None:
+    """Write `encoder`, `decoder_joint` (Triton layout) and `vocab.txt`: the repository's default set."""
     model.eval()
     s = model.sizes
     features = torch.randn(1, s.features, 160)
     _export(
         model.encoder,
         (features, torch.tensor([160])),
-        directory / f"encoder{suffix}" / "1" / "model.onnx",
+        directory / "encoder" / "1" / "model.onnx",
         ["audio_signal", "length"],
         ["outputs", "encoded_lengths"],
         {
@@ -96,7 +99,7 @@ def export(model: Transducer, directory: Path, pieces: list[str], suffix: str = 
             states,
             states,
         ),
-        directory / f"decoder_joint{suffix}" / "1" / "model.onnx",
+        directory / "decoder_joint" / "1" / "model.onnx",
         ["encoder_outputs", "targets", "target_length", "input_states_1", "input_states_2"],
         ["outputs", "prednet_lengths", "output_states_1", "output_states_2"],
         {
@@ -116,19 +119,19 @@ def export(model: Transducer, directory: Path, pieces: list[str], suffix: str = 
             "output_states_2": [layers, "B", hidden],
         },
     )
-    write_vocabulary(directory / f"vocab{suffix}.txt", pieces)
+    write_vocabulary(directory / "vocab.txt", pieces)
 
 
 class OnnxGreedy:
     """The spec's RNN-T greedy loop (one decoder_joint call per frame step) on the exported graphs."""
 
-    def __init__(self, directory: Path, suffix: str = "_demo") -> None:
+    def __init__(self, directory: Path) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
 
         def session(name: str) -> ort.InferenceSession:
-            path = directory / f"{name}{suffix}" / "1" / "model.onnx"
+            path = directory / name / "1" / "model.onnx"
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         self.encoder, self.decoder = session("encoder"), session("decoder_joint")

@@ -35,29 +35,31 @@ PRODUCER = "amira.models.generate"
 PREPROCESSOR_SOURCE = "onnx_asr:nemo128"
 BLANK = "<blk>"
 
-MODEL_SETS_TOML = """\
+TEST_VOCABULARY = "vocab_test.txt"
+TEST_MODEL_SETS_TOML = """\
+[model_sets.tdt]
+preprocessor = "preprocessor"
+encoder = "encoder_tdt"
+decoder_joint = "decoder_joint_tdt"
+vocabulary = "vocab_test.txt"
+
+[model_sets.rnnt]
+preprocessor = "preprocessor"
+encoder = "encoder_rnnt"
+decoder_joint = "decoder_joint_rnnt"
+vocabulary = "vocab_test.txt"
+"""
+
+# The trained demo transducer (`python -m training`, see MODEL_CARD.md) is the repository's default
+# model set; it is not generated here, and it is listed in `model_sets.toml` whenever it is present.
+TRAINED_FILES = ("encoder", "decoder_joint", "vocab.txt", "MODEL_CARD.md")
+DEFAULT_MODEL_SET_TOML = """\
 [model_sets.default]
 preprocessor = "preprocessor"
 encoder = "encoder"
 decoder_joint = "decoder_joint"
 vocabulary = "vocab.txt"
 
-[model_sets.rnnt]
-preprocessor = "preprocessor"
-encoder = "encoder_rnnt"
-decoder_joint = "decoder_joint_rnnt"
-vocabulary = "vocab.txt"
-"""
-
-# The trained demo transducer (`python -m training`, see MODEL_CARD.md) shares the repository; it is not
-# generated here, and its model set is listed whenever its files are present.
-TRAINED_FILES = ("encoder_demo", "decoder_joint_demo", "vocab_demo.txt", "MODEL_CARD.md")
-DEMO_MODEL_SETS_TOML = """
-[model_sets.demo]
-preprocessor = "preprocessor"
-encoder = "encoder_demo"
-decoder_joint = "decoder_joint_demo"
-vocabulary = "vocab_demo.txt"
 """
 
 
@@ -489,9 +491,9 @@ def _write_onnx_model(repository: Path, name: str, model: onnx.ModelProto) -> No
 
 
 def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: ModelSizes = SMALL) -> None:
-    """Write the TDT (`default`) and RNN-T (`rnnt`) model sets, sharing preprocessor, encoder weights
-    and vocabulary, with `model_sets.toml` and Triton configs. The trained demo set (`TRAINED_FILES`)
-    is left alone, and listed in `model_sets.toml` when present."""
+    """Write the random-weight TDT (`tdt`) and RNN-T (`rnnt`) model sets, sharing preprocessor,
+    encoder weights and vocabulary, with `model_sets.toml` and Triton configs. The trained demo set
+    (`TRAINED_FILES`) is left alone, and listed in `model_sets.toml` as `default` when present."""
     repository.mkdir(parents=True, exist_ok=True)
     preprocessor = repository / "preprocessor"
     (preprocessor / "1").mkdir(parents=True, exist_ok=True)
@@ -501,13 +503,13 @@ def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: Mo
     (preprocessor / "config.pbtxt").write_text(config, encoding="utf-8")
 
     encoder = encoder_graph(sizes, seed)
-    _write_onnx_model(repository, "encoder", encoder)
+    _write_onnx_model(repository, "encoder_tdt", encoder)
     _write_onnx_model(repository, "encoder_rnnt", encoder)
-    _write_onnx_model(repository, "decoder_joint", decoder_joint_graph(sizes, seed, tdt=True))
+    _write_onnx_model(repository, "decoder_joint_tdt", decoder_joint_graph(sizes, seed, tdt=True))
     _write_onnx_model(repository, "decoder_joint_rnnt", decoder_joint_graph(sizes, seed + 1, tdt=False))
-    write_vocabulary(repository / "vocab.txt", vocabulary(sizes.vocab_size))
-    demo = DEMO_MODEL_SETS_TOML if (repository / "encoder_demo").is_dir() else ""
-    (repository / "model_sets.toml").write_text(MODEL_SETS_TOML + demo, encoding="utf-8")
+    write_vocabulary(repository / TEST_VOCABULARY, vocabulary(sizes.vocab_size))
+    default = DEFAULT_MODEL_SET_TOML if (repository / "encoder").is_dir() else ""
+    (repository / "model_sets.toml").write_text(default + TEST_MODEL_SETS_TOML, encoding="utf-8")
 
 
 # --- calibration check --------------------------------------------------------------------------------
@@ -546,7 +548,7 @@ def greedy_stats(
     shapes = {i.name: i.shape for i in dec.get_inputs()}
     layers, hidden = shapes["input_states_1"][0], shapes["input_states_1"][2]
     width = dec.get_outputs()[0].shape[3]
-    vocab_size = sum(1 for _ in (repository / "vocab.txt").open(encoding="utf-8"))
+    vocab_size = sum(1 for _ in (repository / TEST_VOCABULARY).open(encoding="utf-8"))
     durations = SMALL.durations if width > vocab_size else ()
     stats = DecodeStats(tokens_per_frame=Counter(), durations=Counter())
     all_tokens = []
@@ -619,9 +621,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         import soundfile
 
         waveforms = [soundfile.read(path, dtype="float32")[0] for path in args.check]
-        pieces = vocabulary(sum(1 for _ in (args.output / "vocab.txt").open(encoding="utf-8")))
+        pieces = vocabulary(sum(1 for _ in (args.output / TEST_VOCABULARY).open(encoding="utf-8")))
         for name, encoder, decoder_joint in (
-            ("tdt", "encoder", "decoder_joint"),
+            ("tdt", "encoder_tdt", "decoder_joint_tdt"),
             ("rnnt", "encoder_rnnt", "decoder_joint_rnnt"),
         ):
             stats, tokens = greedy_stats(args.output, encoder, decoder_joint, waveforms)

@@ -252,9 +252,9 @@ def build_repository(
             gpus=gpus,
             parameters=(parameters or {}).get(name),
         )
-    for extra in ("vocab.txt", "model_sets.toml"):
-        if (source_repo / extra).is_file():
-            shutil.copyfile(source_repo / extra, dest / extra)
+    for extra in source_repo.iterdir():  # vocabularies, model_sets.toml, the model card
+        if extra.is_file():
+            shutil.copyfile(extra, dest / extra.name)
     return dest
 
 
