@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 from amira.models import shipped_repository  # noqa: E402
 from amira.settings import ENVIRONMENT  # noqa: E402
+from tests.long_audio import levenshtein  # noqa: E402, F401 (re-exported for the benchmarks)
 from tests.recordings import LIBRIVOX, RECORDINGS, pcm16, read_recording  # noqa: E402
 
 BACKENDS = ("embedded", "triton")
@@ -277,16 +278,6 @@ def median(values: Iterable[float]) -> float:
 def medians(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     """Per key, the median over repeated runs."""
     return {key: median(run[key] for run in runs) for key in runs[0]}
-
-
-def levenshtein(a: Sequence[int], b: Sequence[int]) -> int:
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def fmt(value: object, digits: int = 1) -> str:

@@ -1,0 +1,65 @@
+"""Streamed final against batch transcript, per recording longer than one window, in process.
+
+    python bench/stream_vs_batch.py [--model default] [--chunk 1.6 --left 4.0 --right 0.8]
+
+Prints the word error rate and the token edit distance of the streamed final against the batch
+transcript of the same audio, for recordings joined from the real domain recordings of
+`tests/data` with pauses between them (the demo model's domain), and for the LibriVox clips joined
+(the random-weight sets' case). `tests/test_long_stream.py` asserts the bound on the same audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from amira import open_recognizer
+from amira.recognizer import Recognizer
+from tests.conftest import embedded_settings
+from tests.long_audio import levenshtein, long_recordings, streamed_final
+
+
+async def compare(recognizer: Recognizer, samples: np.ndarray, model: str) -> dict[str, float]:
+    batch = await recognizer.transcribe(samples, model)
+    final = await streamed_final(recognizer, samples, model)
+    words, batch_words = final.transcription.split(), batch.text.split()
+    return {
+        "seconds": samples.size / 16_000,
+        "batch_words": len(batch_words),
+        "wer": levenshtein(words, batch_words) / max(1, len(batch_words)),
+        "token_edit_rate": levenshtein(final.tokens, batch.tokens) / max(1, len(batch.tokens)),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = embedded_settings(
+        stream_chunk_secs=args.chunk,
+        stream_left_context_secs=args.left,
+        stream_right_context_secs=args.right,
+        max_batch_audio_secs=120.0,
+    )
+    print(f"model {args.model}; chunk {args.chunk} s, left {args.left} s, right {args.right} s")
+    print(f"{'recording':>20} {'seconds':>8} {'batch words':>12} {'WER':>7} {'token edits':>12}")
+    async with open_recognizer(settings) as recognizer:
+        for name, samples in long_recordings().items():
+            row = await compare(recognizer, samples, args.model)
+            print(
+                f"{name:>20} {row['seconds']:8.1f} {row['batch_words']:12d} {row['wer']:7.1%}"
+                f" {row['token_edit_rate']:12.1%}"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--chunk", type=float, default=1.6)
+    parser.add_argument("--left", type=float, default=4.0)
+    parser.add_argument("--right", type=float, default=0.8)
+    trio.run(main, parser.parse_args())

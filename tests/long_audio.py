@@ -1,0 +1,63 @@
+"""Long audio for streaming tests and benchmarks: recordings joined with pauses, and edit distance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from amira.recognizer import Recognizer
+from amira.stream_session import StreamResult
+from tests.recordings import CARDS, DATA, LIBRIVOX, read_recording
+
+PAUSE_SECS = 1.0
+DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by people
+
+
+def levenshtein(a: Sequence[object], b: Sequence[object]) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> np.ndarray:
+    """The recordings one after the other, `repeats` times, each followed by a pause of faint noise."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for _ in range(repeats):
+        for path in paths:
+            pause = (0.003 * rng.standard_normal(int(PAUSE_SECS * 16_000))).astype(np.float32)
+            pieces += [read_recording(path), pause]
+    return np.concatenate(pieces)
+
+
+def long_recordings() -> dict[str, np.ndarray]:
+    return {
+        "domain x1 (18 s)": joined(DOMAIN, 1),
+        "domain x3 (55 s)": joined(DOMAIN, 3),
+        "librivox x1 (30 s)": joined(LIBRIVOX, 1),
+    }
+
+
+async def streamed_final(
+    recognizer: Recognizer, samples: np.ndarray, model: str, frame: int = 1600
+) -> StreamResult:
+    """Stream `samples` in process, in frames of `frame` samples; the final result."""
+    async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            for offset in range(0, samples.size, frame):
+                await stream.send_audio(samples[offset : offset + frame])
+            await stream.end()
+
+        nursery.start_soon(send)
+        final = None
+        async for result in stream:
+            final = result
+    return final
