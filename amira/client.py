@@ -78,13 +78,26 @@ class StreamClient:
             await self.send_pcm(pcm[offset : offset + frame_bytes])
         await self.end()
 
-    async def keep_alive_until(self, done: trio.Event, interval: float = DEFAULT_KEEPALIVE_SECS) -> None:
-        """Keepalives during a pause in the audio, so that the server's inactivity timer does not fire."""
-        while not done.is_set():
-            with trio.move_on_after(interval):
-                await done.wait()
-            if not done.is_set():
-                await self.keepalive()
+    async def send_live(
+        self, source: trio.MemoryReceiveChannel[np.ndarray], keepalive_secs: float = DEFAULT_KEEPALIVE_SECS
+    ) -> None:
+        """Send what a live source produces, as it comes, then end the stream when the source closes.
+
+        While the source pauses for longer than `keepalive_secs`, keepalives go out, so that the
+        server's inactivity timer does not end the stream.
+        """
+        async with source:
+            while True:
+                with trio.move_on_after(keepalive_secs) as pause:
+                    try:
+                        samples = await source.receive()
+                    except trio.EndOfChannel:
+                        break
+                if pause.cancelled_caught:
+                    await self.keepalive()
+                else:
+                    await self.send_samples_frame(samples)
+        await self.end()
 
     async def wait_closed(self) -> int:
         """The close code the server sends; messages before it are dropped. Bound it with a cancel scope."""

@@ -315,3 +315,17 @@ async def test_stream_metrics_move(server: tuple[str, Recognizer]) -> None:
     calls = ("amira_backend_call_seconds_count", (("model", "tdt"), ("role", "decoder_joint")))
     assert after[calls] > before.get(calls, 0)
     assert after[("amira_active_streams", ())] == 0
+
+
+async def test_a_live_source_with_pauses_is_kept_alive(server: tuple[str, Recognizer]) -> None:
+    """The server ends silent streams after 1.5 s here; a live source pausing 2 s is kept alive."""
+    send, source = trio.open_memory_channel[np.ndarray](1)
+    async with open_stream_client(ws_url(server)) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_live, source, 0.4)
+        async with send:
+            for piece in np.array_split(CLIP[: 16_000 * 3], 3):
+                await send.send(piece)
+                await trio.sleep(2.0)
+        results = [r async for r in client.results()]
+    assert [r["status"] for r in results].count("COMPLETE") == 1
+    assert results[-1]["metadata"]["audio_seconds"] == 3.0
