@@ -280,4 +280,5 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
                 raise
             await close_with_error(failure, stream_id, stream.transcription if stream else "")
             return
-        await websocket.close(CLOSE_GOING_AWAY if ending.shutdown else CLOSE_NORMAL)
+        with trio.move_on_after(settings.stream_timeout_secs):
+            await websocket.close(CLOSE_GOING_AWAY if ending.shutdown else CLOSE_NORMAL)
