@@ -31,7 +31,3 @@ class UnsupportedMediaType(RequestError):
 
 class CapacityExceeded(RequestError):
     error_type = "capacity_exceeded"
-
-
-class Unauthorized(RequestError):
-    error_type = "unauthorized"
