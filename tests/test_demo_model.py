@@ -6,13 +6,17 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from amira import open_recognizer
+from amira.client import open_stream_client
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings
 
-from .recordings import DATA, read_recording
+from .conftest import TritonFixture, start_server
+from .recordings import DATA, pcm16, read_recording
 from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()
@@ -93,3 +97,24 @@ def test_demo_model_set_layout() -> None:
         if p.is_file()
     )
     assert size <= 10_000_000
+
+
+@pytest.fixture
+async def demo_over_triton(nursery: trio.Nursery, asr_triton: TritonFixture) -> str:
+    """A real AMIRA server on the session's real Triton, serving the shipped repository's sets."""
+    return await start_server(nursery, asr_triton.settings())
+
+
+@pytest.mark.parametrize(("path", "text"), _cases())
+async def test_demo_model_over_triton_batch_and_stream(demo_over_triton: str, path: Path, text: str) -> None:
+    pcm = pcm16(read_recording(path))
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            f"{demo_over_triton}/v2/decode/batch/default", content=pcm, headers={"Content-Type": "audio/pcm"}
+        )
+    url = demo_over_triton.replace("http://", "ws://") + "/v2/decode/stream/default"
+    async with open_stream_client(url) as client:
+        await client.send_pcm(pcm)
+        await client.end()
+        final = [result async for result in client.results()][-1]
+    assert (response.json()["transcription"], final["transcription"]) == (text, text)
