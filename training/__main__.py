@@ -15,12 +15,15 @@ def main() -> None:
         "--output", type=Path, required=True, help="model repository to write the demo set into"
     )
     parser.add_argument("--work", type=Path, default=Path("build/demo"), help="cache, metrics, checkpoint")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--finetune-steps", type=int, default=1200, help="stage 2 (warm restart) steps")
+    parser.add_argument("--steps", type=int, default=6500)
+    parser.add_argument("--finetune-steps", type=int, default=2000, help="stage 2 (warm restart) steps")
     parser.add_argument(
         "--resume-stage2", type=Path, default=None, help="stage-1 weights (work/stage1.pt): run stage 2 only"
     )
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--copies", type=int, default=8, help="augmented feature versions of each training utterance"
+    )
     parser.add_argument("--train-utterances", type=int, default=6000)
     parser.add_argument("--test-utterances", type=int, default=400)
     args = parser.parse_args()
@@ -35,6 +38,7 @@ def main() -> None:
         args.batch,
         args.finetune_steps,
         args.resume_stage2,
+        args.copies,
     )
     print(
         f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "

@@ -32,22 +32,38 @@ class Preprocessor:
         return features, features_lens
 
 
+def _fast_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: FFTs of awkward (prime-ish) lengths are many times slower."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35 * (1 << max(0, (-(-n // p35) - 1).bit_length()))
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _colored_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     """White, pink or brown-ish noise of unit RMS."""
     white = rng.standard_normal(n)
     exponent = rng.choice([0.0, 0.5, 1.0])
     if exponent:
-        spectrum = np.fft.rfft(white)
-        freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
-        white = np.fft.irfft(spectrum / freqs**exponent, n)
+        size = _fast_length(n)
+        spectrum = np.fft.rfft(white, size)
+        freqs = np.maximum(np.fft.rfftfreq(size), 1.0 / size)
+        white = np.fft.irfft(spectrum / freqs**exponent, size)[:n]
     return white / (np.sqrt(np.mean(white**2)) + 1e-9)
 
 
 def _random_eq(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     """A smooth random frequency response (+-8 dB), sometimes band-limited like a phone or old mic."""
     n = len(x)
-    spectrum = np.fft.rfft(x)
-    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    size = _fast_length(n)
+    spectrum = np.fft.rfft(x, size)
+    freqs = np.fft.rfftfreq(size, 1 / SAMPLE_RATE)
     knots = np.linspace(0, SAMPLE_RATE / 2, 8)
     gain_db = np.interp(freqs, knots, rng.uniform(-8, 8, len(knots)))
     if rng.random() < 0.3:
@@ -56,7 +72,7 @@ def _random_eq(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     if rng.random() < 0.3:
         low = rng.uniform(100, 400)
         gain_db -= np.clip((low - freqs) / 10.0, 0, 40)
-    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), n)
+    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), size)[:n]
 
 
 def _reverb(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -65,7 +81,7 @@ def _reverb(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     t = np.arange(n) / SAMPLE_RATE
     ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60) * rng.uniform(0.05, 0.4)
     ir[0] = 1.0
-    size = len(x) + n - 1
+    size = _fast_length(len(x) + n - 1)
     wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(ir, size), size)
     return wet[: len(x) + n // 2]
 

@@ -85,6 +85,25 @@ def clean_features(pre: Preprocessor, waves: list[np.ndarray]) -> list[np.ndarra
     return out
 
 
+def augmented_pool(
+    pre: Preprocessor, waves: list[np.ndarray], order: np.ndarray, copies: int, rng: np.random.Generator
+) -> list[list[np.ndarray]]:
+    """`copies` independently augmented feature versions of every training utterance, computed once
+    (float16, [128, T] each), so that a training step costs only the model; batches of similar length."""
+    started = time.time()
+    pool: list[list[np.ndarray]] = []
+    for _ in range(copies):
+        version: list[np.ndarray] = [np.empty(0)] * len(waves)
+        for start in range(0, len(order), 32):
+            rows = order[start : start + 32]
+            features, lengths = pre([augment(rng, waves[i]) for i in rows])
+            for row, i in enumerate(rows):
+                version[i] = features[row, :, : int(lengths[row])].astype(np.float16)
+        pool.append(version)
+    log(f"augmented feature pool: {copies} x {len(waves)} utterances in {time.time() - started:.0f} s")
+    return pool
+
+
 def evaluate(model: Transducer, features: list[np.ndarray], texts: list[str]) -> tuple[float, list[str]]:
     model.eval()
     hyps = [grammar.decode(model.greedy(torch.from_numpy(f), f.shape[1])) for f in features]
@@ -119,6 +138,7 @@ def run(
     batch: int,
     finetune_steps: int = 0,
     resume: Path | None = None,
+    copies: int = 8,
 ) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -133,6 +153,8 @@ def run(
     pre = Preprocessor()
     test_features = clean_features(pre, test_waves)
 
+    pool = augmented_pool(pre, train_waves, order, copies, np_rng)
+
     sizes = Sizes(vocab_size=len(grammar.PIECES))
     model = Transducer(sizes)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
@@ -145,8 +167,12 @@ def run(
             model.train()
             start = int(np_rng.integers(0, len(order) - batch + 1))
             rows = order[start : start + batch]
-            waves = [augment(np_rng, train_waves[i]) for i in rows]
-            features, lengths = pre(waves)
+            picks = np_rng.integers(0, len(pool), len(rows))
+            chosen = [pool[c][i] for c, i in zip(picks, rows, strict=True)]
+            lengths = np.array([f.shape[1] for f in chosen], np.int64)
+            features = np.zeros((len(rows), chosen[0].shape[0], int(lengths.max())), np.float32)
+            for row, f in enumerate(chosen):
+                features[row, :, : f.shape[1]] = f
             features = spec_augment(np_rng, features, lengths)
             targets = [train_targets[i] for i in rows]
             target_lengths = torch.tensor([len(t) for t in targets])
@@ -204,6 +230,7 @@ def run(
         "steps": steps,
         "finetune_steps": finetune_steps,
         "batch": batch,
+        "pool_copies": copies,
         "train_utterances": n_train,
         "test_utterances": n_test,
         "train_hours": float(data["train_offsets"][-1] / 16000 / 3600),
