@@ -7,8 +7,9 @@ For each subject (backend x model) and each concurrency c, one *round* sends a f
 requests (the 11 test recordings, 1 to 7 s, cycled; at least 2c requests) from c concurrent
 clients, each taking the next request when its last one is answered:
 
-* `server`: `POST /v2/decode/batch/default` with raw s16le PCM, over httpx to the AMIRA server in
-  its own process on loopback;
+* `server`: `POST /v2/decode/batch/default` with raw s16le PCM, on keep-alive connections
+  (`bench/http1.py`, h11: the client's own cost stays near 0.1 ms) to the AMIRA server in its own
+  process on loopback;
 * `direct`: `Recognizer.transcribe` on the same samples, in this process, on the same backend
   (same Triton, or onnxruntime sessions of the same model): the pipeline with no HTTP in between.
 
@@ -22,13 +23,13 @@ the server (see bench/worker.py) against the tokens it emitted and the windows i
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +49,7 @@ from bench.common import (
     test_recordings,
     write_json,
 )
+from bench.http1 import Http1Pool
 
 CONCURRENCY = (1, 2, 5, 10, 25, 50)
 QUICK_CONCURRENCY = (1, 5, 25)
@@ -105,16 +107,15 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
         async with (
             running_server(subject, args.workdir / "server.log") as server,
             open_recognizer(settings) as recognizer,
-            httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as http,
+            Http1Pool(server.url) as http,
         ):
-            url = f"{server.url}/v2/decode/batch/default"
+            headers = [("Content-Type", "application/octet-stream")]
 
             async def via_server(item: Recording) -> tuple[int, ...]:
-                response = await http.post(
-                    url, content=item.pcm, headers={"Content-Type": "application/octet-stream"}
-                )
-                response.raise_for_status()
-                return tuple(response.json()["metadata"]["tokens"])
+                status, body = await http.request("POST", "/v2/decode/batch/default", item.pcm, headers)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+                return tuple(json.loads(body)["metadata"]["tokens"])
 
             async def direct(item: Recording) -> tuple[int, ...]:
                 return (await recognizer.transcribe(item.samples)).tokens
