@@ -17,8 +17,11 @@ Both rounds run back to back (their order alternates between repetitions), `--re
 figure is the median over repetitions of its value in one round. The server overhead ratio at p50
 is the median, over requests, of each request's server latency over the direct latency of the same
 request in the same repetition (paired, so that which recording lands on the median does not
-matter); at p99 it is the ratio of the two p99s. `decoder_joint` calls are counted by
-the server (see bench/worker.py) against the tokens it emitted and the windows it encoded.
+matter); at p99 it is the ratio of the two p99s. At c = 1 the round trip of `GET /health` (a
+request that does nothing: Hypercorn, Quart and loopback alone) gives the *floor*, 1 + health p50 /
+direct p50: the lowest ratio any decode of that length could show on this stack. `decoder_joint`
+calls are counted by the server (see bench/worker.py) against the tokens it emitted and the windows
+it encoded.
 """
 
 from __future__ import annotations
@@ -120,6 +123,10 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
             async def direct(item: Recording) -> tuple[int, ...]:
                 return (await recognizer.transcribe(item.samples)).tokens
 
+            async def health(_: Recording) -> tuple[int, ...]:
+                status, _body = await http.request("GET", "/health")
+                return (status,)
+
             same = [await via_server(r) == tuple(await direct(r)) for r in recordings]  # also warms up
             if not all(same):
                 print(f"{subject.label}: server and direct tokens differ on {same.count(False)} recordings")
@@ -133,6 +140,10 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
                     for path in order:
                         send = via_server if path == "server" else direct
                         runs[path].append(await run_round(send, requests, concurrency))
+                floor_ms = math.nan
+                if concurrency == 1:  # the stack's fixed cost: a request that does nothing
+                    floors = [(await run_round(health, requests, 1))["p50_ms"] for _ in range(3)]
+                    floor_ms = median(floors)
                 after = await server.probe()
                 audio = repeat * sum(r.seconds for r in requests)
                 calls = after["calls"].get("decoder_joint", 0) - before["calls"].get("decoder_joint", 0)
@@ -153,6 +164,8 @@ async def bench_subject(backend: str, model: str, args) -> list[dict[str, object
                     "overhead_p99": median(
                         s["p99_ms"] / d["p99_ms"] for s, d in zip(runs["server"], runs["direct"], strict=True)
                     ),
+                    "health_p50_ms": floor_ms,
+                    "overhead_floor": 1 + floor_ms / median(run["p50_ms"] for run in runs["direct"]),
                     "joint_calls_per_audio_s": calls / audio,
                     "emitted_per_audio_s": emitted / audio,
                     "windows_per_audio_s": windows / audio,
@@ -216,13 +229,16 @@ def report(rows: list[dict[str, object]]) -> dict[str, object]:
             targets[label] = {
                 "overhead_p50_c1": r["overhead_p50"],
                 "overhead_met": r["overhead_p50"] <= TARGET_OVERHEAD,
+                "overhead_floor": r["overhead_floor"],
                 "joint_calls_met": _calls_ok(r),
                 "tokens_match": r["tokens_match"],
             }
             print(
                 f"{label}: overhead ratio at p50, c=1: {fmt(r['overhead_p50'], 2)} "
                 f"(target <= {TARGET_OVERHEAD}: "
-                f"{'met' if targets[label]['overhead_met'] else 'NOT met'}); decoder_joint calls "
+                f"{'met' if targets[label]['overhead_met'] else 'NOT met'}; GET /health alone "
+                f"{fmt(r['health_p50_ms'], 2)} ms, a floor of {fmt(r['overhead_floor'], 2)}); "
+                f"decoder_joint calls "
                 f"{'within' if _calls_ok(r) else 'OVER'} tokens + windows; server tokens "
                 f"{'equal' if r['tokens_match'] else 'DIFFER from'} direct"
             )
