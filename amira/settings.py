@@ -102,7 +102,7 @@ class Settings:
     max_frame_bytes: int = 1_048_576
     stream_chunk_secs: float = 1.6
     stream_left_context_secs: float = 4.0
-    stream_right_context_secs: float = 0.8
+    stream_right_context_secs: float = 1.2
     frames_per_call: int | None = None
     shutdown_drain_secs: float = 10.0
     api_keys: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ from tests.recordings import CARDS, DATA, LIBRIVOX, read_recording
 
 PAUSE_SECS = 1.0
 DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by people
+HELD_OUT = DATA / "held_out"  # held-out synthetic utterances joined, 8 s or more each, by the training recipe
 
 
 def levenshtein(a: Sequence[object], b: Sequence[object]) -> int:
@@ -43,6 +44,15 @@ def long_recordings() -> dict[str, np.ndarray]:
         "domain x3 (55 s)": joined(DOMAIN, 3),
         "librivox x1 (30 s)": joined(LIBRIVOX, 1),
     }
+
+
+def held_out() -> list[tuple[str, np.ndarray, str]]:
+    """(file name, samples, reference) of the recipe's joined held-out recordings, 8 s or more each."""
+    out = []
+    for line in (HELD_OUT / "transcripts.tsv").read_text(encoding="utf-8").splitlines():
+        name, text = line.split("\t")
+        out.append((name, read_recording(HELD_OUT / name), text))
+    return out
 
 
 async def streamed_final(

@@ -14,6 +14,19 @@ RECORDINGS = [*LIBRIVOX, *CARDS, DATA / "goforward.raw"]
 MODEL_SETS = ("tdt", "rnnt")  # the random-weight sets: exact decoding, many tokens
 
 
+def _real_domain() -> list[tuple[Path, str]]:
+    """(recording, normalised transcript): lower case, single spaces, no <s> markers or ids."""
+    cases = []
+    for line in (DATA / "cards" / "cards.transcription").read_text(encoding="utf-8").splitlines():
+        words = line.replace("<s>", " ").replace("</s>", " ").split()
+        cases.append((DATA / "cards" / f"{words[-1].strip('()')}.wav", " ".join(words[:-1]).lower()))
+    cases.append((DATA / "goforward.raw", "go forward ten meters"))
+    return cases
+
+
+REAL_DOMAIN = _real_domain()  # people speaking the demo model's domain, with what they say
+
+
 def read_recording(path: Path) -> np.ndarray:
     """16 kHz mono float32 samples of a test recording (`.raw` is headerless s16le)."""
     if path.suffix == ".raw":

@@ -16,24 +16,12 @@ from amira.models import model_file, shipped_repository
 from amira.settings import Settings
 
 from .conftest import TritonFixture, start_server
-from .recordings import DATA, pcm16, read_recording
+from .recordings import REAL_DOMAIN as EXPECTED
+from .recordings import pcm16, read_recording
 from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()
 DEMO_FILES = ("encoder", "decoder_joint", "vocab.txt")
-
-
-def _expected() -> list[tuple[Path, str]]:
-    """(recording, normalised transcript): lower case, single spaces, no <s> markers or ids."""
-    cases = []
-    for line in (DATA / "cards" / "cards.transcription").read_text(encoding="utf-8").splitlines():
-        words = line.replace("<s>", " ").replace("</s>", " ").split()
-        cases.append((DATA / "cards" / f"{words[-1].strip('()')}.wav", " ".join(words[:-1]).lower()))
-    cases.append((DATA / "goforward.raw", "go forward ten meters"))
-    return cases
-
-
-EXPECTED = _expected()
 
 
 def _settings() -> Settings:
@@ -41,39 +29,22 @@ def _settings() -> Settings:
     return Settings()
 
 
-# The shipped model (recipe seed 0, 6500 + 2000 steps) still misses this one; see MODEL_CARD.md.
-KNOWN_MISSES = {"001.wav": "king of clubs"}
-
-
-def _cases() -> list:
-    return [
-        pytest.param(
-            path,
-            text,
-            id=path.name,
-            marks=[pytest.mark.xfail(strict=True, reason="demo model error")]
-            if path.name in KNOWN_MISSES
-            else [],
-        )
-        for path, text in EXPECTED
-    ]
-
-
 async def _transcribe(path: Path) -> str:
     async with open_recognizer(_settings()) as rec:
         return (await rec.transcribe(read_recording(path))).text
 
 
-@pytest.mark.parametrize(("path", "text"), _cases())
+CASES = pytest.mark.parametrize(("path", "text"), EXPECTED, ids=[path.name for path, _ in EXPECTED])
+
+
+@CASES
 async def test_demo_model_transcribes_the_real_recordings_exactly(path: Path, text: str) -> None:
     assert await _transcribe(path) == text
 
 
-@pytest.mark.parametrize(("path", "text"), EXPECTED, ids=[p.name for p, _ in EXPECTED])
+@CASES
 async def test_onnx_asr_decodes_the_demo_model_alike(path: Path, text: str, tmp_path: Path) -> None:
-    expected = KNOWN_MISSES.get(path.name, text)
-    assert await _transcribe(path) == expected
-    assert reference_decoder(REPOSITORY, "default", tmp_path).text(read_recording(path)) == expected
+    assert reference_decoder(REPOSITORY, "default", tmp_path).text(read_recording(path)) == text
 
 
 def test_demo_model_set_layout() -> None:
@@ -105,7 +76,7 @@ async def demo_over_triton(nursery: trio.Nursery, asr_triton: TritonFixture) -> 
     return await start_server(nursery, asr_triton.settings())
 
 
-@pytest.mark.parametrize(("path", "text"), _cases())
+@CASES
 async def test_demo_model_over_triton_batch_and_stream(demo_over_triton: str, path: Path, text: str) -> None:
     pcm = pcm16(read_recording(path))
     async with httpx.AsyncClient(timeout=30) as http:

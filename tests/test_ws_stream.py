@@ -22,7 +22,7 @@ from tests.conftest import embedded_settings
 from tests.recordings import CARDS, LIBRIVOX, read_recording
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
-SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.4 s)
+SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)
 MAX_FRAME = 262_144  # the whole clip fits in one frame
 
 

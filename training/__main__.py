@@ -16,13 +16,18 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("build/demo"), help="cache, metrics, checkpoint")
     parser.add_argument("--steps", type=int, default=6500)
-    parser.add_argument("--finetune-steps", type=int, default=2000, help="stage 2 (warm restart) steps")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=3000, help="stage 2 (warm restart, joined utterances) steps"
+    )
     parser.add_argument(
         "--resume-stage2", type=Path, default=None, help="stage-1 weights (work/stage1.pt): run stage 2 only"
     )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
         "--copies", type=int, default=8, help="augmented feature versions of each training utterance"
+    )
+    parser.add_argument(
+        "--joined-copies", type=int, default=4, help="random groupings of the training set for stage 2"
     )
     parser.add_argument("--train-utterances", type=int, default=6000)
     parser.add_argument("--test-utterances", type=int, default=400)
@@ -39,6 +44,7 @@ def main() -> None:
         args.finetune_steps,
         args.resume_stage2,
         args.copies,
+        args.joined_copies,
     )
     print(
         f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "

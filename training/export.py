@@ -1,4 +1,4 @@
-"""Export to the NeMo ONNX layout (encoder + decoder_joint) and an onnxruntime greedy decoder."""
+"""Export to the NeMo ONNX layout (encoder + decoder_joint), and the server's greedy decoder on the export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from amira.core.decoding import DecoderState, DecodingSpec, GreedyDecoder
 from amira.models.generate import write_vocabulary
 from amira.triton.repository import config_pbtxt, model_tensors
 
@@ -123,7 +124,8 @@ def export(model: Transducer, directory: Path, pieces: list[str]) -> None:
 
 
 class OnnxGreedy:
-    """The spec's RNN-T greedy loop (one decoder_joint call per frame step) on the exported graphs."""
+    """The server's own greedy decoder (`amira.core.decoding`) on the exported graphs via onnxruntime:
+    the export check compares what the server will decode with the torch greedy decode."""
 
     def __init__(self, directory: Path) -> None:
         options = ort.SessionOptions()
@@ -137,32 +139,25 @@ class OnnxGreedy:
         self.encoder, self.decoder = session("encoder"), session("decoder_joint")
         shape = self.decoder.get_inputs()[3].shape
         self.layers, self.hidden = shape[0], shape[2]
-        self.width = self.decoder.get_outputs()[0].shape[3]
+        width = self.decoder.get_outputs()[0].shape[3]
+        self.spec = DecodingSpec("rnnt", blank=width - 1, vocab_size=width)
 
-    def __call__(self, features: np.ndarray, length: int, max_symbols: int = 10) -> list[int]:
+    def __call__(self, features: np.ndarray, length: int) -> list[int]:
         (encoded,), (frames,) = self.encoder.run(
             None, {"audio_signal": features[None, :, :length], "length": np.array([length], np.int64)}
         )
-        blank = self.width - 1
-        last = blank
-        h = np.zeros((self.layers, 1, self.hidden), np.float32)
-        c = np.zeros_like(h)
-        tokens: list[int] = []
-        for t in range(int(frames)):
-            for _ in range(max_symbols):
-                logits, _, h_new, c_new = self.decoder.run(
-                    None,
-                    {
-                        "encoder_outputs": encoded[None, :, t : t + 1],
-                        "targets": np.array([[last]], np.int32),
-                        "target_length": np.array([1], np.int32),
-                        "input_states_1": h,
-                        "input_states_2": c,
-                    },
-                )
-                token = int(logits[0, 0, 0].argmax())
-                if token == blank:
-                    break
-                tokens.append(token)
-                last, h, c = token, h_new, c_new
-        return tokens
+        state = DecoderState.zeros(self.spec.blank, self.layers, self.hidden)
+        decoder = GreedyDecoder(self.spec, state, int(frames))
+        while (call := decoder.next_call()) is not None:
+            logits, _, h, c = self.decoder.run(
+                None,
+                {
+                    "encoder_outputs": encoded[None, :, call.start : call.stop],
+                    "targets": np.array([[call.target]], np.int32),
+                    "target_length": np.array([1], np.int32),
+                    "input_states_1": state.h,
+                    "input_states_2": state.c,
+                },
+            )
+            decoder.receive(logits[0, :, 0], h, c)
+        return [emission.token for emission in decoder.emissions]

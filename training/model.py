@@ -123,7 +123,8 @@ class Transducer(nn.Module):
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean per-utterance RNN-T and CTC losses; `targets` [B, U] padded with anything."""
+        """Mean per-utterance RNN-T and CTC losses, and the encoder frames [B, D, T']; `targets` [B, U]
+        padded with anything."""
         enc, enc_lengths = self.encoder(features, lengths)
         enc = enc.transpose(1, 2)  # [B, T', D]
         start = torch.full((targets.shape[0], 1), self.blank, dtype=torch.long)
@@ -140,7 +141,34 @@ class Transducer(nn.Module):
             reduction="none",
             zero_infinity=True,
         )
-        return rnnt.mean(), ctc.mean()
+        return rnnt.mean(), ctc.mean(), enc.transpose(1, 2)
+
+    def window_consistency(
+        self, features: torch.Tensor, encoded: torch.Tensor, windows: list[tuple[int, int, int, int]]
+    ) -> torch.Tensor:
+        """Mean squared distance (summed over D) between the frames of a chunk encoded inside its own
+        streaming window and the same frames of the whole utterance's encoding (a fixed target).
+
+        `windows` holds (w0, c0, c1, w1) per row in encoder frames: chunk [c0, c1) inside window
+        [w0, w1). The window's features are re-normalised per mel bin over the window, as the
+        preprocessor does when the server encodes a stream's window; standardising is affine
+        invariant, so standardising the utterance-normalised crop gives the same features.
+        """
+        rate = 8  # feature frames per encoder frame
+        crops = []
+        for row, (w0, _, _, w1) in enumerate(windows):
+            crop = features[row, :, rate * w0 : rate * w1]
+            crops.append((crop - crop.mean(1, keepdim=True)) / (crop.std(1, keepdim=True) + 1e-5))
+        lengths = torch.tensor([crop.shape[1] for crop in crops])
+        batch = features.new_zeros(len(crops), features.shape[1], int(lengths.max()))
+        for row, crop in enumerate(crops):
+            batch[row, :, : crop.shape[1]] = crop
+        windowed, _ = self.encoder(batch, lengths)
+        distances = [
+            ((windowed[row, :, c0 - w0 : c1 - w0] - encoded[row, :, c0:c1].detach()) ** 2).sum(0).mean()
+            for row, (w0, c0, c1, _) in enumerate(windows)
+        ]
+        return torch.stack(distances).mean()
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, length: int, max_symbols: int = 10) -> list[int]:

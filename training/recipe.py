@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,12 @@ import torch
 
 from . import grammar, synth
 from .export import OnnxGreedy, export
-from .features import Preprocessor, augment, spec_augment
+from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
 from .model import Sizes, Transducer
+
+WINDOW_CONSISTENCY = 0.3  # stage 2: weight of the streamed-window agreement loss
+HELD_OUT_SHIPPED = 12  # joined held-out recordings written to tests/data/held_out
+Draw = Callable[[np.random.Generator], tuple[list[np.ndarray], list[list[int]]]]
 
 
 def log(message: str) -> None:
@@ -104,11 +109,105 @@ def augmented_pool(
     return pool
 
 
+def join(rng: np.random.Generator, waves: list[np.ndarray], pause: tuple[float, float]) -> np.ndarray:
+    """Utterances one after the other with a silent pause of random length between them, each at its
+    own level (int16)."""
+    pieces = []
+    for index, wave in enumerate(waves):
+        if index:
+            pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.int16))
+        pieces.append((wave * rng.uniform(0.4, 1.0)).astype(np.int16))
+    return np.concatenate(pieces)
+
+
+def joined_pool(
+    pre: Preprocessor,
+    waves: list[np.ndarray],
+    targets: list[list[int]],
+    copies: int,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, list[int]]]:
+    """Long-audio examples: `copies` random groupings of the training utterances into runs of 1-4
+    joined with pauses (up to ~15 s, the shape of a stream's windows and of batch requests), each
+    augmented and featurised once as a whole; sorted by length."""
+    started = time.time()
+    examples: list[tuple[np.ndarray, list[int]]] = []
+    for _ in range(copies):
+        order, groups, start = rng.permutation(len(waves)), [], 0
+        while start < len(order):
+            size = int(rng.integers(1, 5))
+            groups.append(order[start : start + size])
+            start += size
+        audio = [augment(rng, join(rng, [waves[i] for i in group], (0.15, 1.5))) for group in groups]
+        by_length = np.argsort([len(a) for a in audio], kind="stable")
+        for begin in range(0, len(by_length), 16):
+            rows = by_length[begin : begin + 16]
+            features, lengths = pre([audio[i] for i in rows])
+            for row, i in enumerate(rows):
+                target = [token for u in groups[i] for token in targets[u]]
+                examples.append((features[row, :, : int(lengths[row])].astype(np.float16), target))
+    examples.sort(key=lambda example: example[0].shape[1])
+    log(f"joined feature pool: {len(examples)} examples in {time.time() - started:.0f} s")
+    return examples
+
+
+def encoder_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Encoder frames of feature lengths: three stride-2 convs, (L + 1) // 2 each."""
+    for _ in range(3):
+        lengths = (lengths + 1) // 2
+    return lengths
+
+
+def stream_windows(rng: np.random.Generator, lengths: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Per row a streaming window (w0, c0, c1, w1) in encoder frames (80 ms), cut as the server cuts a
+    stream: a 1.6 s chunk [c0, c1) with up to 4 s of left context and 0.4-1.6 s of look-ahead, both
+    clipped at the ends of the audio."""
+    windows = []
+    for n in map(int, lengths):
+        c0 = int(rng.integers(0, n))
+        c1 = min(n, c0 + 20)
+        w0 = c0 - min(c0, int(rng.integers(0, 51)))
+        w1 = c1 + min(n - c1, int(rng.integers(5, 21)))
+        windows.append((w0, c0, c1, w1))
+    return windows
+
+
+def held_out_joined(waves: list[np.ndarray], texts: list[str], seed: int) -> list[tuple[np.ndarray, str]]:
+    """Held-out utterances joined with pauses, at least 3 and 8 s at a time (longer than one streaming
+    window): the long-audio evaluation here, and the streamed-vs-batch set in `tests/data/held_out`."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0
+    while start < len(waves):
+        group = [start]
+        while group[-1] + 1 < len(waves) and (
+            len(group) < 3 or sum(len(waves[i]) for i in group) < 8 * SAMPLE_RATE
+        ):
+            group.append(group[-1] + 1)
+        start = group[-1] + 1
+        wave = join(rng, [waves[i] for i in group], (0.3, 1.2))
+        if len(wave) >= 8 * SAMPLE_RATE:
+            out.append((wave, " ".join(texts[i] for i in group)))
+    return out
+
+
 def evaluate(model: Transducer, features: list[np.ndarray], texts: list[str]) -> tuple[float, list[str]]:
     model.eval()
     hyps = [grammar.decode(model.greedy(torch.from_numpy(f), f.shape[1])) for f in features]
     errors = sum(word_errors(r, h) for r, h in zip(texts, hyps, strict=True))
     return errors / sum(len(t.split()) for t in texts), hyps
+
+
+def write_held_out(recordings: list[tuple[np.ndarray, str]], directory: Path) -> None:
+    """FLAC files and a `transcripts.tsv` (file, reference) for the streamed-vs-batch test and bench."""
+    import soundfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, (wave, text) in enumerate(recordings):
+        name = f"{index:02d}.flac"
+        soundfile.write(directory / name, wave, SAMPLE_RATE, subtype="PCM_16")
+        lines.append(f"{name}\t{text}\n")
+    (directory / "transcripts.tsv").write_text("".join(lines), encoding="utf-8")
 
 
 def real_recordings(repo_root: Path) -> list[tuple[str, np.ndarray, str]]:
@@ -139,8 +238,10 @@ def run(
     finetune_steps: int = 0,
     resume: Path | None = None,
     copies: int = 8,
+    joined_copies: int = 4,
 ) -> dict:
     torch.set_num_threads(1)
+    repo_root = Path(__file__).resolve().parent.parent
     torch.manual_seed(seed)
     np_rng = np.random.default_rng(seed)
     started = time.time()
@@ -153,66 +254,102 @@ def run(
     pre = Preprocessor()
     test_features = clean_features(pre, test_waves)
 
-    pool = augmented_pool(pre, train_waves, order, copies, np_rng)
-
     sizes = Sizes(vocab_size=len(grammar.PIECES))
     model = Transducer(sizes)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
     train_started = time.time()
 
-    def train(stage_steps: int, peak: float, warmup: int, np_rng: np.random.Generator) -> None:
+    def train(
+        stage_steps: int,
+        peak: float,
+        warmup: int,
+        np_rng: np.random.Generator,
+        draw: Draw,
+        consistency: float = 0.0,
+    ) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=1e-3)
         stage_started = time.time()
         for step in range(stage_steps):
             model.train()
-            start = int(np_rng.integers(0, len(order) - batch + 1))
-            rows = order[start : start + batch]
-            picks = np_rng.integers(0, len(pool), len(rows))
-            chosen = [pool[c][i] for c, i in zip(picks, rows, strict=True)]
+            chosen, targets = draw(np_rng)
             lengths = np.array([f.shape[1] for f in chosen], np.int64)
-            features = np.zeros((len(rows), chosen[0].shape[0], int(lengths.max())), np.float32)
+            features = np.zeros((len(chosen), chosen[0].shape[0], int(lengths.max())), np.float32)
             for row, f in enumerate(chosen):
                 features[row, :, : f.shape[1]] = f
             features = spec_augment(np_rng, features, lengths)
-            targets = [train_targets[i] for i in rows]
             target_lengths = torch.tensor([len(t) for t in targets])
-            padded = torch.zeros(len(rows), int(target_lengths.max()), dtype=torch.long)
+            padded = torch.zeros(len(chosen), int(target_lengths.max()), dtype=torch.long)
             for row, target in enumerate(targets):
                 padded[row, : len(target)] = torch.tensor(target)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, stage_steps, peak, warmup)
-            rnnt, ctc = model.losses(
-                torch.from_numpy(features), torch.from_numpy(lengths), padded, target_lengths
-            )
+            inputs = torch.from_numpy(features)
+            rnnt, ctc, encoded = model.losses(inputs, torch.from_numpy(lengths), padded, target_lengths)
             loss = rnnt + 0.3 * ctc
+            agreement = torch.zeros(())
+            if consistency:
+                windows = stream_windows(np_rng, encoder_lengths(lengths))
+                agreement = model.window_consistency(inputs, encoded, windows)
+                loss = loss + consistency * agreement
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             if step % 100 == 0 or step == stage_steps - 1:
                 log(
-                    f"step {step}: rnnt {rnnt.item():.3f} ctc {ctc.item():.3f} "
+                    f"step {step}: rnnt {rnnt.item():.3f} ctc {ctc.item():.3f} window {agreement.item():.3f} "
                     f"({(time.time() - stage_started) / (step + 1):.2f} s/step)"
                 )
             if step % 1000 == 999:
                 wer, _ = evaluate(model, test_features[:100], test_texts[:100])
                 log(f"step {step}: held-out WER (first 100) {wer:.3%}")
 
-    # Stage 1: warm-up and cosine decay from 2e-3. Stage 2: a warm restart from 1e-3 with a fresh
-    # optimizer and fresh seeds, so that it depends on the stage-1 weights alone (--resume-stage2).
+    # Stage 1: isolated utterances, warm-up and cosine decay from 2e-3. Stage 2: a warm restart from
+    # 1e-3 with a fresh optimizer and fresh seeds on joined utterances (long audio with pauses), so
+    # that it depends on the stage-1 weights alone (--resume-stage2).
     if resume is None:
-        train(steps, 2e-3, min(500, steps // 10), np_rng)
+        pool = augmented_pool(pre, train_waves, order, copies, np_rng)
+
+        def draw_utterances(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[int]]]:
+            start = int(rng.integers(0, len(order) - batch + 1))
+            rows = order[start : start + batch]
+            picks = rng.integers(0, len(pool), len(rows))
+            chosen = [pool[c][i] for c, i in zip(picks, rows, strict=True)]
+            return chosen, [train_targets[i] for i in rows]
+
+        train(steps, 2e-3, min(500, steps // 10), np_rng, draw_utterances)
+        del pool
         torch.save(model.state_dict(), work / "stage1.pt")
     else:
         model.load_state_dict(torch.load(resume))
         log(f"stage 1 weights from {resume}")
     if finetune_steps:
+        torch.set_num_threads(2)  # longer rows and a second encoder pass: both cores (deterministic too)
         torch.manual_seed(seed + 1)
-        train(finetune_steps, 1e-3, 100, np.random.default_rng(seed + 1))
+        stage2_rng = np.random.default_rng(seed + 1)
+        examples = joined_pool(pre, train_waves, train_targets, joined_copies, stage2_rng)
+        budget = batch * 200  # feature frames per step: 32 utterances of 2 s, as in stage 1
+
+        def draw_joined(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[int]]]:
+            start, size = int(rng.integers(0, len(examples))), 1
+            while start + size < len(examples) and (size + 1) * examples[start + size][0].shape[1] <= budget:
+                size += 1
+            chosen = examples[start : start + size]
+            return [f for f, _ in chosen], [t for _, t in chosen]
+
+        train(finetune_steps, 1e-3, 100, stage2_rng, draw_joined, WINDOW_CONSISTENCY)
     train_s = time.time() - train_started
 
     wer, hyps = evaluate(model, test_features, test_texts)
     log(f"held-out synthetic WER {wer:.3%} over {len(test_texts)} utterances")
+    joined = held_out_joined(test_waves, test_texts, seed)
+    joined_wer, _ = evaluate(
+        model,
+        clean_features(pre, [wave for wave, _ in joined]),
+        [text for _, text in joined],
+    )
+    log(f"held-out joined WER {joined_wer:.3%} over {len(joined)} recordings (3+ utterances, 8+ s)")
+    write_held_out(joined[:HELD_OUT_SHIPPED], repo_root / "tests" / "data" / "held_out")
     export(model, output, grammar.PIECES)
     onnx_greedy = OnnxGreedy(output)
     mismatches = 0
@@ -220,7 +357,7 @@ def run(
         mismatches += grammar.decode(onnx_greedy(f, f.shape[1])) != hyp
     log(f"ONNX export vs torch greedy: {mismatches} of {len(hyps)} held-out utterances differ")
     real = []
-    for name, wave, ref in real_recordings(Path(__file__).resolve().parent.parent):
+    for name, wave, ref in real_recordings(repo_root):
         (f,) = clean_features(pre, [wave])
         hyp = grammar.decode(onnx_greedy(f, f.shape[1]))
         real.append({"file": name, "reference": ref, "hypothesis": hyp, "exact": hyp == ref})
@@ -235,6 +372,7 @@ def run(
         "test_utterances": n_test,
         "train_hours": float(data["train_offsets"][-1] / 16000 / 3600),
         "held_out_wer": wer,
+        "held_out_joined_wer": joined_wer,
         "export_mismatches": mismatches,
         "real_recordings": real,
         "synthesis_s": round(synth_s),
