@@ -4,7 +4,7 @@
                            [--json out.json] [--quick] [--repeat N] [--streams 1,2,5,10,20]
 
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
-C = 1.6 s, left context 4.0 s, look-ahead Rc = 0.8 s) and `MAX_CONCURRENT_STREAMS` raised to the
+C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s) and `MAX_CONCURRENT_STREAMS` raised to the
 largest N asked for. Stream j sends two LibriVox clips one after the other (8 to 11 s; which two
 rotates with j) in 100 ms frames against an absolute clock; stream j starts j/N of a chunk after
 the first, so that their windows do not all fall due at the same instant. Per scenario (N streams,
@@ -14,7 +14,7 @@ one repetition):
   and every result says how much audio it had (`metadata.audio_seconds`), which names the window
   behind it. For each partial whose `committed` text grew, the latency runs from sending the 100 ms
   frame that completed that window's look-ahead to receiving the partial: inference, queueing and
-  transport. (Counted from the chunk's last sample, add Rc = 0.8 s of look-ahead wait.)
+  transport. (Counted from the chunk's last sample, add Rc = 1.2 s of look-ahead wait.)
 * final latency: from sending the end-of-stream byte 0x00 to receiving the final result;
 * CPU seconds of the server process per audio second (all its threads; with the embedded backend
   this includes inference), and of the Triton process tree per audio second with Triton;
@@ -41,6 +41,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira.client import StreamError, open_stream_client
+from amira.settings import Settings
 from bench.common import (
     SAMPLE_RATE,
     Recording,
@@ -65,7 +66,12 @@ from bench.common import (
 )
 from tests.recordings import CARDS, read_recording
 
-CHUNK, LEFT, RIGHT = 1.6, 4.0, 0.8
+DEFAULTS = Settings()
+CHUNK, LEFT, RIGHT = (
+    DEFAULTS.stream_chunk_secs,
+    DEFAULTS.stream_left_context_secs,
+    DEFAULTS.stream_right_context_secs,
+)
 FRAME_SECONDS = 0.1
 STREAMS = (1, 2, 5, 10, 20)
 QUICK_STREAMS = (1, 5)

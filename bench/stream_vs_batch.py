@@ -1,18 +1,22 @@
 """Streamed final against batch transcript, per recording longer than one window, in process.
 
-    python bench/stream_vs_batch.py [--model default] [--chunk 1.6 --left 4.0 --right 0.8]
+    python bench/stream_vs_batch.py [--model default] [--chunk 1.6 --left 4.0 --right 1.2]
+                                    [--recipe-data build/demo/data-0-6000-400.npz]
 
 Prints the word error rate and the token edit distance of the streamed final against the batch
 transcript of the same audio: first for the held-out synthetic recordings of `tests/data/held_out`
 (3 or more utterances of the demo model's domain joined with pauses, 8 s or more, written by the training
 recipe; the WER over all of them is the demo model's streaming figure), then for the real domain
 recordings of `tests/data` joined with pauses, and the LibriVox clips joined (the random-weight
-sets' case). `tests/test_long_stream.py` asserts the bounds on the same audio.
+sets' case). `tests/test_long_stream.py` asserts the bounds on the same audio. With
+`--recipe-data` (the training recipe's synthesis cache) it measures the recipe's whole held-out set
+instead of the 12 recordings shipped from it (101 recordings, 1170 s), and prints only the total.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -24,6 +28,19 @@ from amira import open_recognizer
 from amira.recognizer import Recognizer
 from tests.conftest import embedded_settings
 from tests.long_audio import held_out, levenshtein, long_recordings, streamed_final
+from training.joining import held_out_joined
+
+
+def recipe_held_out(path: Path) -> list[tuple[str, np.ndarray, str]]:
+    """The recipe's whole held-out set, joined exactly as it joins the recordings it ships."""
+    with np.load(path) as data:
+        audio, offsets = data["test_audio"], data["test_offsets"]
+        texts = [str(text) for text in data["test_texts"]]
+    waves = [audio[a:b] for a, b in itertools.pairwise(offsets)]
+    return [
+        (f"{index:03d}", wave.astype(np.float32) / 32768.0, text)
+        for index, (wave, text) in enumerate(held_out_joined(waves, texts, seed=0))
+    ]
 
 
 async def compare(recognizer: Recognizer, samples: np.ndarray, model: str) -> dict[str, float]:
@@ -57,11 +74,16 @@ async def main(args: argparse.Namespace) -> None:
 
     async with open_recognizer(settings) as recognizer:
         edits = words = 0
-        for name, samples, _ in held_out():
+        recordings = recipe_held_out(args.recipe_data) if args.recipe_data else held_out()
+        for name, samples, _ in recordings:
             row = await compare(recognizer, samples, args.model)
-            show(f"held_out/{name}", row)
+            if not args.recipe_data:
+                show(f"held_out/{name}", row)
             edits, words = edits + row["word_edits"], words + row["batch_words"]
-        print(f"{'held_out, all':>20} {'':8} {words:12.0f} {edits / max(1, words):7.1%}")
+        label = f"held_out, all {len(recordings)}"
+        print(f"{label:>20} {'':8} {words:12.0f} {edits / max(1, words):7.1%}")
+        if args.recipe_data:
+            return
         for name, samples in long_recordings().items():
             show(name, await compare(recognizer, samples, args.model))
 
@@ -74,4 +96,5 @@ if __name__ == "__main__":
     parser.add_argument("--chunk", type=float, default=1.6)
     parser.add_argument("--left", type=float, default=4.0)
     parser.add_argument("--right", type=float, default=1.2)
+    parser.add_argument("--recipe-data", type=Path, help="the training recipe's data-*.npz cache")
     trio.run(main, parser.parse_args())

@@ -16,6 +16,7 @@ import torch
 from . import grammar, synth
 from .export import OnnxGreedy, export
 from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
+from .joining import held_out_joined, join
 from .model import Sizes, Transducer
 
 WINDOW_CONSISTENCY = 0.3  # stage 2: weight of the streamed-window agreement loss
@@ -109,17 +110,6 @@ def augmented_pool(
     return pool
 
 
-def join(rng: np.random.Generator, waves: list[np.ndarray], pause: tuple[float, float]) -> np.ndarray:
-    """Utterances one after the other with a silent pause of random length between them, each at its
-    own level (int16)."""
-    pieces = []
-    for index, wave in enumerate(waves):
-        if index:
-            pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.int16))
-        pieces.append((wave * rng.uniform(0.4, 1.0)).astype(np.int16))
-    return np.concatenate(pieces)
-
-
 def joined_pool(
     pre: Preprocessor,
     waves: list[np.ndarray],
@@ -170,24 +160,6 @@ def stream_windows(rng: np.random.Generator, lengths: np.ndarray) -> list[tuple[
         w1 = c1 + min(n - c1, int(rng.integers(5, 21)))
         windows.append((w0, c0, c1, w1))
     return windows
-
-
-def held_out_joined(waves: list[np.ndarray], texts: list[str], seed: int) -> list[tuple[np.ndarray, str]]:
-    """Held-out utterances joined with pauses, at least 3 and 8 s at a time (longer than one streaming
-    window): the long-audio evaluation here, and the streamed-vs-batch set in `tests/data/held_out`."""
-    rng = np.random.default_rng(seed)
-    out, start = [], 0
-    while start < len(waves):
-        group = [start]
-        while group[-1] + 1 < len(waves) and (
-            len(group) < 3 or sum(len(waves[i]) for i in group) < 8 * SAMPLE_RATE
-        ):
-            group.append(group[-1] + 1)
-        start = group[-1] + 1
-        wave = join(rng, [waves[i] for i in group], (0.3, 1.2))
-        if len(wave) >= 8 * SAMPLE_RATE:
-            out.append((wave, " ".join(texts[i] for i in group)))
-    return out
 
 
 def evaluate(model: Transducer, features: list[np.ndarray], texts: list[str]) -> tuple[float, list[str]]:
