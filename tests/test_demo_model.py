@@ -16,8 +16,7 @@ from amira.models import model_file, shipped_repository
 from amira.settings import Settings
 
 from .conftest import TritonFixture, start_server
-from .recordings import REAL_DOMAIN as EXPECTED
-from .recordings import pcm16, read_recording
+from .recordings import REAL_DOMAIN, pcm16, read_recording
 from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()
@@ -34,7 +33,7 @@ async def _transcribe(path: Path) -> str:
         return (await rec.transcribe(read_recording(path))).text
 
 
-CASES = pytest.mark.parametrize(("path", "text"), EXPECTED, ids=[path.name for path, _ in EXPECTED])
+CASES = pytest.mark.parametrize(("path", "text"), REAL_DOMAIN, ids=[path.name for path, _ in REAL_DOMAIN])
 
 
 @CASES
