@@ -27,9 +27,19 @@ class Sizes:
     vocab_size: int = 57  # with the blank, which is last
 
 
+SUBSAMPLING = 8  # feature frames per encoder frame: three stride-2 convs
+
+
 def subsampled_length(length: torch.Tensor) -> torch.Tensor:
     """NeMo's floor((L + 2 * 1 - 3) / 2) + 1 for one stride-2 kernel-3 conv, as (L + 1) // 2."""
     return torch.div(length + 1, 2, rounding_mode="floor")
+
+
+def encoded_length(length: torch.Tensor) -> torch.Tensor:
+    """Encoder frames of `length` feature frames."""
+    for _ in range(3):
+        length = subsampled_length(length)
+    return length
 
 
 def _mask(x: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -122,7 +132,7 @@ class Transducer(nn.Module):
         lengths: torch.Tensor,
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean per-utterance RNN-T and CTC losses, and the encoder frames [B, D, T']; `targets` [B, U]
         padded with anything."""
         enc, enc_lengths = self.encoder(features, lengths)
@@ -154,10 +164,9 @@ class Transducer(nn.Module):
         preprocessor does when the server encodes a stream's window; standardising is affine
         invariant, so standardising the utterance-normalised crop gives the same features.
         """
-        rate = 8  # feature frames per encoder frame
         crops = []
         for row, (w0, _, _, w1) in enumerate(windows):
-            crop = features[row, :, rate * w0 : rate * w1]
+            crop = features[row, :, SUBSAMPLING * w0 : SUBSAMPLING * w1]
             crops.append((crop - crop.mean(1, keepdim=True)) / (crop.std(1, keepdim=True) + 1e-5))
         lengths = torch.tensor([crop.shape[1] for crop in crops])
         batch = features.new_zeros(len(crops), features.shape[1], int(lengths.max()))

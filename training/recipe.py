@@ -17,10 +17,10 @@ from . import grammar, synth
 from .export import OnnxGreedy, export
 from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
 from .joining import held_out_joined, join
-from .model import Sizes, Transducer
+from .model import Sizes, Transducer, encoded_length
 
 WINDOW_CONSISTENCY = 0.3  # stage 2: weight of the streamed-window agreement loss
-HELD_OUT_SHIPPED = 12  # joined held-out recordings written to tests/data/held_out
+HELD_OUT_SHIPPED = 12  # joined held-out recordings written beside the shipped model, in tests/data/held_out
 Draw = Callable[[np.random.Generator], tuple[list[np.ndarray], list[list[int]]]]
 
 
@@ -141,13 +141,6 @@ def joined_pool(
     return examples
 
 
-def encoder_lengths(lengths: np.ndarray) -> np.ndarray:
-    """Encoder frames of feature lengths: three stride-2 convs, (L + 1) // 2 each."""
-    for _ in range(3):
-        lengths = (lengths + 1) // 2
-    return lengths
-
-
 def stream_windows(rng: np.random.Generator, lengths: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Per row a streaming window (w0, c0, c1, w1) in encoder frames (80 ms), cut as the server cuts a
     stream: a 1.6 s chunk [c0, c1) with up to 4 s of left context and 0.4-1.6 s of look-ahead, both
@@ -260,7 +253,7 @@ def run(
             loss = rnnt + 0.3 * ctc
             agreement = torch.zeros(())
             if consistency:
-                windows = stream_windows(np_rng, encoder_lengths(lengths))
+                windows = stream_windows(np_rng, encoded_length(torch.from_numpy(lengths)).numpy())
                 agreement = model.window_consistency(inputs, encoded, windows)
                 loss = loss + consistency * agreement
             optimizer.zero_grad()
@@ -321,7 +314,11 @@ def run(
         [text for _, text in joined],
     )
     log(f"held-out joined WER {joined_wer:.3%} over {len(joined)} recordings (3+ utterances, 8+ s)")
-    write_held_out(joined[:HELD_OUT_SHIPPED], repo_root / "tests" / "data" / "held_out")
+    shipping = output.resolve() == (repo_root / "amira" / "models" / "repository").resolve()
+    write_held_out(
+        joined[:HELD_OUT_SHIPPED],
+        repo_root / "tests" / "data" / "held_out" if shipping else work / "held_out",
+    )
     export(model, output, grammar.PIECES)
     onnx_greedy = OnnxGreedy(output)
     mismatches = 0
