@@ -1,11 +1,12 @@
 """Streamed final against batch transcript, per recording longer than one window, in process.
 
-    python bench/stream_vs_batch.py [--model default] [--chunk 1.6 --left 4.0 --right 1.2]
+    python bench/stream_vs_batch.py [--model default] [--chunk C --left L --right R]
                                     [--recipe-data build/demo/data-0-6000-400.npz]
 
-Prints the word error rate and the token edit distance of the streamed final against the batch
-transcript of the same audio: first for the held-out synthetic recordings of `tests/data/held_out`
-(3 or more utterances of the demo model's domain joined with pauses, 8 s or more, written by the training
+Windows default to the server's (1.6 s chunks, 4.0 s left context, 1.2 s look-ahead). Prints the
+word error rate and the token edit distance of the streamed final against the batch transcript of
+the same audio: first for the held-out synthetic recordings of `tests/data/held_out` (3 or more
+utterances of the demo model's domain joined with pauses, 8 s or more, written by the training
 recipe; the WER over all of them is the demo model's streaming figure), then for the real domain
 recordings of `tests/data` joined with pauses, and the LibriVox clips joined (the random-weight
 sets' case). `tests/test_long_stream.py` asserts the bounds on the same audio. With
@@ -26,6 +27,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira import open_recognizer
 from amira.recognizer import Recognizer
+from amira.settings import Settings
 from tests.conftest import embedded_settings
 from tests.long_audio import held_out, levenshtein, long_recordings, streamed_final
 from training.joining import held_out_joined
@@ -47,11 +49,12 @@ async def compare(recognizer: Recognizer, samples: np.ndarray, model: str) -> di
     batch = await recognizer.transcribe(samples, model)
     final = await streamed_final(recognizer, samples, model)
     words, batch_words = final.transcription.split(), batch.text.split()
+    edits = levenshtein(words, batch_words)
     return {
         "seconds": samples.size / 16_000,
         "batch_words": len(batch_words),
-        "word_edits": levenshtein(words, batch_words),
-        "wer": levenshtein(words, batch_words) / max(1, len(batch_words)),
+        "word_edits": edits,
+        "wer": edits / max(1, len(batch_words)),
         "token_edit_rate": levenshtein(final.tokens, batch.tokens) / max(1, len(batch.tokens)),
     }
 
@@ -93,8 +96,9 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="default")
-    parser.add_argument("--chunk", type=float, default=1.6)
-    parser.add_argument("--left", type=float, default=4.0)
-    parser.add_argument("--right", type=float, default=1.2)
+    defaults = Settings()  # the server's streaming defaults
+    parser.add_argument("--chunk", type=float, default=defaults.stream_chunk_secs)
+    parser.add_argument("--left", type=float, default=defaults.stream_left_context_secs)
+    parser.add_argument("--right", type=float, default=defaults.stream_right_context_secs)
     parser.add_argument("--recipe-data", type=Path, help="the training recipe's data-*.npz cache")
     trio.run(main, parser.parse_args())
