@@ -3,9 +3,8 @@
 The demo model's acceptance figure: over the held-out synthetic recordings of `tests/data/held_out`
 (3 or more utterances joined with pauses, 8 s or more: several streaming windows each), the
 streamed finals with the default windows differ from the batch transcripts by at most 2 % of the
-batch words. A
-stream that dropped, repeated or misplaced a window would be far past it. `bench/stream_vs_batch.py`
-prints the same figures per recording, and for other windows.
+batch words. A stream that dropped, repeated or misplaced a window would be far past it.
+`bench/stream_vs_batch.py` prints the same figures per recording, and for other windows.
 """
 
 from __future__ import annotations
