@@ -16,6 +16,7 @@ import trio
 
 from amira.core import audio
 from amira.core.errors import RequestError
+from amira.protocols.native_batch import batch_document
 from amira.core.model_set import ModelSetError
 from amira.recognizer import open_recognizer
 from amira.settings import Settings, SettingsError
@@ -66,7 +67,7 @@ async def transcribe_files(settings: Settings, paths: Sequence[Path], model: str
             transcript = await recognizer.transcribe(samples, model)
             progress.step(str(path))
             if as_json:
-                document = transcript.to_json(model, 0.0)
+                document = batch_document(transcript, model, 0.0)
                 document["file"] = str(path)
                 print(json.dumps(document))
             else:

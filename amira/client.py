@@ -21,9 +21,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from amira.core.audio import MODEL_SAMPLE_RATE, PCM16_SCALE
-
-END_OF_STREAM = b"\x00"
-KEEPALIVE = b"\x01"
+from amira.protocols.native_stream import END_OF_STREAM, FINALIZE_MESSAGE, KEEPALIVE
 DEFAULT_KEEPALIVE_SECS = 5.0
 CLOSE_WAIT_SECS = 5.0
 
@@ -53,7 +51,7 @@ class StreamClient:
         await self.connection.send_message(KEEPALIVE)
 
     async def finalize(self) -> None:
-        await self.connection.send_message(json.dumps({"type": "Finalize"}))
+        await self.connection.send_message(FINALIZE_MESSAGE)
 
     async def end(self) -> None:
         await self.connection.send_message(END_OF_STREAM)

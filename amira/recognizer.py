@@ -1,237 +1,38 @@
-"""The recogniser: the trio shell that runs the sans-IO core on an inference backend.
+"""The recogniser: batch recognition, and the handle a trio program holds.
 
     async with amira.open_recognizer(Settings.from_env()) as rec:
         transcript = await rec.transcribe(samples)  # 16 kHz mono float32
+        async with rec.open_stream("default") as stream: ...
 
-It owns the validated model sets, the pools of decoder states and the capacity limiters under
-which backend calls run in worker threads.
+It runs the sans-IO decoder over one whole recording on the `Engine`, which owns the model sets,
+the state pools and the backend calls; streams are `amira.stream_session`'s, on the same engine.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import attrs
 import numpy as np
 import trio
 
-from amira.backends.base import Backend, BackendError, BackendUnavailable
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
 from amira.core.decoding import GreedyDecoder
-from amira.core.errors import UnknownModel
-from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
-from amira.core.state_pool import StatePool
-from amira.core.streaming import StreamingConfigError
 from amira.core.transcript import Transcript, build_transcript
-from amira.core.vocabulary import Vocabulary, VocabularyError
+from amira.engine import CallPolicy, Engine, create_backend
 from amira.settings import Settings
-from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream, streaming_config
-
-JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
-OUTAGE_RETRY_SECS = 0.25
-PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
-
-
-@attrs.frozen
-class CallPolicy:
-    """How a kind of work calls the backend: under which limiter, and how long it rides through an
-    outage (the backend unreachable) by retrying before it gives up. Calls are pure functions of
-    their inputs, so a retry is safe."""
-
-    limiter: trio.CapacityLimiter
-    ride_through_secs: float = 0.0
-
-
-@attrs.frozen
-class Encoded:
-    """Encoder output of one utterance or window: `frames` is `[D, T']`, `length` the valid T'."""
-
-    frames: np.ndarray
-    length: int
-    features_length: int
-
-
-def create_backend(settings: Settings) -> Backend:
-    if settings.triton_endpoint:
-        from amira.backends.triton import TritonBackend
-
-        return TritonBackend(settings.triton_endpoint, inference_timeout=settings.inference_timeout_secs)
-    from amira.backends.embedded import EmbeddedBackend
-
-    return EmbeddedBackend(settings.model_repository)
+from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
 
 
 class Recognizer:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
-        self.backend = backend
-        self.settings = settings
-        self.configs: dict[str, ModelSetConfig] = settings.model_set_configs()
-        self.vocabularies: dict[str, Vocabulary] = {}
-        self.model_sets: dict[str, ModelSet] = {}
-        self.state_pools: dict[str, StatePool] = {}
-        self.stream_calls = CallPolicy(
-            trio.CapacityLimiter(settings.max_concurrent_streams), settings.stream_outage_secs
-        )
-        self.batch_calls = CallPolicy(trio.CapacityLimiter(settings.max_concurrent_batches))
-        self.calls: Counter[str] = Counter()
-        self.on_call: Callable[[str, str, float], None] | None = None
+    """Batch recognition on an engine, and streams on it (`open_stream`)."""
 
-    def load_vocabularies(self) -> None:
-        """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""
-        for name, config in self.configs.items():
-            try:
-                self.vocabularies[name] = Vocabulary.load(config.vocabulary)
-            except VocabularyError as exc:
-                raise ModelSetError(f"model set {name!r}: {exc}") from exc
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     @property
-    def loaded(self) -> bool:
-        return len(self.model_sets) == len(self.configs)
-
-    async def load(self) -> None:
-        """Validate every model set against the backend's metadata and measure its frame rate.
-
-        Raises `ModelSetError` when a set does not fit, and a `BackendFailure` when the backend
-        cannot be asked; the server retries the latter until the backend answers.
-        """
-        if not self.vocabularies:
-            self.load_vocabularies()
-        for name, config in self.configs.items():
-            if name in self.model_sets:
-                continue
-            metadata = {
-                role: await self.backend.model_metadata(model) for role, model in config.models.items()
-            }
-            model_set = validate_model_set(config, self.vocabularies[name], metadata)
-            decoding = attrs.evolve(model_set.decoding, frames_per_call=self.settings.frames_per_call)
-            model_set = attrs.evolve(model_set, decoding=decoding)
-            model_set = await self._probe_frame_rate(model_set)
-            try:
-                streaming_config(self, model_set)
-            except StreamingConfigError as exc:
-                raise ModelSetError(f"model set {name!r}: {exc}") from exc
-            self.state_pools[name] = StatePool(
-                model_set.decoding.blank,
-                model_set.state_layers,
-                model_set.state_hidden,
-                self.settings.max_concurrent_streams + self.settings.max_concurrent_batches,
-            )
-            self.model_sets[name] = model_set
-
-    async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
-        """Feature hop and subsampling are not in the metadata: measure them on silence."""
-        encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_calls)
-        if encoded.features_length < 1 or encoded.length < 1:
-            raise ModelSetError(f"model set {model_set.name!r} gives no frames for {PROBE_SAMPLES} samples")
-        hop = PROBE_SAMPLES // encoded.features_length
-        subsampling = round(encoded.features_length / encoded.length)
-        return attrs.evolve(model_set, hop_samples=hop, subsampling=subsampling)
-
-    async def ready(self) -> bool:
-        """Whether the backend answers and every model of every set is ready."""
-        for config in self.configs.values():
-            for model in config.models.values():
-                if not await self.backend.is_model_ready(model):
-                    return False
-        return True
-
-    def model_set(self, name: str) -> ModelSet:
-        try:
-            return self.model_sets[name]
-        except KeyError:
-            if name in self.configs:
-                raise BackendUnavailable(
-                    f"model set {name!r} is not loaded yet: the backend has not answered"
-                ) from None
-            raise UnknownModel(
-                f"unknown model {name!r}; configured: {', '.join(sorted(self.configs))}"
-            ) from None
-
-    async def _infer(
-        self,
-        model_set: ModelSet,
-        role: str,
-        inputs: dict[str, np.ndarray],
-        outputs: tuple[str, ...],
-        policy: CallPolicy,
-    ) -> dict[str, np.ndarray]:
-        """One backend call for a model of the set, counted and timed, retried through an outage."""
-        give_up_at = trio.current_time() + policy.ride_through_secs
-        while True:
-            started = time.perf_counter()
-            try:
-                return await self.backend.infer(
-                    model_set.config.models[role], inputs, outputs, policy.limiter
-                )
-            except BackendUnavailable:
-                if trio.current_time() + OUTAGE_RETRY_SECS > give_up_at:
-                    raise
-            finally:
-                self.calls[role] += 1
-                if self.on_call is not None:
-                    self.on_call(model_set.name, role, time.perf_counter() - started)
-            await trio.sleep(OUTAGE_RETRY_SECS)
-
-    async def encode(self, model_set: ModelSet, samples: np.ndarray, policy: CallPolicy) -> Encoded:
-        """Preprocessor and encoder over one piece of 16 kHz audio."""
-        pre = await self._infer(
-            model_set,
-            "preprocessor",
-            {"waveforms": samples[None, :], "waveforms_lens": np.array([samples.size], np.int64)},
-            ("features", "features_lens"),
-            policy,
-        )
-        features_length = int(pre["features_lens"][0])
-        enc = await self._infer(
-            model_set,
-            "encoder",
-            {"audio_signal": pre["features"], "length": pre["features_lens"]},
-            ("outputs", "encoded_lengths"),
-            policy,
-        )
-        frames = enc["outputs"][0]
-        length = int(enc["encoded_lengths"][0])
-        if frames.ndim != 2 or length > frames.shape[1]:
-            raise BackendError(
-                f"encoder returned outputs of shape {enc['outputs'].shape} for length {length}"
-            )
-        return Encoded(frames, length, features_length)
-
-    async def decode(
-        self,
-        model_set: ModelSet,
-        decoder: GreedyDecoder,
-        encoded: Encoded,
-        offset: int,
-        policy: CallPolicy,
-    ) -> None:
-        """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
-        state = decoder.state
-        while (call := decoder.next_call()) is not None:
-            frames = np.ascontiguousarray(encoded.frames[None, :, call.start - offset : call.stop - offset])
-            out = await self._infer(
-                model_set,
-                "decoder_joint",
-                {
-                    "encoder_outputs": frames,
-                    "targets": np.array([[call.target]], np.int32),
-                    "target_length": np.array([1], np.int32),
-                    "input_states_1": state.h,
-                    "input_states_2": state.c,
-                },
-                JOINT_OUTPUTS,
-                policy,
-            )
-            logits = out["outputs"]
-            if logits.ndim != 4 or logits.shape[2] != 1:
-                raise BackendError(f"decoder_joint returned outputs of shape {logits.shape}")
-            try:
-                decoder.receive(logits[0, :, 0, :], out["output_states_1"], out["output_states_2"])
-            except ValueError as exc:
-                raise BackendError(f"decoder_joint returned unusable outputs: {exc}") from exc
+    def settings(self) -> Settings:
+        return self.engine.settings
 
     async def transcribe(
         self,
@@ -240,13 +41,15 @@ class Recognizer:
         policy: CallPolicy | None = None,
     ) -> Transcript:
         """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call."""
-        model_set = self.model_set(model)
+        engine = self.engine
+        loaded = engine.model_set(model)
+        model_set = loaded.model_set
         samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
-        policy = policy or self.batch_calls
-        encoded = await self.encode(model_set, samples, policy)
-        with self.state_pools[model].state() as state:
+        policy = policy or engine.batch_calls
+        encoded = await engine.encode(model_set, samples, policy)
+        with loaded.states.state() as state:
             decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
-            await self.decode(model_set, decoder, encoded, 0, policy)
+            await engine.decode(model_set, decoder, encoded, 0, policy)
         return build_transcript(
             model_set.vocabulary,
             decoder.emissions,
@@ -265,7 +68,7 @@ class Recognizer:
         output_capacity: int = OUTPUT_CAPACITY,
     ) -> AbstractAsyncContextManager[Stream]:
         """A streaming session on model set `model`: see `amira.stream_session`."""
-        return open_stream(self, model, input_capacity=input_capacity, output_capacity=output_capacity)
+        return open_stream(self.engine, model, input_capacity=input_capacity, output_capacity=output_capacity)
 
 
 @asynccontextmanager
@@ -274,9 +77,9 @@ async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Rec
     settings = settings or Settings.from_env()
     backend = create_backend(settings)
     try:
-        recognizer = Recognizer(backend, settings)
-        await recognizer.load()
-        yield recognizer
+        engine = Engine(backend, settings)
+        await engine.load()
+        yield Recognizer(engine)
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()

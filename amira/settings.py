@@ -7,12 +7,13 @@ message that names the variable, rather than a guess that fails later under load
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 
-from amira.core.model_set import ModelSetConfig, read_model_sets_file
+from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
 
@@ -83,6 +84,31 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in text.split(",") if key.strip())
 
 
+def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConfig]:
+    """Parse a TOML file of `[model_sets.<name>]` tables; vocabulary paths are relative to the repository."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ModelSetError(f"cannot read model sets file {path}: {exc}") from exc
+    tables = document.get("model_sets")
+    if not isinstance(tables, dict) or not tables:
+        raise ModelSetError(f"{path}: expected at least one [model_sets.<name>] table")
+    known = {f.name for f in attrs.fields(ModelSetConfig)} - {"name"}
+    configs = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict) or set(table) - known:
+            raise ModelSetError(f"{path}: [model_sets.{name}] may only have the keys {sorted(known)}")
+        values = dict(table)
+        values["vocabulary"] = repository / values.get("vocabulary", "vocab.txt")
+        if "durations" in values:
+            values["durations"] = tuple(values["durations"])
+        try:
+            configs[name] = ModelSetConfig(name=name, **values)
+        except TypeError as exc:
+            raise ModelSetError(f"{path}: [model_sets.{name}]: {exc}") from exc
+    return configs
+
+
 @attrs.frozen
 class Settings:
     triton_endpoint: str | None = None
@@ -110,10 +136,6 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
-
-    @property
-    def backend_kind(self) -> str:
-        return "triton" if self.triton_endpoint else "embedded"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -1,4 +1,4 @@
-"""Streaming recognition for trio programs: the trio shell around `amira.core.streaming`.
+"""Streaming recognition for trio programs: the trio shell that runs `amira.core.windowing` on the engine.
 
     async with recognizer.open_stream("default") as stream, trio.open_nursery() as nursery:
         nursery.start_soon(read_results, stream)  # async for result in stream: ...
@@ -23,22 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-import attrs
 import numpy as np
 import trio
 
-from amira.backends.base import BackendError
 from amira.core.audio import MODEL_SAMPLE_RATE
 from amira.core.decoding import DecoderState, Emission, GreedyDecoder
-from amira.core.errors import BadAudio
-from amira.core.model_set import ModelSet
-from amira.core.streaming import Chunker, Snapshot, StreamingConfig, TokenWeaver, Window
-from amira.core.transcript import Word, words_from_emissions
-
-if TYPE_CHECKING:
-    from amira.recognizer import Recognizer
+from amira.core.errors import BackendError, BadAudio
+from amira.core.transcript import ResultStatus, StreamResult, words_from_emissions
+from amira.core.windowing import Chunker, Snapshot, TokenWeaver, Window
+from amira.engine import Engine, LoadedModelSet
 
 INPUT_CAPACITY = 16  # audio messages in flight: seconds of audio at typical WebSocket frame sizes
 OUTPUT_CAPACITY = 8  # results a slow reader may fall behind by before decoding waits for it
@@ -51,57 +46,23 @@ class _Finalize:
 FINALIZE: Final = _Finalize()
 
 
-@attrs.frozen
-class StreamResult:
-    """A partial or final result, always for the whole stream so far.
-
-    `tokens` and `token_frames` are those of `transcription` (committed, then the tentative tail of
-    a partial); `words` are only filled in final results. `is_final` results follow Finalize and
-    the end of the stream; `end_of_stream` marks the last result, which every stream gets exactly
-    once. `processing_time_ms` is the inference time spent on the window (or flush) behind it.
-    """
-
-    transcription: str
-    committed: str
-    is_final: bool
-    end_of_stream: bool
-    tokens: tuple[int, ...]
-    token_frames: tuple[int, ...]
-    words: tuple[Word, ...]
-    audio_seconds: float
-    processing_time_ms: float
-
-
-def streaming_config(recognizer: Recognizer, model_set: ModelSet) -> StreamingConfig:
-    """The settings' chunk and context lengths in this model set's encoder frames."""
-    settings = recognizer.settings
-    return StreamingConfig.from_seconds(
-        chunk=settings.stream_chunk_secs,
-        left=settings.stream_left_context_secs,
-        right=settings.stream_right_context_secs,
-        frame_samples=model_set.frame_samples,
-        sample_rate=model_set.sample_rate,
-    )
-
-
 class Stream:
     """One stream's channels and its infer task; made by `open_stream`."""
 
     def __init__(
         self,
-        recognizer: Recognizer,
-        model_set: ModelSet,
-        config: StreamingConfig,
+        engine: Engine,
+        loaded: LoadedModelSet,
         state: DecoderState,
         scratch: DecoderState,
         input_capacity: int,
         output_capacity: int,
     ) -> None:
-        self._recognizer = recognizer
-        self._model_set = model_set
+        self._engine = engine
+        self._model_set = loaded.model_set
         self._state, self._scratch = state, scratch
-        self._chunker = Chunker(config)
-        self._weaver = TokenWeaver(model_set.vocabulary)
+        self._chunker = Chunker(loaded.streaming)
+        self._weaver = TokenWeaver(loaded.model_set.vocabulary)
         self._audio_send, self._audio_receive = trio.open_memory_channel[np.ndarray | _Finalize](
             input_capacity
         )
@@ -136,7 +97,7 @@ class Stream:
         with self._audio_receive, self._results_send:  # closing without a checkpoint: errors stay raised
             async for item in self._audio_receive:
                 if isinstance(item, _Finalize):
-                    await self._flush(end_of_stream=False)
+                    await self._flush(ResultStatus.FINAL)
                     continue
                 self._chunker.feed(item)
                 while (window := self._chunker.next_window()) is not None:
@@ -144,49 +105,48 @@ class Stream:
                     await self._decode(window)
                     snapshot = self._weaver.snapshot()
                     if snapshot.changed:
-                        await self._send(snapshot, started, is_final=False, end_of_stream=False)
-            await self._flush(end_of_stream=True)
+                        await self._send(snapshot, started, ResultStatus.PARTIAL)
+            await self._flush(ResultStatus.COMPLETE)
 
-    async def _flush(self, *, end_of_stream: bool) -> None:
+    async def _flush(self, status: ResultStatus) -> None:
         started = time.perf_counter()
         window = self._chunker.flush()
         if window is not None:
             await self._decode(window)
         self._weaver.propose(())
-        await self._send(self._weaver.snapshot(), started, is_final=True, end_of_stream=end_of_stream)
+        await self._send(self._weaver.snapshot(), started, status)
 
     async def _decode(self, window: Window) -> None:
         """Encode the window; commit its chunk's tokens, and decode its look-ahead as the tentative tail."""
-        recognizer, model_set = self._recognizer, self._model_set
-        policy = recognizer.stream_calls
-        encoded = await recognizer.encode(model_set, self._chunker.samples(window), policy)
+        engine, model_set = self._engine, self._model_set
+        policy = engine.stream_calls
+        encoded = await engine.encode(model_set, self._chunker.samples(window), policy)
         try:
             stop = window.decode_stop(encoded.length)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
         committed = GreedyDecoder(model_set.decoding, self._state, stop)
-        await recognizer.decode(model_set, committed, encoded, window.first_frame, policy)
+        await engine.decode(model_set, committed, encoded, window.first_frame, policy)
         self._weaver.commit(committed.emissions)
         tentative: list[Emission] = []
         if window.tentative_stop > self._state.frame:
             self._state.copy_into(self._scratch)
             lookahead = GreedyDecoder(model_set.decoding, self._scratch, window.tentative_stop)
-            await recognizer.decode(model_set, lookahead, encoded, window.first_frame, policy)
+            await engine.decode(model_set, lookahead, encoded, window.first_frame, policy)
             tentative = lookahead.emissions
         self._weaver.propose(tentative)
 
-    async def _send(self, snapshot: Snapshot, started: float, *, is_final: bool, end_of_stream: bool) -> None:
+    async def _send(self, snapshot: Snapshot, started: float, status: ResultStatus) -> None:
         emissions = snapshot.emissions
         words = ()
-        if is_final:
+        if status is not ResultStatus.PARTIAL:
             words = words_from_emissions(self._model_set.vocabulary, emissions, self._model_set.frame_seconds)
         self.transcription = snapshot.transcription
         await self._results_send.send(
             StreamResult(
+                status=status,
                 transcription=snapshot.transcription,
                 committed=snapshot.committed,
-                is_final=is_final,
-                end_of_stream=end_of_stream,
                 tokens=tuple(e.token for e in emissions),
                 token_frames=tuple(e.frame for e in emissions),
                 words=words,
@@ -198,19 +158,17 @@ class Stream:
 
 @asynccontextmanager
 async def open_stream(
-    recognizer: Recognizer,
+    engine: Engine,
     model: str = "default",
     *,
     input_capacity: int = INPUT_CAPACITY,
     output_capacity: int = OUTPUT_CAPACITY,
 ) -> AsyncIterator[Stream]:
-    """A stream on model set `model`; raises `UnknownModel` and `StreamingConfigError` up front."""
-    model_set = recognizer.model_set(model)
-    config = streaming_config(recognizer, model_set)
-    pool = recognizer.state_pools[model]
-    with pool.state() as state, pool.state() as scratch:
+    """A stream on model set `model`; raises `UnknownModel` or `BackendUnavailable` up front."""
+    loaded = engine.model_set(model)
+    with loaded.states.state() as state, loaded.states.state() as scratch:
         async with trio.open_nursery() as nursery:
-            stream = Stream(recognizer, model_set, config, state, scratch, input_capacity, output_capacity)
+            stream = Stream(engine, loaded, state, scratch, input_capacity, output_capacity)
             nursery.start_soon(stream.run)
             try:
                 yield stream

@@ -8,6 +8,7 @@ import soundfile
 
 from amira.core import audio
 from amira.core.errors import BadAudio, BadRequest
+from amira.protocols.values import check_pcm16_length
 
 
 def tone(rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
@@ -29,7 +30,7 @@ def test_pcm16_round_trip() -> None:
 
 def test_odd_pcm_is_a_protocol_error() -> None:
     with pytest.raises(BadRequest, match="even number"):
-        audio.from_pcm16(b"\x00\x01\x02")
+        check_pcm16_length(b"\x00\x01\x02")
 
 
 def test_empty_audio_is_refused() -> None:

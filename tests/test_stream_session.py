@@ -12,11 +12,12 @@ import trio
 
 import amira
 from amira import Recognizer, Settings
-from amira.backends.base import BackendError
+from amira.core.errors import BackendError
 from amira.core.errors import UnknownModel
 from amira.core.model_set import ModelSetError
 from amira.models import shipped_repository
-from amira.stream_session import Stream, StreamResult
+from amira.core.transcript import StreamResult
+from amira.stream_session import Stream
 
 CLIPS = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))  # 0: the longest, 7.1 s
 CHUNK, LEFT, RIGHT = 0.8, 1.6, 0.4

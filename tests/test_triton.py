@@ -21,7 +21,7 @@ import pytest
 import trio
 from onnx import TensorProto, helper
 
-from amira.backends.base import BackendError, BackendTimeout, BackendUnavailable
+from amira.core.errors import BackendError, BackendTimeout, BackendUnavailable
 from amira.backends.triton import TritonBackend, parse_endpoint
 from amira.models import model_file
 from amira.triton.launcher import local_triton, running_triton

@@ -16,7 +16,8 @@ import onnxruntime
 import trio
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from amira.backends.base import BackendError, BackendUnavailable, ModelMetadata, TensorSpec
+from amira.core.errors import BackendError, BackendUnavailable
+from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.models import model_file
 
 ONNX_DTYPES = {

@@ -28,14 +28,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import trio
 
-from amira.backends.base import (
-    BackendError,
-    BackendFailure,
-    BackendTimeout,
-    BackendUnavailable,
-    ModelMetadata,
-    TensorSpec,
-)
+from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
+from amira.core.tensors import ModelMetadata, TensorSpec
 
 T = TypeVar("T")
 

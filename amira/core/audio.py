@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from amira.core.errors import BadAudio, BadRequest
+from amira.core.errors import BadAudio
 
 MODEL_SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 8_000
@@ -28,9 +28,9 @@ def check_sample_rate(rate: int) -> int:
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
-    """s16le bytes to float32 samples; an odd byte count is a protocol error, not audio."""
+    """s16le bytes (an even number: the protocols check it) to float32 samples."""
     if len(data) % 2:
-        raise BadRequest(f"s16le PCM must have an even number of bytes, got {len(data)}")
+        raise ValueError(f"s16le PCM must have an even number of bytes, got {len(data)}")
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / PCM16_SCALE
 
 

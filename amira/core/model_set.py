@@ -7,14 +7,13 @@ vocabulary or tensor that does not fit would otherwise fail, or worse, answer no
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 import attrs
 import numpy as np
 
-from amira.backends.base import ModelMetadata, TensorSpec
+from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.decoding import NEMO_MAX_SYMBOLS_PER_STEP, DecodingSpec
 from amira.core.vocabulary import Vocabulary
 
@@ -72,31 +71,6 @@ class ModelSetConfig:
             "encoder": self.encoder,
             "decoder_joint": self.decoder_joint,
         }
-
-
-def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConfig]:
-    """Parse a TOML file of `[model_sets.<name>]` tables; vocabulary paths are relative to the repository."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ModelSetError(f"cannot read model sets file {path}: {exc}") from exc
-    tables = document.get("model_sets")
-    if not isinstance(tables, dict) or not tables:
-        raise ModelSetError(f"{path}: expected at least one [model_sets.<name>] table")
-    known = {f.name for f in attrs.fields(ModelSetConfig)} - {"name"}
-    configs = {}
-    for name, table in tables.items():
-        if not isinstance(table, dict) or set(table) - known:
-            raise ModelSetError(f"{path}: [model_sets.{name}] may only have the keys {sorted(known)}")
-        values = dict(table)
-        values["vocabulary"] = repository / values.get("vocabulary", "vocab.txt")
-        if "durations" in values:
-            values["durations"] = tuple(values["durations"])
-        try:
-            configs[name] = ModelSetConfig(name=name, **values)
-        except TypeError as exc:
-            raise ModelSetError(f"{path}: [model_sets.{name}]: {exc}") from exc
-    return configs
 
 
 @attrs.frozen

@@ -1,7 +1,8 @@
-"""Turning emitted tokens into text, words and timings."""
+"""Turning emitted tokens into text, words and timings: the results of batch and streaming."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import attrs
@@ -21,9 +22,6 @@ class Word:
     start: float
     end: float
 
-    def to_json(self) -> dict[str, object]:
-        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3)}
-
 
 @attrs.frozen
 class Transcript:
@@ -35,23 +33,6 @@ class Transcript:
     audio_seconds: float
     features_length: int
     encoded_length: int
-
-    def to_json(self, model: str, processing_ms: float) -> dict[str, object]:
-        """The batch endpoint's response document (api.md)."""
-        return {
-            "transcription": self.text,
-            "status": "COMPLETE",
-            "metadata": {
-                "model": model,
-                "audio_length_samples": self.audio_samples,
-                "audio_seconds": round(self.audio_seconds, 3),
-                "features_length": self.features_length,
-                "encoded_length": self.encoded_length,
-                "tokens": list(self.tokens),
-                "words": [w.to_json() for w in self.words],
-                "processing_time_ms": round(processing_ms, 1),
-            },
-        }
 
 
 def words_from_emissions(
@@ -85,3 +66,42 @@ def build_transcript(
         features_length=features_length,
         encoded_length=encoded_length,
     )
+
+
+class ResultStatus(enum.Enum):
+    """Where a stream result stands in the stream's life.
+
+    `PARTIAL`: may still change; `FINAL`: a Finalize committed everything so far, the stream goes
+    on; `COMPLETE`: the last result of the stream, which every stream gets exactly once.
+    """
+
+    PARTIAL = "partial"
+    FINAL = "final"
+    COMPLETE = "complete"
+
+
+@attrs.frozen
+class StreamResult:
+    """A partial or final result, always for the whole stream so far.
+
+    `tokens` and `token_frames` are those of `transcription` (committed, then the tentative tail of
+    a partial); `words` are only filled in final results. `processing_time_ms` is the inference
+    time spent on the window (or flush) behind it.
+    """
+
+    status: ResultStatus
+    transcription: str
+    committed: str
+    tokens: tuple[int, ...]
+    token_frames: tuple[int, ...]
+    words: tuple[Word, ...]
+    audio_seconds: float
+    processing_time_ms: float
+
+    @property
+    def is_final(self) -> bool:
+        return self.status is not ResultStatus.PARTIAL
+
+    @property
+    def end_of_stream(self) -> bool:
+        return self.status is ResultStatus.COMPLETE

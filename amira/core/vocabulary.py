@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import attrs
 
@@ -49,14 +48,6 @@ class Vocabulary:
         if pieces[-1] != "<blk>":
             raise VocabularyError(f"{source}: the last id must be the blank '<blk>', got {pieces[-1]!r}")
         return cls(pieces)
-
-    @classmethod
-    def load(cls, path: Path) -> Vocabulary:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise VocabularyError(f"cannot read vocabulary {path}: {exc}") from exc
-        return cls.parse(text, source=str(path))
 
     def detokenize(self, tokens: Iterable[int]) -> str:
         """Join pieces, turn word marks into spaces, strip the ends."""

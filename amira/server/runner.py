@@ -18,12 +18,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from amira.backends.base import BackendFailure
+from amira.core.errors import BackendFailure
 from amira.core.model_set import ModelSetError
-from amira.recognizer import Recognizer, create_backend
+from amira.engine import Engine, create_backend
+from amira.recognizer import Recognizer
 from amira.server.app import create_app
 from amira.server.state import ServerState
-from amira.server.stream import HYPERCORN_FRAME_FACTOR
+from amira.server.stream_handler import HYPERCORN_FRAME_FACTOR
 from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
@@ -39,11 +40,11 @@ FINAL_FLUSH_CALLS = 4
 
 async def keep_loading(state: ServerState) -> None:
     """Load the model sets, retrying while the backend is unreachable or a set does not fit."""
-    recognizer = state.recognizer
-    while not recognizer.loaded:
+    engine = state.engine
+    while not engine.loaded:
         try:
             with trio.fail_after(max(10.0, 4 * state.settings.inference_timeout_secs)):
-                await recognizer.load()
+                await engine.load()
         except (BackendFailure, trio.TooSlowError) as exc:
             state.load_error = None
             log.warning("backend not available yet (%s); retrying in %.0f s", exc, LOAD_RETRY_SECS)
@@ -54,7 +55,7 @@ async def keep_loading(state: ServerState) -> None:
             await trio.sleep(INVALID_MODEL_RETRY_SECS)
         else:
             state.load_error = None
-            log.info("model sets loaded: %s", ", ".join(sorted(recognizer.model_sets)))
+            log.info("model sets loaded: %s", ", ".join(sorted(engine.model_sets)))
 
 
 def close_when_body_unread(app: ASGIApp) -> ASGIApp:
@@ -124,13 +125,14 @@ async def serve(
     """
     owns_backend = recognizer is None
     if recognizer is None:
-        recognizer = Recognizer(create_backend(settings), settings)
+        recognizer = Recognizer(Engine(create_backend(settings), settings))
+    engine = recognizer.engine
     try:
-        recognizer.load_vocabularies()
+        engine.load_vocabularies()
         state = ServerState.create(recognizer, settings)
         try:
             with trio.fail_after(max(10.0, 4 * settings.inference_timeout_secs)):
-                await recognizer.load()
+                await engine.load()
         except (BackendFailure, trio.TooSlowError) as exc:
             log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
         app = create_app(state)
@@ -152,4 +154,4 @@ async def serve(
     finally:
         if owns_backend:
             with trio.CancelScope(shield=True):
-                await recognizer.backend.aclose()
+                await engine.backend.aclose()

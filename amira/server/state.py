@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import attrs
 import trio
 
-from amira.backends.base import BackendFailure
+from amira.core.errors import BackendFailure, CapacityExceeded
+from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.metrics import Metrics
 from amira.settings import Settings
@@ -20,6 +23,38 @@ def new_id() -> str:
     return secrets.token_hex(5)
 
 
+@attrs.frozen
+class Admission:
+    """The cap on one kind of work (`batch`, `stream`): admitted at once, or refused at once.
+
+    Work never queues for a slot: past the cap the client is told `capacity_exceeded` (503 with
+    `Retry-After`, close 1013) and retries, which keeps latency bounded under overload.
+    """
+
+    kind: str
+    description: str  # "batch requests", "streams": for the refusal's message
+    limiter: trio.CapacityLimiter
+    metrics: Metrics
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a slot for the `with` block; `CapacityExceeded` when none is free."""
+        try:
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            self.metrics.rejected.labels(self.kind).inc()
+            raise CapacityExceeded(
+                f"more than {self.limiter.total_tokens} {self.description} at once; retry shortly"
+            ) from None
+        gauge = self.metrics.active_streams if self.kind == "stream" else self.metrics.active_batches
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+            self.limiter.release()
+
+
 @attrs.define
 class ServerState:
     """What the request handlers share: the recogniser, admission, readiness and metrics."""
@@ -27,8 +62,8 @@ class ServerState:
     recognizer: Recognizer
     settings: Settings
     metrics: Metrics
-    batch_admission: trio.CapacityLimiter
-    stream_admission: trio.CapacityLimiter
+    batches: Admission
+    streams: Admission
     load_error: str | None = None
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
     drain_expired: trio.Event = attrs.field(factory=trio.Event)
@@ -37,15 +72,23 @@ class ServerState:
 
     @classmethod
     def create(cls, recognizer: Recognizer, settings: Settings) -> ServerState:
-        metrics = Metrics(lambda: dict(recognizer.calls))
-        recognizer.on_call = metrics.observe_backend_call
+        """`settings` are the server's (bind, limits); the recogniser's engine may have its own."""
+        engine = recognizer.engine
+        metrics = Metrics(lambda: dict(engine.calls))
+        engine.on_call = metrics.observe_backend_call
+        batch_limit = trio.CapacityLimiter(settings.max_concurrent_batches)
+        stream_limit = trio.CapacityLimiter(settings.max_concurrent_streams)
         return cls(
             recognizer,
             settings,
             metrics,
-            trio.CapacityLimiter(settings.max_concurrent_batches),
-            trio.CapacityLimiter(settings.max_concurrent_streams),
+            Admission("batch", "batch requests", batch_limit, metrics),
+            Admission("stream", "streams", stream_limit, metrics),
         )
+
+    @property
+    def engine(self) -> Engine:
+        return self.recognizer.engine
 
     async def drain_after_shutdown(self) -> None:
         """Give running streams `SHUTDOWN_DRAIN_SECS` after shutdown starts; then they are finalised."""
@@ -64,11 +107,11 @@ class ServerState:
     async def _check_ready(self) -> tuple[bool, str]:
         if self.load_error is not None:
             return False, self.load_error
-        if not self.recognizer.loaded:
+        if not self.engine.loaded:
             return False, "the model sets have not been loaded from the backend yet"
         try:
             with trio.fail_after(self.settings.inference_timeout_secs):
-                ready = await self.recognizer.ready()
+                ready = await self.engine.ready()
         except (BackendFailure, trio.TooSlowError) as exc:
-            return False, f"the {self.recognizer.backend.kind} backend does not answer: {exc}"
+            return False, f"the {self.engine.backend.kind} backend does not answer: {exc}"
         return (True, "ready") if ready else (False, "a model of a configured model set is not ready")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from amira.core.decoding import Emission
-from amira.core.streaming import Chunker, StreamingConfig, StreamingConfigError, TokenWeaver, Window
+from amira.core.windowing import Chunker, StreamingConfig, StreamingConfigError, TokenWeaver, Window
 from amira.core.vocabulary import Vocabulary
 
 F = 8  # samples per frame: small, so that one-sample feeding stays fast

@@ -1,4 +1,8 @@
-"""Reading a batch request body into 16 kHz samples; the Content-Type decides how (see api.md)."""
+"""The native batch protocol, `POST /v2/decode/batch/{model}` (api.md), sans-IO.
+
+`parse_batch_body` turns a body into 16 kHz samples (the Content-Type decides how), and
+`batch_document` turns a transcript into the response document.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import numpy as np
 
 from amira.core import audio
 from amira.core.errors import BadRequest, TooLarge, UnsupportedMediaType
+from amira.core.transcript import Transcript, Word
+from amira.protocols.values import check_pcm16_length, parse_sample_rate
 
 JSON_TYPES = ("application/json",)
 PCM_TYPES = ("application/octet-stream", "audio/l16", "audio/pcm")
@@ -22,16 +28,6 @@ NO_OPAQUE = object()
 class BatchInput:
     samples: np.ndarray
     opaque: object = NO_OPAQUE
-
-
-def parse_sample_rate(value: object) -> int:
-    if isinstance(value, str):
-        if not value.strip().isdigit():
-            raise BadRequest(f"sample_rate must be a whole number, got {value!r}")
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"sample_rate must be a whole number, got {value!r}")
-    return audio.check_sample_rate(value)
 
 
 def _json_audio_buffer(buffer: object) -> bytes:
@@ -68,14 +64,14 @@ def parse_batch_body(
         if "audio_buffer" not in document:
             raise BadRequest("the JSON body has no audio_buffer field")
         rate = parse_sample_rate(document.get("sample_rate", audio.MODEL_SAMPLE_RATE))
-        pcm = _json_audio_buffer(document["audio_buffer"])
+        pcm = check_pcm16_length(_json_audio_buffer(document["audio_buffer"]))
         check_duration(len(pcm) // 2, rate, max_seconds)
         return BatchInput(audio.from_pcm16(pcm, rate), document.get("opaque", NO_OPAQUE))
     if mimetype in PCM_TYPES:
         rate = (
             parse_sample_rate(query_sample_rate) if query_sample_rate is not None else audio.MODEL_SAMPLE_RATE
         )
-        check_duration(len(body) // 2, rate, max_seconds)
+        check_duration(len(check_pcm16_length(body)) // 2, rate, max_seconds)
         return BatchInput(audio.from_pcm16(body, rate))
     if mimetype in SOUND_FILE_TYPES:
         samples = audio.from_sound_file(body)
@@ -83,3 +79,30 @@ def parse_batch_body(
         return BatchInput(samples)
     accepted = ", ".join(JSON_TYPES + PCM_TYPES + SOUND_FILE_TYPES)
     raise UnsupportedMediaType(f"unsupported Content-Type {mimetype or '(none)'!r}; use one of {accepted}")
+
+
+def word_document(word: Word) -> dict[str, object]:
+    return {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3)}
+
+
+def batch_document(
+    transcript: Transcript, model: str, processing_ms: float, opaque: object = NO_OPAQUE
+) -> dict[str, object]:
+    """The batch endpoint's response document (api.md); `opaque` is echoed when the request had one."""
+    document: dict[str, object] = {
+        "transcription": transcript.text,
+        "status": "COMPLETE",
+        "metadata": {
+            "model": model,
+            "audio_length_samples": transcript.audio_samples,
+            "audio_seconds": round(transcript.audio_seconds, 3),
+            "features_length": transcript.features_length,
+            "encoded_length": transcript.encoded_length,
+            "tokens": list(transcript.tokens),
+            "words": [word_document(w) for w in transcript.words],
+            "processing_time_ms": round(processing_ms, 1),
+        },
+    }
+    if opaque is not NO_OPAQUE:
+        document["opaque"] = opaque
+    return document

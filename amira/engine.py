@@ -1,0 +1,264 @@
+"""The engine: the loaded model sets and every call to the inference backend.
+
+Batch recognition (`amira.recognizer`) and streaming sessions (`amira.stream_session`) both run on
+an `Engine` and never import each other. The engine owns, per model set, one `LoadedModelSet`
+record (the validated set, its streaming windows computed once, its pool of decoder states); it
+makes the backend calls (preprocessor + encoder, the `decoder_joint` loop), counts and times them,
+and rides through a backend outage by retrying under a kind of work's `CallPolicy`.
+
+Files (vocabularies) are read here, not in `amira.core`, which stays free of I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+import trio
+
+from amira.backends.base import Backend
+from amira.core.decoding import GreedyDecoder
+from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
+from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
+from amira.core.state_pool import StatePool
+from amira.core.vocabulary import Vocabulary, VocabularyError
+from amira.core.windowing import StreamingConfig, StreamingConfigError
+from amira.settings import Settings
+
+JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
+OUTAGE_RETRY_SECS = 0.25
+PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
+
+
+@attrs.frozen
+class CallPolicy:
+    """How a kind of work calls the backend: under which limiter, and how long it rides through an
+    outage (the backend unreachable) by retrying before it gives up. Calls are pure functions of
+    their inputs, so a retry is safe."""
+
+    limiter: trio.CapacityLimiter
+    ride_through_secs: float = 0.0
+
+
+@attrs.frozen
+class Encoded:
+    """Encoder output of one utterance or window: `frames` is `[D, T']`, `length` the valid T'."""
+
+    frames: np.ndarray
+    length: int
+    features_length: int
+
+
+@attrs.frozen
+class LoadedModelSet:
+    """A model set ready to serve: validated, its streaming windows in frames, its state pool."""
+
+    model_set: ModelSet
+    streaming: StreamingConfig
+    states: StatePool
+
+    @property
+    def name(self) -> str:
+        return self.model_set.name
+
+
+def create_backend(settings: Settings) -> Backend:
+    if settings.triton_endpoint:
+        from amira.backends.triton import TritonBackend
+
+        return TritonBackend(settings.triton_endpoint, inference_timeout=settings.inference_timeout_secs)
+    from amira.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(settings.model_repository)
+
+
+def read_vocabulary(config: ModelSetConfig) -> Vocabulary:
+    path = config.vocabulary
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelSetError(f"model set {config.name!r}: cannot read vocabulary {path}: {exc}") from exc
+    try:
+        return Vocabulary.parse(text, source=str(path))
+    except VocabularyError as exc:
+        raise ModelSetError(f"model set {config.name!r}: {exc}") from exc
+
+
+class Engine:
+    """The configured model sets on one backend, and the calls that run them."""
+
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.configs: dict[str, ModelSetConfig] = settings.model_set_configs()
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.model_sets: dict[str, LoadedModelSet] = {}
+        self.stream_calls = CallPolicy(
+            trio.CapacityLimiter(settings.max_concurrent_streams), settings.stream_outage_secs
+        )
+        self.batch_calls = CallPolicy(trio.CapacityLimiter(settings.max_concurrent_batches))
+        self.calls: Counter[str] = Counter()
+        self.on_call: Callable[[str, str, float], None] | None = None
+
+    def load_vocabularies(self) -> None:
+        """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""
+        for name, config in self.configs.items():
+            self.vocabularies[name] = read_vocabulary(config)
+
+    @property
+    def loaded(self) -> bool:
+        return len(self.model_sets) == len(self.configs)
+
+    async def load(self) -> None:
+        """Validate every model set against the backend's metadata and measure its frame rate.
+
+        Raises `ModelSetError` when a set does not fit, and a `BackendFailure` when the backend
+        cannot be asked; the server retries the latter until the backend answers.
+        """
+        if not self.vocabularies:
+            self.load_vocabularies()
+        for name, config in self.configs.items():
+            if name in self.model_sets:
+                continue
+            metadata = {
+                role: await self.backend.model_metadata(model) for role, model in config.models.items()
+            }
+            model_set = validate_model_set(config, self.vocabularies[name], metadata)
+            decoding = attrs.evolve(model_set.decoding, frames_per_call=self.settings.frames_per_call)
+            model_set = await self._probe_frame_rate(attrs.evolve(model_set, decoding=decoding))
+            settings = self.settings
+            try:
+                streaming = StreamingConfig.from_seconds(
+                    chunk=settings.stream_chunk_secs,
+                    left=settings.stream_left_context_secs,
+                    right=settings.stream_right_context_secs,
+                    frame_samples=model_set.frame_samples,
+                    sample_rate=model_set.sample_rate,
+                )
+            except StreamingConfigError as exc:
+                raise ModelSetError(f"model set {name!r}: {exc}") from exc
+            states = StatePool(
+                model_set.decoding.blank,
+                model_set.state_layers,
+                model_set.state_hidden,
+                2 * settings.max_concurrent_streams + settings.max_concurrent_batches,
+            )
+            self.model_sets[name] = LoadedModelSet(model_set, streaming, states)
+
+    async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
+        """Feature hop and subsampling are not in the metadata: measure them on silence."""
+        encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_calls)
+        if encoded.features_length < 1 or encoded.length < 1:
+            raise ModelSetError(f"model set {model_set.name!r} gives no frames for {PROBE_SAMPLES} samples")
+        hop = PROBE_SAMPLES // encoded.features_length
+        subsampling = round(encoded.features_length / encoded.length)
+        return attrs.evolve(model_set, hop_samples=hop, subsampling=subsampling)
+
+    async def ready(self) -> bool:
+        """Whether the backend answers and every model of every set is ready."""
+        for config in self.configs.values():
+            for model in config.models.values():
+                if not await self.backend.is_model_ready(model):
+                    return False
+        return True
+
+    def check_known(self, name: str) -> None:
+        """The one "unknown model" check: `name` must be a configured model set."""
+        if name not in self.configs:
+            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(sorted(self.configs))}")
+
+    def model_set(self, name: str) -> LoadedModelSet:
+        """A configured and loaded model set; `UnknownModel` or `BackendUnavailable` otherwise."""
+        self.check_known(name)
+        try:
+            return self.model_sets[name]
+        except KeyError:
+            raise BackendUnavailable(
+                f"model set {name!r} is not loaded yet: the backend has not answered"
+            ) from None
+
+    async def _infer(
+        self,
+        model_set: ModelSet,
+        role: str,
+        inputs: dict[str, np.ndarray],
+        outputs: tuple[str, ...],
+        policy: CallPolicy,
+    ) -> dict[str, np.ndarray]:
+        """One backend call for a model of the set, counted and timed, retried through an outage."""
+        give_up_at = trio.current_time() + policy.ride_through_secs
+        while True:
+            started = time.perf_counter()
+            try:
+                return await self.backend.infer(
+                    model_set.config.models[role], inputs, outputs, policy.limiter
+                )
+            except BackendUnavailable:
+                if trio.current_time() + OUTAGE_RETRY_SECS > give_up_at:
+                    raise
+            finally:
+                self.calls[role] += 1
+                if self.on_call is not None:
+                    self.on_call(model_set.name, role, time.perf_counter() - started)
+            await trio.sleep(OUTAGE_RETRY_SECS)
+
+    async def encode(self, model_set: ModelSet, samples: np.ndarray, policy: CallPolicy) -> Encoded:
+        """Preprocessor and encoder over one piece of 16 kHz audio."""
+        pre = await self._infer(
+            model_set,
+            "preprocessor",
+            {"waveforms": samples[None, :], "waveforms_lens": np.array([samples.size], np.int64)},
+            ("features", "features_lens"),
+            policy,
+        )
+        features_length = int(pre["features_lens"][0])
+        enc = await self._infer(
+            model_set,
+            "encoder",
+            {"audio_signal": pre["features"], "length": pre["features_lens"]},
+            ("outputs", "encoded_lengths"),
+            policy,
+        )
+        frames = enc["outputs"][0]
+        length = int(enc["encoded_lengths"][0])
+        if frames.ndim != 2 or length > frames.shape[1]:
+            raise BackendError(
+                f"encoder returned outputs of shape {enc['outputs'].shape} for length {length}"
+            )
+        return Encoded(frames, length, features_length)
+
+    async def decode(
+        self,
+        model_set: ModelSet,
+        decoder: GreedyDecoder,
+        encoded: Encoded,
+        offset: int,
+        policy: CallPolicy,
+    ) -> None:
+        """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
+        state = decoder.state
+        while (call := decoder.next_call()) is not None:
+            frames = np.ascontiguousarray(encoded.frames[None, :, call.start - offset : call.stop - offset])
+            out = await self._infer(
+                model_set,
+                "decoder_joint",
+                {
+                    "encoder_outputs": frames,
+                    "targets": np.array([[call.target]], np.int32),
+                    "target_length": np.array([1], np.int32),
+                    "input_states_1": state.h,
+                    "input_states_2": state.c,
+                },
+                JOINT_OUTPUTS,
+                policy,
+            )
+            logits = out["outputs"]
+            if logits.ndim != 4 or logits.shape[2] != 1:
+                raise BackendError(f"decoder_joint returned outputs of shape {logits.shape}")
+            try:
+                decoder.receive(logits[0, :, 0, :], out["output_states_1"], out["output_states_2"])
+            except ValueError as exc:
+                raise BackendError(f"decoder_joint returned unusable outputs: {exc}") from exc
