@@ -123,7 +123,7 @@ class Subject:
 def source_repository(model: str, workdir: Path) -> Path:
     if model == "small":
         return shipped_repository()
-    from amira.models.generate import PARAKEET_SHAPED, generate_repository
+    from amira.tooling.test_models import PARAKEET_SHAPED, generate_repository
 
     target = workdir / "parakeet-shaped"
     if not (target / "vocab_test.txt").is_file():
@@ -145,8 +145,8 @@ async def open_subject(backend: str, model: str, workdir: Path) -> AsyncIterator
     if backend == "embedded":
         yield Subject(backend, model, model_env(source))
         return
-    from amira.triton.launcher import local_triton
-    from amira.triton.repository import build_repository
+    from amira.tooling.triton_launcher import local_triton
+    from amira.tooling.triton_repository import build_repository
 
     repository = build_repository(
         source, workdir / f"triton-{model}", "cpu", models=TRITON_MODELS, clean=True

@@ -15,7 +15,7 @@ import trio
 from amira.models import shipped_repository
 from amira.server.runner import serve
 from amira.settings import Settings
-from amira.triton.launcher import TritonProcess
+from amira.tooling.triton_launcher import TritonProcess
 
 
 def embedded_settings(**overrides: object) -> Settings:
@@ -162,7 +162,7 @@ class TritonFixture:
 def build_test_repository(dest: Path, instance_count: int | None = None) -> Path:
     """A CPU-flavour repository of the shipped models plus the fault-injection models."""
     from amira.models import model_file
-    from amira.triton.repository import build_repository, write_model
+    from amira.tooling.triton_repository import build_repository, write_model
 
     source = shipped_repository()
     build_repository(source, dest, "cpu", instance_count=instance_count)
@@ -189,7 +189,7 @@ def asr_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFixtu
     """One real Triton for the session (skipped where the nvidia-pytriton wheel is missing)."""
     if importlib.util.find_spec("pytriton") is None:
         pytest.skip("nvidia-pytriton missing")
-    from amira.triton.launcher import running_triton
+    from amira.tooling.triton_launcher import running_triton
 
     root = tmp_path_factory.mktemp("triton_session")
     repository = build_test_repository(root / "repository")

@@ -15,8 +15,8 @@ import pytest
 
 from amira import open_recognizer
 from amira.models import model_file, shipped_repository
-from amira.triton.launcher import free_port
-from amira.triton.repository import source_models
+from amira.tooling.triton_launcher import free_port
+from amira.tooling.triton_repository import source_models
 from tests.conftest import embedded_settings
 from tests.recordings import CARDS, read_recording
 

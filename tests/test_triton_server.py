@@ -17,8 +17,8 @@ import trio
 
 from amira import open_recognizer
 from amira.models import shipped_repository
-from amira.triton.launcher import TritonProcess
-from amira.triton.repository import build_repository
+from amira.tooling.triton_launcher import TritonProcess
+from amira.tooling.triton_repository import build_repository
 from tests.conftest import (
     BROKEN_MAX_FEATURES,
     SLOW_DELAY,

@@ -11,8 +11,8 @@ import trio
 
 from amira.client import StreamError, open_stream_client
 from amira.models import shipped_repository
-from amira.triton.launcher import TritonProcess
-from amira.triton.repository import build_repository
+from amira.tooling.triton_launcher import TritonProcess
+from amira.tooling.triton_repository import build_repository
 from tests.conftest import TritonFixture, embedded_settings, start_server, write_model_sets
 from tests.recordings import LIBRIVOX, read_recording
 
