@@ -112,7 +112,7 @@ def positive_int(text: str) -> int:
 
 def build_model_repository(args: argparse.Namespace) -> int:
     """`amira model-repo build`: write a Triton repository from a NeMo export or a source repository."""
-    from amira.triton.repository import build_repository, build_repository_from_nemo_export
+    from amira.tooling.triton_repository import build_repository, build_repository_from_nemo_export
 
     if args.from_nemo is not None:
         dest = build_repository_from_nemo_export(
@@ -138,8 +138,8 @@ def run_local_triton(args: argparse.Namespace) -> int:
     import tempfile
 
     from amira.models import shipped_repository
-    from amira.triton.launcher import serve as serve_triton
-    from amira.triton.repository import build_repository
+    from amira.tooling.triton_launcher import serve as serve_triton
+    from amira.tooling.triton_repository import build_repository
 
     source = args.repository or shipped_repository()
     with tempfile.TemporaryDirectory(prefix="amira-triton-repo-") as scratch:
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     if args.command in ("triton", "model-repo"):
-        from amira.triton.launcher import TritonLaunchError
+        from amira.tooling.triton_launcher import TritonLaunchError
 
         try:
             return run_local_triton(args) if args.command == "triton" else build_model_repository(args)

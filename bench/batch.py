@@ -1,6 +1,6 @@
 """Batch benchmark: the HTTP batch endpoint against the same recordings decoded in-process.
 
-    python bench/batch.py [--backend embedded|triton|both] [--model small|parakeet|both]
+    python -m bench.batch [--backend embedded|triton|both] [--model small|parakeet|both]
                           [--json out.json] [--quick] [--repeat N]
 
 For each subject (backend x model) and each concurrency c, one *round* sends a fixed list of
@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira import open_recognizer
 from amira.settings import Settings
 from bench.common import (

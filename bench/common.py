@@ -5,7 +5,8 @@ A benchmark runs against one *subject* at a time: a backend (`embedded` onnxrunt
 process, or a real CPU-flavour `triton` started on loopback) and a model (`small`, the shipped test
 model, or `parakeet`, random weights with Parakeet-TDT-0.6B tensor sizes generated into a temporary
 directory). The AMIRA server runs in its own process (`bench/worker.py`), so that its CPU time and
-event-loop stalls are its own and not the load generator's.
+event-loop stalls are its own and not the load generator's. Run the benchmarks from the repository
+root as modules (`python -m bench.stream`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,11 @@ import attrs
 import numpy as np
 import trio
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from amira.models import shipped_repository
+from amira.settings import ENVIRONMENT
+from amira.testing.recordings import LIBRIVOX, RECORDINGS, pcm16, read_recording
 
-from amira.models import shipped_repository  # noqa: E402
-from amira.settings import ENVIRONMENT  # noqa: E402
-from tests.long_audio import levenshtein  # noqa: E402, F401 (re-exported for the benchmarks)
-from tests.recordings import LIBRIVOX, RECORDINGS, pcm16, read_recording  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository root, where `python -m bench.worker` runs
 
 BACKENDS = ("embedded", "triton")
 MODELS = ("small", "parakeet")
@@ -123,7 +121,7 @@ class Subject:
 def source_repository(model: str, workdir: Path) -> Path:
     if model == "small":
         return shipped_repository()
-    from amira.models.generate import PARAKEET_SHAPED, generate_repository
+    from amira.tooling.test_models import PARAKEET_SHAPED, generate_repository
 
     target = workdir / "parakeet-shaped"
     if not (target / "vocab_test.txt").is_file():
@@ -145,8 +143,8 @@ async def open_subject(backend: str, model: str, workdir: Path) -> AsyncIterator
     if backend == "embedded":
         yield Subject(backend, model, model_env(source))
         return
-    from amira.triton.launcher import local_triton
-    from amira.triton.repository import build_repository
+    from amira.tooling.triton_launcher import local_triton
+    from amira.tooling.triton_repository import build_repository
 
     repository = build_repository(
         source, workdir / f"triton-{model}", "cpu", models=TRITON_MODELS, clean=True
@@ -200,7 +198,6 @@ def server_env(subject: Subject, **settings: object) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ENVIRONMENT}
     env.update(subject.env)
     env.update({key.upper(): str(value) for key, value in settings.items()})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -211,7 +208,8 @@ async def running_server(
     """The AMIRA server on a free loopback port in its own process; `settings` become its environment."""
     with log_path.open("ab") as log:
         process = await trio.lowlevel.open_process(
-            [sys.executable, str(ROOT / "bench" / "worker.py")],
+            [sys.executable, "-m", "bench.worker"],
+            cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -1,7 +1,7 @@
 """decoder_joint calls per audio second, one frame per call (K = 1) against the default (every
 frame left in the span per call), on the test recordings and both shipped model sets.
 
-    python bench/decoder_calls.py [--json out.json]
+    python -m bench.decoder_calls [--json out.json]
 
 Prints a table; the default must need at most tokens + windows calls (a batch decode is one window).
 """
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import MODEL_SETS, RECORDINGS, embedded_settings, read_recording
-
 from amira import open_recognizer
+from amira.testing.recordings import MODEL_SETS, RECORDINGS, read_recording
+from amira.testing.servers import embedded_settings
 
 
 async def measure(frames_per_call: int | None) -> dict[str, dict[str, float]]:

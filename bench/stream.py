@@ -1,6 +1,6 @@
 """Streaming benchmark: N concurrent WebSocket streams paced in real time.
 
-    python bench/stream.py [--backend embedded|triton|both] [--model small|parakeet|both]
+    python -m bench.stream [--backend embedded|triton|both] [--model small|parakeet|both]
                            [--json out.json] [--quick] [--repeat N] [--streams 1,2,5,10,20]
 
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
@@ -32,23 +32,21 @@ as fast as the server takes them: results do not depend on the frame size or pac
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira.client import StreamError, open_stream_client
 from amira.settings import Settings
+from amira.testing.recordings import CARDS, read_recording
+from amira.testing.text import levenshtein
 from bench.common import (
     SAMPLE_RATE,
     Recording,
     ServerProcess,
     Subject,
     fmt,
-    levenshtein,
     librivox_concatenation,
     machine,
     median,
@@ -64,7 +62,6 @@ from bench.common import (
 from bench.common import (
     write_json as save,
 )
-from tests.recordings import CARDS, read_recording
 
 DEFAULTS = Settings()
 CHUNK, LEFT, RIGHT = (

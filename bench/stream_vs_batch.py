@@ -1,6 +1,6 @@
 """Streamed final against batch transcript, per recording longer than one window, in process.
 
-    python bench/stream_vs_batch.py [--model default] [--chunk C --left L --right R]
+    python -m bench.stream_vs_batch [--model default] [--chunk C --left L --right R]
                                     [--recipe-data build/demo/data-0-6000-400.npz]
 
 Windows default to the server's (1.6 s chunks, 4.0 s left context, 1.2 s look-ahead). Prints the
@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira import open_recognizer
 from amira.recognizer import Recognizer
 from amira.settings import Settings
-from tests.conftest import embedded_settings
-from tests.long_audio import held_out, levenshtein, long_recordings, streamed_final
+from amira.testing.long_audio import held_out, long_recordings, streamed_final
+from amira.testing.servers import embedded_settings
+from amira.testing.text import levenshtein
 from training.joining import held_out_joined
 
 

@@ -1,6 +1,6 @@
 """The AMIRA server as a benchmark subject: `serve` in its own process, plus what the benchmarks measure.
 
-    python bench/worker.py        # settings from the environment, as `amira serve` reads them
+    python -m bench.worker        # settings from the environment, as `amira serve` reads them
 
 Binds a free loopback port and prints one JSON line `{"url": ...}` on stdout once it listens. Then
 it answers each line on stdin with one JSON line of counters since it started:
@@ -24,11 +24,9 @@ import sys
 import time
 from collections import Counter
 from functools import partial
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amira.recognizer import Recognizer, create_backend
 from amira.server.runner import serve
 from amira.settings import Settings

@@ -1,4 +1,8 @@
-"""Shared fixtures: the shipped models, test recordings, and real servers on loopback."""
+"""pytest fixtures: real servers on loopback and the session's Triton with its fault-injection models.
+
+The helpers they share with the benchmarks (settings on the shipped models, `start_server`,
+`write_model_sets`, the test recordings) are in `amira.testing`.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +17,9 @@ import pytest
 import trio
 
 from amira.models import shipped_repository
-from amira.server.runner import serve
 from amira.settings import Settings
-from amira.triton.launcher import TritonProcess
-
-
-def embedded_settings(**overrides: object) -> Settings:
-    repository = shipped_repository()
-    values: dict[str, object] = {
-        "model_repository": repository,
-        "model_sets_file": repository / "model_sets.toml",
-        "server_host": "127.0.0.1",
-        "server_port": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-async def start_server(nursery: trio.Nursery, settings: Settings) -> str:
-    """A real Hypercorn server on a free loopback port, owned by `nursery`; returns its base URL."""
-    binds = await nursery.start(serve, settings)
-    return binds[0]
+from amira.testing.servers import embedded_settings, start_server, write_model_sets
+from amira.tooling.triton_launcher import TritonProcess
 
 
 @pytest.fixture
@@ -114,23 +100,6 @@ def make_broken_encoder(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write_model_sets(path: Path, sets: dict[str, tuple[str, ...]]) -> Path:
-    """A model-sets TOML: name -> (preprocessor, encoder, decoder_joint[, vocabulary]); the vocabulary
-    defaults to the shipped `vocab.txt` (the demo model's)."""
-    lines = []
-    for name, (preprocessor, encoder, decoder_joint, *vocabulary) in sets.items():
-        lines += [
-            f"[model_sets.{name}]",
-            f'preprocessor = "{preprocessor}"',
-            f'encoder = "{encoder}"',
-            f'decoder_joint = "{decoder_joint}"',
-            f'vocabulary = "{vocabulary[0] if vocabulary else "vocab.txt"}"',
-            "",
-        ]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 @attrs.frozen
 class TritonFixture:
     """The session's Triton, its CPU repository and the model-sets files that go with it."""
@@ -162,7 +131,7 @@ class TritonFixture:
 def build_test_repository(dest: Path, instance_count: int | None = None) -> Path:
     """A CPU-flavour repository of the shipped models plus the fault-injection models."""
     from amira.models import model_file
-    from amira.triton.repository import build_repository, write_model
+    from amira.tooling.triton_repository import build_repository, write_model
 
     source = shipped_repository()
     build_repository(source, dest, "cpu", instance_count=instance_count)
@@ -189,7 +158,7 @@ def asr_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFixtu
     """One real Triton for the session (skipped where the nvidia-pytriton wheel is missing)."""
     if importlib.util.find_spec("pytriton") is None:
         pytest.skip("nvidia-pytriton missing")
-    from amira.triton.launcher import running_triton
+    from amira.tooling.triton_launcher import running_triton
 
     root = tmp_path_factory.mktemp("triton_session")
     repository = build_test_repository(root / "repository")

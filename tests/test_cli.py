@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.recordings import CARDS, DATA, REAL_DOMAIN
+from amira.testing.recordings import CARDS, DATA, REAL_DOMAIN
 
 
 def amira(*args: str) -> subprocess.CompletedProcess[str]:

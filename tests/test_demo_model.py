@@ -14,9 +14,10 @@ from amira import open_recognizer
 from amira.client import open_stream_client
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings
+from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
+from amira.testing.servers import start_server
 
-from .conftest import TritonFixture, start_server
-from .recordings import REAL_DOMAIN, pcm16, read_recording
+from .conftest import TritonFixture
 from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from amira.models import model_file, shipped_repository
-from amira.models.generate import (
+from amira.tooling.test_models import (
     DEFAULT_SEED,
     SMALL,
     TRAINED_FILES,

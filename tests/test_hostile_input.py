@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.client import StreamError, open_stream_client, to_pcm16
 from amira.models import shipped_repository
-from tests.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
 
 DOCUMENTED = {
     "bad_request": 400, "bad_audio": 400, "unauthorized": 401, "unknown_model": 404, "too_large": 413,

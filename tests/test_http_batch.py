@@ -15,8 +15,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from amira import open_recognizer
-from tests.conftest import embedded_settings, start_server
-from tests.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.servers import embedded_settings, start_server
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ batch words. A stream that dropped, repeated or misplaced a window would be far 
 from __future__ import annotations
 
 from amira import open_recognizer
-from tests.conftest import embedded_settings
-from tests.long_audio import DOMAIN, held_out, joined, levenshtein, streamed_final
+from amira.testing.long_audio import DOMAIN, held_out, joined, streamed_final
+from amira.testing.servers import embedded_settings
+from amira.testing.text import levenshtein
 
 MAX_STREAM_WER = 0.02  # measured: 1.7 % (5 of 296 words); 1.8 % over the recipe's 101 recordings
 MAX_BATCH_WER = 0.10  # the model card's bound for held-out speech (measured here: 3.4 %)

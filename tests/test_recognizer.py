@@ -12,8 +12,8 @@ from amira.core.errors import BadAudio, UnknownModel
 from amira.core.model_set import ModelSetError
 from amira.models import shipped_repository
 from amira.settings import Settings
-from tests.conftest import embedded_settings
-from tests.recordings import MODEL_SETS, RECORDINGS, read_recording
+from amira.testing.recordings import MODEL_SETS, RECORDINGS, read_recording
+from amira.testing.servers import embedded_settings
 from tests.reference import reference_decoder
 
 

@@ -9,8 +9,8 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from amira.client import open_stream_client, to_pcm16
 from amira.server.security import key_is_valid
-from tests.conftest import embedded_settings, start_server
-from tests.recordings import CARDS, read_recording
+from amira.testing.recordings import CARDS, read_recording
+from amira.testing.servers import embedded_settings, start_server
 
 KEYS = ("first-key", "second-key")
 PCM = to_pcm16(read_recording(CARDS[0]))

@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed
 
 from amira.client import open_stream_client, to_pcm16
 from amira.models import shipped_repository
-from tests.recordings import LIBRIVOX, read_recording
+from amira.testing.recordings import LIBRIVOX, read_recording
 
 DRAIN_SECS = 1.5
 

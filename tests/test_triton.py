@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 from amira.core.errors import BackendError, BackendTimeout, BackendUnavailable
 from amira.backends.triton import TritonBackend, parse_endpoint
 from amira.models import model_file
-from amira.triton.launcher import local_triton, running_triton
-from amira.triton.repository import build_repository, config_pbtxt, onnx_tensors
+from amira.tooling.triton_launcher import local_triton, running_triton
+from amira.tooling.triton_repository import build_repository, config_pbtxt, onnx_tensors
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton missing"
@@ -371,7 +371,7 @@ def make_identity_model(path: Path, tensors: list[tuple[str, str, int, list]]) -
 
 
 def test_repository_from_nemo_export(tmp_path: Path) -> None:
-    from amira.triton.repository import build_repository_from_nemo_export
+    from amira.tooling.triton_repository import build_repository_from_nemo_export
 
     export = tmp_path / "export"
     make_identity_model(

@@ -17,17 +17,11 @@ import trio
 
 from amira import open_recognizer
 from amira.models import shipped_repository
-from amira.triton.launcher import TritonProcess
-from amira.triton.repository import build_repository
-from tests.conftest import (
-    BROKEN_MAX_FEATURES,
-    SLOW_DELAY,
-    TritonFixture,
-    embedded_settings,
-    start_server,
-    write_model_sets,
-)
-from tests.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.servers import embedded_settings, start_server, write_model_sets
+from amira.tooling.triton_launcher import TritonProcess
+from amira.tooling.triton_repository import build_repository
+from tests.conftest import BROKEN_MAX_FEATURES, SLOW_DELAY, TritonFixture
 from tests.reference import reference_decoder
 from tests.test_http_batch import ERROR_CASES, bodies, post, wav_bytes
 

@@ -11,10 +11,11 @@ import trio
 
 from amira.client import StreamError, open_stream_client
 from amira.models import shipped_repository
-from amira.triton.launcher import TritonProcess
-from amira.triton.repository import build_repository
-from tests.conftest import TritonFixture, embedded_settings, start_server, write_model_sets
-from tests.recordings import LIBRIVOX, read_recording
+from amira.testing.recordings import LIBRIVOX, read_recording
+from amira.testing.servers import embedded_settings, start_server, write_model_sets
+from amira.tooling.triton_launcher import TritonProcess
+from amira.tooling.triton_repository import build_repository
+from tests.conftest import TritonFixture
 
 CLIP = read_recording(LIBRIVOX[0])
 OWN_SET = ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt")  # a set rich in tokens

@@ -18,8 +18,8 @@ from amira.backends.embedded import EmbeddedBackend
 from amira.client import StreamError, open_stream_client, to_pcm16
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
-from tests.conftest import embedded_settings
-from tests.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.servers import embedded_settings
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
 SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)

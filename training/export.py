@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from amira.core.decoding import DecoderState, DecodingSpec, GreedyDecoder
-from amira.models.generate import write_vocabulary
-from amira.triton.repository import config_pbtxt, model_tensors
+from amira.tooling.test_models import write_vocabulary
+from amira.tooling.triton_repository import config_pbtxt, model_tensors
 
 from .model import Transducer
 

@@ -1,6 +1,6 @@
 """Utterances joined with pauses: the long examples of stage 2 and the long held-out recordings.
 
-No torch here, so that `bench/stream_vs_batch.py --recipe-data` can rebuild the recipe's
+No torch here, so that `python -m bench.stream_vs_batch --recipe-data` can rebuild the recipe's
 whole held-out set from its cache.
 """
 

@@ -6,9 +6,9 @@ function of the seed: the same seed writes the same bytes. The weights are rando
 and biases are set so that greedy decoding of real speech looks like a transducer at work: about one
 token every few frames, sometimes several on one frame, and every TDT duration in use.
 
-    python -m amira.models.generate                      # rewrite the shipped repository
-    python -m amira.models.generate --output DIR --parakeet-shaped
-    python -m amira.models.generate --output DIR --check tests/data/librivox/*.wav
+    python -m amira.tooling.test_models                  # rewrite the shipped repository
+    python -m amira.tooling.test_models --output DIR --parakeet-shaped
+    python -m amira.tooling.test_models --output DIR --check tests/data/librivox/*.wav
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amira.models import model_file
-from amira.triton.repository import config_pbtxt, model_tensors, onnx_tensors
+from amira.models import model_file, shipped_repository
+from amira.tooling.triton_repository import config_pbtxt, model_tensors, onnx_tensors
 
 DEFAULT_SEED = 20240611
-DEFAULT_REPOSITORY = Path(__file__).parent / "repository"
+DEFAULT_REPOSITORY = shipped_repository()
 OPSET = 17
 IR_VERSION = 8
+# The ONNX `producer_name`: the generator's module path when the shipped models were first written;
+# kept as is so that they regenerate byte for byte.
 PRODUCER = "amira.models.generate"
 PREPROCESSOR_SOURCE = "onnx_asr:nemo128"
 BLANK = "<blk>"

@@ -1,4 +1,5 @@
-"""The test recordings (see data/SOURCES.md) and the model sets they are decoded with."""
+"""The test recordings (`tests/data` of the source checkout, see its SOURCES.md) and the model sets
+they are decoded with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
+if not DATA.is_dir():
+    raise ImportError(
+        f"amira.testing.recordings needs the test recordings of the source checkout, {DATA}, which is "
+        "missing: run the tests and benchmarks from a checkout of the repository, not an installed package"
+    )
 LIBRIVOX = sorted((DATA / "librivox").glob("*.wav"))
 CARDS = sorted((DATA / "cards").glob("*.wav"))
 RECORDINGS = [*LIBRIVOX, *CARDS, DATA / "goforward.raw"]

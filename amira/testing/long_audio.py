@@ -1,4 +1,4 @@
-"""Long audio for streaming tests and benchmarks: recordings joined with pauses, and edit distance."""
+"""Long audio for streaming tests and benchmarks: recordings joined with pauses."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ import trio
 
 from amira.recognizer import Recognizer
 from amira.stream_session import StreamResult
-from tests.recordings import CARDS, DATA, LIBRIVOX, read_recording
+from amira.testing.recordings import CARDS, DATA, LIBRIVOX, read_recording
 
 PAUSE_SECS = 1.0
 DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by people
 HELD_OUT = DATA / "held_out"  # held-out synthetic utterances joined, 8 s or more each, by the training recipe
-
-
-def levenshtein(a: Sequence[object], b: Sequence[object]) -> int:
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,9 @@ source is ignored, since every config is written afresh from the ONNX file's own
 Two flavours:
 
 * `cpu`: every model is a Python-backend model (`backend: "python"`) whose `1/model.py` (a copy of
-  `amira/triton/python_model.py`) runs `1/model.onnx` with onnxruntime, `KIND_CPU` instances. This
-  is what the Triton in the `nvidia-pytriton` wheel can serve: it carries no onnxruntime backend.
+  `amira/tooling/triton_python_model.py`) runs `1/model.onnx` with onnxruntime, `KIND_CPU`
+  instances. This is what the Triton in the `nvidia-pytriton` wheel can serve: it carries no
+  onnxruntime backend.
 * `production`: `platform: "onnxruntime_onnx"`, `KIND_GPU` instances, for a real Triton image.
 """
 
@@ -162,7 +163,7 @@ def _external_data_files(path: Path) -> list[str]:
 
 def python_model_source() -> Path:
     """The generic Python-backend model that CPU-flavour repositories use as `1/model.py`."""
-    return Path(__file__).with_name("python_model.py")
+    return Path(__file__).with_name("triton_python_model.py")
 
 
 def source_models(source_repo: Path) -> list[str]:

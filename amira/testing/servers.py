@@ -1,0 +1,47 @@
+"""Real AMIRA servers on loopback for tests and benchmarks: settings on the shipped models, a
+Hypercorn server in a nursery, and model-sets files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from amira.models import shipped_repository
+from amira.server.runner import serve
+from amira.settings import Settings
+
+
+def embedded_settings(**overrides: object) -> Settings:
+    repository = shipped_repository()
+    values: dict[str, object] = {
+        "model_repository": repository,
+        "model_sets_file": repository / "model_sets.toml",
+        "server_host": "127.0.0.1",
+        "server_port": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def start_server(nursery: trio.Nursery, settings: Settings) -> str:
+    """A real Hypercorn server on a free loopback port, owned by `nursery`; returns its base URL."""
+    binds = await nursery.start(serve, settings)
+    return binds[0]
+
+
+def write_model_sets(path: Path, sets: dict[str, tuple[str, ...]]) -> Path:
+    """A model-sets TOML: name -> (preprocessor, encoder, decoder_joint[, vocabulary]); the vocabulary
+    defaults to the shipped `vocab.txt` (the demo model's)."""
+    lines = []
+    for name, (preprocessor, encoder, decoder_joint, *vocabulary) in sets.items():
+        lines += [
+            f"[model_sets.{name}]",
+            f'preprocessor = "{preprocessor}"',
+            f'encoder = "{encoder}"',
+            f'decoder_joint = "{decoder_joint}"',
+            f'vocabulary = "{vocabulary[0] if vocabulary else "vocab.txt"}"',
+            "",
+        ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
