@@ -28,7 +28,16 @@ _EXPORTS = {
     "serve": "amira.server.runner",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "Recognizer",
+    "Settings",
+    "Stream",
+    "StreamResult",
+    "Transcript",
+    "__version__",
+    "open_recognizer",
+    "serve",
+]
 
 if TYPE_CHECKING:
     from amira.core.transcript import StreamResult, Transcript

@@ -16,8 +16,8 @@ import trio
 
 from amira.core import audio
 from amira.core.errors import RequestError
-from amira.protocols.native_batch import batch_document
 from amira.core.model_set import ModelSetError
+from amira.protocols.native_batch import batch_document
 from amira.recognizer import open_recognizer
 from amira.settings import Settings, SettingsError
 

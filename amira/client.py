@@ -22,6 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from amira.core.audio import MODEL_SAMPLE_RATE, PCM16_SCALE
 from amira.protocols.native_stream import END_OF_STREAM, FINALIZE_MESSAGE, KEEPALIVE
+
 DEFAULT_KEEPALIVE_SECS = 5.0
 CLOSE_WAIT_SECS = 5.0
 

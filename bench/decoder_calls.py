@@ -28,9 +28,9 @@ async def measure(frames_per_call: int | None) -> dict[str, dict[str, float]]:
             windows = 0
             for path in RECORDINGS:
                 samples = read_recording(path)
-                before = recognizer.calls["decoder_joint"]
+                before = recognizer.engine.calls["decoder_joint"]
                 transcript = await recognizer.transcribe(samples, model)
-                used = recognizer.calls["decoder_joint"] - before
+                used = recognizer.engine.calls["decoder_joint"] - before
                 calls += used
                 tokens += len(transcript.tokens)
                 seconds += transcript.audio_seconds

@@ -9,7 +9,7 @@ it answers each line on stdin with one JSON line of counters since it started:
   worker threads, and with the embedded backend onnxruntime itself);
 * `max_stall_ms`: the largest event-loop stall since the previous `reset` line: a trio task sleeps
   10 ms in a loop, and a stall is how late it wakes up;
-* `calls`: backend calls per role (`Recognizer.calls`); `emitted`: tokens emitted by the greedy
+* `calls`: backend calls per role (`Engine.calls`); `emitted`: tokens emitted by the greedy
   decoder (committed and tentative); `spans`: decoder runs (one per batch recording, two per
   streaming window: the chunk and its look-ahead).
 
@@ -27,7 +27,8 @@ from functools import partial
 
 import trio
 
-from amira.recognizer import Recognizer, create_backend
+from amira.engine import Engine, create_backend
+from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.settings import Settings
 
@@ -41,14 +42,15 @@ class Probe:
         self.recognizer = recognizer
         self.max_stall = 0.0
         self.counts: Counter[str] = Counter()
-        decode = recognizer.decode
+        engine = recognizer.engine
+        decode = engine.decode
 
         async def counting_decode(model_set, decoder, encoded, offset, limiter) -> None:  # type: ignore[no-untyped-def]
             await decode(model_set, decoder, encoded, offset, limiter)
             self.counts["emitted"] += len(decoder.emissions)
             self.counts["spans"] += 1
 
-        recognizer.decode = counting_decode  # type: ignore[method-assign]
+        engine.decode = counting_decode  # type: ignore[method-assign]
 
     async def watch_stalls(self) -> None:
         while True:
@@ -61,7 +63,7 @@ class Probe:
         return {
             "cpu_s": times.user + times.system,
             "max_stall_ms": self.max_stall * 1000,
-            "calls": dict(self.recognizer.calls),
+            "calls": dict(self.recognizer.engine.calls),
             "emitted": self.counts["emitted"],
             "spans": self.counts["spans"],
             "time": time.monotonic(),
@@ -96,13 +98,13 @@ async def control(probe: Probe, done: trio.Event) -> None:
 
 async def main() -> None:
     settings = Settings.from_env(server_host="127.0.0.1", server_port=0)
-    recognizer = Recognizer(create_backend(settings), settings)
+    recognizer = Recognizer(Engine(create_backend(settings), settings))
     probe = Probe(recognizer)
     done = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, settings, recognizer, shutdown_trigger=done.wait))
-            if not recognizer.loaded:
+            if not recognizer.engine.loaded:
                 raise SystemExit("the backend did not answer at start-up")
             nursery.start_soon(probe.watch_stalls)
             nursery.start_soon(control, probe, done)
@@ -111,7 +113,7 @@ async def main() -> None:
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await recognizer.backend.aclose()
+            await recognizer.engine.backend.aclose()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ async def test_tokens_equal_onnx_asr_on_every_recording(model: str, tmp_path: Pa
             tokens, frames = reference(samples)
             assert list(transcript.tokens) == tokens, name
             assert list(transcript.token_frames) == frames, name
-            assert transcript.text == recognizer.model_sets[model].vocabulary.detokenize(tokens)
+            assert transcript.text == recognizer.engine.model_set(model).model_set.vocabulary.detokenize(
+                tokens
+            )
             emitted += len(tokens)
         assert emitted > 100  # the comparison is not vacuous
 
@@ -54,9 +56,9 @@ async def test_frames_per_call_never_changes_the_tokens(model: str, frames_per_c
     ):
         for path in RECORDINGS:
             samples = read_recording(path)
-            default.calls.clear()
+            default.engine.calls.clear()
             expected = await default.transcribe(samples, model)
-            assert default.calls["decoder_joint"] <= len(expected.tokens) + 1
+            assert default.engine.calls["decoder_joint"] <= len(expected.tokens) + 1
             assert (await capped.transcribe(samples, model)).token_frames == expected.token_frames
             assert (await capped.transcribe(samples, model)).tokens == expected.tokens
 
@@ -89,7 +91,7 @@ async def test_transcript_fields() -> None:
         assert transcript.encoded_length == -(-transcript.features_length // 8)
         assert " ".join(w.word for w in transcript.words) == transcript.text
         assert all(w.start < w.end for w in transcript.words)
-        assert recognizer.model_sets["default"].frame_seconds == 0.08
+        assert recognizer.engine.model_set("default").model_set.frame_seconds == 0.08
         with pytest.raises(UnknownModel):
             await recognizer.transcribe(samples, "nope")
         with pytest.raises(BadAudio):

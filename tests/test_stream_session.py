@@ -12,11 +12,10 @@ import trio
 
 import amira
 from amira import Recognizer, Settings
-from amira.core.errors import BackendError
-from amira.core.errors import UnknownModel
+from amira.core.errors import BackendError, UnknownModel
 from amira.core.model_set import ModelSetError
-from amira.models import shipped_repository
 from amira.core.transcript import StreamResult
+from amira.models import shipped_repository
 from amira.stream_session import Stream
 
 CLIPS = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))  # 0: the longest, 7.1 s
@@ -137,7 +136,7 @@ async def test_a_stream_without_audio_still_ends_with_one_final(recognizer: Reco
 
 
 async def test_decoder_states_go_back_to_the_pool(recognizer: Recognizer, model: str) -> None:
-    pool = recognizer.state_pools[model]
+    pool = recognizer.engine.model_set(model).states
     await stream_audio(recognizer, model, read_clip(), 1600)
     assert pool.available == pool.size
 
@@ -174,7 +173,8 @@ async def test_unknown_model_and_bad_lengths_are_refused_up_front(model: str) ->
         with pytest.raises(UnknownModel):
             async with recognizer.open_stream(f"no-{model}"):
                 pass
-        assert recognizer.state_pools[model].available == recognizer.state_pools[model].size
+        pool = recognizer.engine.model_set(model).states
+        assert pool.available == pool.size
     with pytest.raises(ModelSetError, match=r"STREAM_CHUNK_SECS=1\.7 is not a whole number"):
         async with amira.open_recognizer(settings(stream_chunk_secs=1.7)):
             pass
@@ -183,7 +183,7 @@ async def test_unknown_model_and_bad_lengths_are_refused_up_front(model: str) ->
 async def test_a_backend_failure_ends_the_stream_and_frees_it(
     recognizer: Recognizer, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    encode, calls = recognizer.encode, 0
+    encode, calls = recognizer.engine.encode, 0
 
     async def failing_encode(*args: object) -> object:
         nonlocal calls
@@ -192,7 +192,7 @@ async def test_a_backend_failure_ends_the_stream_and_frees_it(
             raise BackendError("the encoder fell over")
         return await encode(*args)
 
-    monkeypatch.setattr(recognizer, "encode", failing_encode)
+    monkeypatch.setattr(recognizer.engine, "encode", failing_encode)
     audio = read_clip()
     seen: list[StreamResult] = []
     with pytest.RaisesGroup(pytest.RaisesExc(BackendError, match="the encoder fell over")):
@@ -201,4 +201,5 @@ async def test_a_backend_failure_ends_the_stream_and_frees_it(
             async for result in stream:
                 seen.append(result)
     assert seen and stream.transcription == seen[-1].transcription
-    assert recognizer.state_pools[model].available == recognizer.state_pools[model].size
+    pool = recognizer.engine.model_set(model).states
+    assert pool.available == pool.size

@@ -21,8 +21,8 @@ import pytest
 import trio
 from onnx import TensorProto, helper
 
-from amira.core.errors import BackendError, BackendTimeout, BackendUnavailable
 from amira.backends.triton import TritonBackend, parse_endpoint
+from amira.core.errors import BackendError, BackendTimeout, BackendUnavailable
 from amira.models import model_file
 from amira.tooling.triton_launcher import local_triton, running_triton
 from amira.tooling.triton_repository import build_repository, config_pbtxt, onnx_tensors

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from amira.core.decoding import Emission
-from amira.core.windowing import Chunker, StreamingConfig, StreamingConfigError, TokenWeaver, Window
 from amira.core.vocabulary import Vocabulary
+from amira.core.windowing import Chunker, StreamingConfig, StreamingConfigError, TokenWeaver, Window
 
 F = 8  # samples per frame: small, so that one-sample feeding stays fast
 CONFIG = StreamingConfig(chunk_frames=4, left_frames=3, right_frames=2, frame_samples=F)

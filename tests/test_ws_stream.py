@@ -16,6 +16,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.backends.embedded import EmbeddedBackend
 from amira.client import StreamError, open_stream_client, to_pcm16
+from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
@@ -30,7 +31,7 @@ MAX_FRAME = 262_144  # the whole clip fits in one frame
 async def server(nursery: trio.Nursery) -> tuple[str, Recognizer]:
     """A real server on the embedded backend, with its recogniser at hand to look at the state pools."""
     settings = embedded_settings(stream_timeout_secs=1.5, max_frame_bytes=MAX_FRAME)
-    recognizer = Recognizer(EmbeddedBackend(settings.model_repository), settings)
+    recognizer = Recognizer(Engine(EmbeddedBackend(settings.model_repository), settings))
     binds = await nursery.start(serve, settings, recognizer)
     return binds[0].replace("http://", "ws://"), recognizer
 
@@ -184,7 +185,7 @@ async def test_unknown_model(server: tuple[str, Recognizer]) -> None:
 
 async def test_capacity_and_release(server: tuple[str, Recognizer]) -> None:
     url, recognizer = ws_url(server), server[1]
-    pool = recognizer.state_pools["tdt"]
+    pool = recognizer.engine.model_set("tdt").states
     async with trio.open_nursery() as nursery:
         clients, finals = [], []
         for _ in range(10):

@@ -13,8 +13,8 @@ from typing import Literal
 import attrs
 import numpy as np
 
-from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.decoding import NEMO_MAX_SYMBOLS_PER_STEP, DecodingSpec
+from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.vocabulary import Vocabulary
 
 F32, I64, I32 = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int32)

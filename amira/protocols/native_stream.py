@@ -108,7 +108,9 @@ class NativeStream:
         if frame == KEEPALIVE:
             return KeepAlive()
         if len(frame) % 2:
-            raise BadRequest(f"a frame of {len(frame)} bytes is neither audio (even length) nor a control byte")
+            raise BadRequest(
+                f"a frame of {len(frame)} bytes is neither audio (even length) nor a control byte"
+            )
         self.received_samples += len(frame) // 2
         if self.received_samples > self.max_audio_secs * self.options.sample_rate:
             raise TooLarge(f"the stream is longer than {self.max_audio_secs:g} s of audio")

@@ -46,9 +46,7 @@ def create_app(state: ServerState) -> Quart:
 
     @app.get("/health")
     async def health() -> Response:
-        return jsonify(
-            {"status": "healthy", "version": amira.__version__, "backend": engine.backend.kind}
-        )
+        return jsonify({"status": "healthy", "version": amira.__version__, "backend": engine.backend.kind})
 
     @app.get("/ready")
     async def ready() -> Response | tuple[Response, int]:
@@ -67,7 +65,9 @@ def create_app(state: ServerState) -> Quart:
         described = []
         for name, config in sorted(engine.configs.items()):
             loaded = engine.model_sets.get(name)
-            described.append(loaded.model_set.describe() if loaded else {"name": name, "models": config.models})
+            described.append(
+                loaded.model_set.describe() if loaded else {"name": name, "models": config.models}
+            )
         return jsonify({"models": described})
 
     @app.post("/v2/decode/batch/<model>")

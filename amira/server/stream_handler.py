@@ -72,7 +72,11 @@ def backend_failure(group: BaseExceptionGroup) -> BackendFailure | None:
 
 
 async def _receive(
-    stream: Stream, protocol: NativeStream, resampler: StreamResampler, state: ServerState, ending: StreamEnding
+    stream: Stream,
+    protocol: NativeStream,
+    resampler: StreamResampler,
+    state: ServerState,
+    ending: StreamEnding,
 ) -> None:
     """Frames in until the stream ends: by the client, by inactivity, or at the end of the
     shutdown drain. Then the rest of the audio is flushed, so the final covers every sample."""
@@ -107,7 +111,9 @@ async def _read_frames(
         if idle.cancelled_caught:
             log.info("stream inactive for %.0f s: finalising", settings.stream_timeout_secs)
             return
-        event = protocol.receive_text(message) if isinstance(message, str) else protocol.receive_bytes(message)
+        event = (
+            protocol.receive_text(message) if isinstance(message, str) else protocol.receive_bytes(message)
+        )
         match event:
             case Audio(pcm):
                 await stream.send_audio(resampler.push(pcm))
@@ -166,7 +172,9 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
                     await _run_stream(model, stream_id, protocol, resampler)
                 except Exception:
                     log.exception("stream %s failed", stream_id)
-                    await close_with_error(protocol, BackendError("internal error; see the server log"), stream_id)
+                    await close_with_error(
+                        protocol, BackendError("internal error; see the server log"), stream_id
+                    )
                 finally:
                     log.info("stream stream_id=%s model=%s ended", stream_id, model)
         except AmiraError as exc:

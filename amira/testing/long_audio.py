@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from amira.core.transcript import StreamResult
 from amira.recognizer import Recognizer
-from amira.stream_session import StreamResult
 from amira.testing.recordings import CARDS, DATA, LIBRIVOX, read_recording
 
 PAUSE_SECS = 1.0
