@@ -7,7 +7,6 @@ the real NeMo preprocessor, a tiny `add` model and `slow` (the same graph, answe
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import threading
@@ -27,9 +26,7 @@ from amira.models import model_file
 from amira.tooling.triton_launcher import local_triton, running_triton
 from amira.tooling.triton_repository import build_repository, config_pbtxt, onnx_tensors
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton missing"
-)
+pytestmark = pytest.mark.triton
 
 SLOW_DELAY = 0.6
 SLOW_INSTANCES = 3

@@ -26,6 +26,9 @@ from tests.reference import reference_decoder
 from tests.test_http_batch import ERROR_CASES, bodies, post, wav_bytes
 
 
+pytestmark = pytest.mark.triton  # every test here runs a real Triton
+
+
 def batch_url(base: str, model: str) -> str:
     return f"{base}/v2/decode/batch/{model}"
 

@@ -17,6 +17,8 @@ from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository
 from tests.conftest import TritonFixture
 
+pytestmark = pytest.mark.triton  # every test here runs a real Triton
+
 CLIP = read_recording(LIBRIVOX[0])
 OWN_SET = ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt")  # a set rich in tokens
 
