@@ -22,7 +22,6 @@ from amira.settings import Settings
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
 
-
 TRITON_MISSING = importlib.util.find_spec("pytriton") is None
 REQUIRE_TRITON = os.environ.get("AMIRA_REQUIRE_TRITON", "") not in ("", "0")
 

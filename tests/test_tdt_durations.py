@@ -37,7 +37,7 @@ SHORT = read_recording(CARDS[0])  # 1.1 s: one streaming window
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generated test models with a four-duration TDT joint, and a model-sets file naming the durations."""
+    """The generated test models with a four-duration TDT joint; a model-sets file names the durations."""
     root = tmp_path_factory.mktemp("tdt0235")
     generate_repository(root, sizes=dataclasses.replace(SMALL, durations=CONFIGURED))
     (root / "model_sets.toml").write_text(MODEL_SETS, encoding="utf-8")
@@ -71,4 +71,3 @@ async def test_batch_and_stream_decode_as_the_reference_loop(
         streamed = await streamed_final(recognizer, SHORT, "tdt0235", frame=800)
     assert list(streamed.tokens) == reference(SHORT)[0]
     assert list(streamed.token_frames) == reference(SHORT)[1]
-

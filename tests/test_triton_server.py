@@ -25,7 +25,6 @@ from tests.conftest import BROKEN_MAX_FEATURES, SLOW_DELAY, TritonFixture
 from tests.reference import reference_decoder
 from tests.test_http_batch import ERROR_CASES, bodies, post, wav_bytes
 
-
 pytestmark = pytest.mark.triton  # every test here runs a real Triton
 
 

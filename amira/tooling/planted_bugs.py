@@ -118,7 +118,9 @@ def check(bug: PlantedBug, keep: bool = False) -> Outcome:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", action="append", default=[], help="plant only this bug (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the planted copies for inspection")
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
