@@ -7,10 +7,12 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from amira.client import open_stream_client, to_pcm16
+from amira.client import to_pcm16
+from amira.protocols.native_stream import END_OF_STREAM
 from amira.server.security import key_is_valid
 from amira.testing.recordings import CARDS, read_recording
 from amira.testing.servers import embedded_settings, start_server
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 KEYS = ("first-key", "second-key")
 PCM = to_pcm16(read_recording(CARDS[0]))
@@ -55,11 +57,11 @@ async def test_streams_need_a_key_too(secured: str) -> None:
         async with open_websocket_url(url):
             pass
     assert rejected.value.status_code == 401
-    async with open_stream_client(f"{url}?api_key=second-key") as client:
-        await client.send_pcm(PCM)
-        await client.end()
-        results = [r async for r in client.results()]
-    assert results[-1]["status"] == "COMPLETE"
+    for query, headers in (("?api_key=second-key", []), ("", [("Authorization", "Bearer first-key")])):
+        async with open_websocket_url(url + query, extra_headers=headers) as ws:
+            await ws.send_message(PCM)
+            await ws.send_message(END_OF_STREAM)
+            assert expect_complete(await read_until_closed(ws))["transcription"]
 
 
 async def test_cors_is_closed_except_for_configured_origins(http: httpx.AsyncClient, secured: str) -> None:
@@ -75,6 +77,35 @@ async def test_cors_is_closed_except_for_configured_origins(http: httpx.AsyncCli
     assert rejected.value.status_code == 403
 
 
+REFUSED_CREDENTIALS = [
+    {"headers": {"Authorization": "Bearer first-key-and-more"}},  # a valid key is a prefix of it
+    {"headers": {"Authorization": "Bearer second-keyX"}},
+    {"headers": {"Authorization": "Bearer first-ke"}},  # it is a prefix of a valid key
+    {"headers": {"X-API-Key": "first-key2"}},
+    {"params": {"api_key": "second-key-"}},
+    {"headers": {"Authorization": "Basic first-key"}},  # schemes other than Bearer
+    {"headers": {"Authorization": "Digest first-key"}},
+    {"headers": {"Authorization": "ApiKey second-key"}},
+    {"headers": {"Authorization": "first-key"}},  # no scheme at all
+    {"headers": {"Authorization": "Bearerfirst-key"}},
+]
+
+
+@pytest.mark.parametrize("credentials", REFUSED_CREDENTIALS)
+async def test_key_prefixes_and_other_schemes_are_refused(
+    http: httpx.AsyncClient, secured: str, credentials: dict
+) -> None:
+    response = await http.get(f"{secured}/v2/models", **credentials)
+    assert response.status_code == 401 and response.json()["error_type"] == "unauthorized"
+    query = "?" + "&".join(f"{k}={v}" for k, v in credentials.get("params", {}).items())
+    url = secured.replace("http://", "ws://") + "/v2/decode/stream/default" + query
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(url, extra_headers=list(credentials.get("headers", {}).items())):
+            pass
+    assert rejected.value.status_code == 401
+
+
 def test_key_comparison_checks_every_key() -> None:
     assert key_is_valid("second-key", KEYS) and not key_is_valid("second-ke", KEYS)
     assert not key_is_valid(None, KEYS) and not key_is_valid("", KEYS)
+    assert not key_is_valid("second-key2", KEYS) and not key_is_valid("first-keyfirst-key", KEYS)
