@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
-import httpx
 import numpy as np
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from amira.backends.embedded import EmbeddedBackend
@@ -28,7 +26,7 @@ from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.raw_ws import RawStream, open_raw_stream
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
-from amira.testing.servers import embedded_settings
+from amira.testing.servers import embedded_settings, metric, wait_for_metric
 from amira.testing.ws_protocol import StreamRecord, expect_complete, expect_error, read_until_closed
 
 CAPACITY = 3
@@ -50,21 +48,10 @@ class Server:
         self.url = base.replace("http://", "ws://") + "/v2/decode/stream/tdt"
 
     async def active_streams(self) -> float:
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(f"{self.base}/metrics")).text
-        (value,) = (
-            s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name == "amira_active_streams"
-        )
-        return value
+        return await metric(self.base, "amira_active_streams")
 
-    async def wait_for_active(self, value: int, seconds: float = RELEASE_WITHIN) -> None:
-        """Poll the gauge until it reads `value` (fails after `seconds`)."""
-        with trio.fail_after(seconds):
-            while await self.active_streams() != value:
-                await trio.sleep(0.05)
+    async def wait_for_active(self, value: float) -> None:
+        await wait_for_metric(self.base, "amira_active_streams", lambda v: v == value, RELEASE_WITHIN)
 
 
 @pytest.fixture
@@ -173,7 +160,7 @@ async def fill_and_release(server: Server, open_victim: OpenVictim) -> None:
     assert len(records) == CAPACITY - 1
     for record in records:
         expect_complete(record)
-    await server.wait_for_active(int(before))
+    await server.wait_for_active(before)
     pool = server.recognizer.engine.model_set("tdt").states
     with trio.fail_after(RELEASE_WITHIN):
         while pool.available != pool.size:
