@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed
 from amira.client import open_stream_client, to_pcm16
 from amira.models import shipped_repository
 from amira.testing.recordings import LIBRIVOX, read_recording
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 DRAIN_SECS = 1.5
 
@@ -75,11 +76,9 @@ async def test_sigterm_finalises_every_stream_with_1001_and_exits_within_the_dra
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send)
-                async for result in client.results():
-                    if result["status"] == "COMPLETE":
-                        finals[index] = result
-                with trio.fail_after(5):
-                    codes[index] = await client.wait_closed()
+                record = await read_until_closed(client.connection, seconds=30)
+                finals[index] = expect_complete(record, close_code=1001)
+                codes[index] = record.close_code
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:

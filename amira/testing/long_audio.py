@@ -11,6 +11,7 @@ import trio
 from amira.core.transcript import StreamResult
 from amira.recognizer import Recognizer
 from amira.testing.recordings import CARDS, DATA, LIBRIVOX, read_recording
+from amira.testing.ws_protocol import check_results
 
 PAUSE_SECS = 1.0
 DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by people
@@ -48,7 +49,8 @@ def held_out() -> list[tuple[str, np.ndarray, str]]:
 async def streamed_final(
     recognizer: Recognizer, samples: np.ndarray, model: str, frame: int = 1600
 ) -> StreamResult:
-    """Stream `samples` in process, in frames of `frame` samples; the final result."""
+    """Stream `samples` in process, in frames of `frame` samples; the final result (the results
+    passed the wire rules of `amira.testing.ws_protocol`: one COMPLETE, at the end)."""
     async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
 
         async def send() -> None:
@@ -57,7 +59,6 @@ async def streamed_final(
             await stream.end()
 
         nursery.start_soon(send)
-        final = None
-        async for result in stream:
-            final = result
-    return final
+        results = [result async for result in stream]
+    check_results(results)
+    return results[-1]
