@@ -10,13 +10,21 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-import soxr
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from amira import open_recognizer
-from amira.testing.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.recordings import (
+    CARDS,
+    LIBRIVOX,
+    MODEL_SETS,
+    REAL_DOMAIN,
+    RECORDINGS,
+    pcm16,
+    read_recording,
+)
 from amira.testing.servers import embedded_settings, start_server
+from tests.test_audio import fft_resample
 
 
 @pytest.fixture
@@ -115,18 +123,19 @@ async def test_opaque_is_echoed_and_words_have_times(http: httpx.AsyncClient, em
 async def test_other_sample_rates_are_resampled(
     http: httpx.AsyncClient, embedded_url: str, rate: int
 ) -> None:
-    samples = read_recording(CARDS[0])
-    resampled = soxr.resample(samples, 16_000, rate).astype(np.float32)
-    async with open_recognizer(embedded_settings()) as recognizer:
-        expected = await recognizer.transcribe(soxr.resample(resampled, rate, 16_000, quality="HQ"))
+    """A person's recording at another rate (resampled without soxr, see `fft_resample`) transcribes
+    to what they said, as a WAV file and as raw PCM with `?sample_rate=`."""
+    path, text = REAL_DOMAIN[4]
+    samples = read_recording(path)
+    resampled = fft_resample(samples[: samples.size // 320 * 320], 16_000, rate).astype(np.float32)
     wav = await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/wav", wav_bytes(resampled, rate))
     raw = await post(
         http, f"{embedded_url}/v2/decode/batch/default", "audio/pcm", pcm16(resampled), sample_rate=rate
     )
     for response in (wav, raw):
         assert response.status_code == 200, response.text
-        assert abs(response.json()["metadata"]["audio_length_samples"] - samples.size) <= 2
-    assert wav.json()["metadata"]["tokens"] == list(expected.tokens)
+        assert abs(response.json()["metadata"]["audio_length_samples"] - samples.size) <= 320
+        assert response.json()["transcription"] == text
 
 
 ERROR_CASES = [

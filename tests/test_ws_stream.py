@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from trio_websocket import open_websocket_url
 from amira.backends.embedded import EmbeddedBackend
 from amira.client import open_stream_client, to_pcm16
 from amira.engine import Engine
+from amira.models import shipped_repository
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
@@ -28,6 +30,7 @@ from amira.testing.ws_protocol import (
     expect_error,
     read_until_closed,
 )
+from tests.reference import reference_decoder
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
 SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)
@@ -73,11 +76,13 @@ async def test_frame_size_invariance(server: tuple[str, Recognizer], model: str)
 
 @pytest.mark.parametrize("model", ["tdt", "rnnt"])
 async def test_a_stream_shorter_than_a_window_equals_the_batch_result(
-    server: tuple[str, Recognizer], model: str
+    server: tuple[str, Recognizer], model: str, tmp_path: Path
 ) -> None:
+    """... and onnx-asr's decode of the same audio, a reference that is not the project's own."""
     batch = await server[1].transcribe(SHORT, model)
     results, _ = await stream(ws_url(server, model), SHORT, 0.1)
     assert results[-1]["metadata"]["tokens"] == list(batch.tokens)
+    assert list(batch.tokens) == reference_decoder(shipped_repository(), model, tmp_path)(SHORT)[0]
     assert results[-1]["transcription"] == batch.text
     assert [w["word"] for w in results[-1]["metadata"]["words"]] == [w.word for w in batch.words]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -175,7 +175,7 @@ class WireChecker:
         if not isinstance(metadata, dict) or not {"tokens", "words", "audio_seconds"} <= set(metadata):
             self._violation(f"a final result without tokens, words and audio_seconds: {metadata!r:.300}")
 
-    def _violation(self, what: str) -> None:
+    def _violation(self, what: str) -> NoReturn:
         history = [m.get("status") for m in self.messages]
         raise ProtocolViolation(f"{what} (messages so far: {history})")
 
@@ -195,7 +195,7 @@ async def read_until_closed(
                 if on_message is not None:
                     on_message(document)
         except ConnectionClosed as closed:
-            return checker.close(closed.reason.code)
+            return checker.close(closed.reason.code if closed.reason is not None else None)
 
 
 def expect_complete(record: StreamRecord, close_code: int = CLOSE_NORMAL) -> dict[str, Any]:
