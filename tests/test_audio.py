@@ -113,3 +113,25 @@ def test_resampling_agrees_with_an_independent_band_limited_resampler(rate: int)
     streamed = np.concatenate([*pieces, resampler.flush()])
     assert abs(streamed.size - original.size) <= 1
     assert snr_db(original, streamed[: original.size], cutoff) > 40  # 16-bit quantisation: about 50 dB
+
+
+@pytest.mark.parametrize("rate", [8000, 16_000, 192_000])
+def test_the_sample_rate_bounds_are_inclusive(rate: int) -> None:
+    assert audio.check_sample_rate(rate) == rate
+
+
+@pytest.mark.parametrize("rate", [16000.0, True, "16000", None])
+def test_a_sample_rate_must_be_an_int(rate: object) -> None:
+    with pytest.raises(BadAudio, match="sample rate"):
+        audio.check_sample_rate(rate)  # type: ignore[arg-type]
+
+
+def test_every_path_gives_float32() -> None:
+    assert audio.from_pcm16(b"\x00\x40").dtype == np.float32
+    assert audio.from_float(np.zeros((4, 2), np.float64)).dtype == np.float32
+    assert audio.to_mono(np.zeros(4, np.float64)).dtype == np.float32
+    assert audio.to_mono(np.zeros((4, 3), np.int16)).dtype == np.float32
+    empty = audio.resample(np.zeros(0, np.float32), 44_100)
+    assert empty.size == 0 and empty.dtype == np.float32
+    with pytest.raises(BadAudio, match="shape"):
+        audio.to_mono(np.zeros((2, 2, 2), np.float32))

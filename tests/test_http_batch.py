@@ -84,6 +84,20 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
         models["default"]["type"] == "rnnt" and models["default"]["vocabulary_size"] == 57
     )  # the demo model
     assert models["default"]["models"]["encoder"] == "encoder"
+    assert models["tdt"] == {
+        "name": "tdt",
+        "sample_rate": 16_000,
+        "feature_size": 128,
+        "vocabulary_size": 129,
+        "type": "tdt",
+        "durations": [0, 1, 2, 3, 4],
+        "frame_seconds": 0.08,
+        "models": {
+            "preprocessor": "preprocessor",
+            "encoder": "encoder_tdt",
+            "decoder_joint": "decoder_joint_tdt",
+        },
+    }
     metrics = await http.get(f"{embedded_url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "amira_batch_requests" in {f.name for f in text_string_to_metric_families(metrics.text)}

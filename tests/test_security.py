@@ -9,7 +9,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from amira.client import to_pcm16
 from amira.protocols.native_stream import END_OF_STREAM
-from amira.server.security import key_is_valid
+from amira.server.security import key_is_valid, origin_allowed
 from amira.testing.recordings import CARDS, read_recording
 from amira.testing.servers import embedded_settings, start_server
 from amira.testing.ws_protocol import expect_complete, read_until_closed
@@ -39,10 +39,13 @@ async def test_every_endpoint_but_health_needs_a_key(
     body = {"content": PCM, "headers": {"Content-Type": "audio/pcm"}} if method == "POST" else {}
     refused = await http.request(method, f"{secured}{path}", **body)
     assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+    assert "API key" in refused.json()["error"]
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="amira"'  # RFC 7235: how to authenticate
     wrong = await http.request(method, f"{secured}{path}", **body | {"params": {"api_key": "nope"}})
     assert wrong.status_code == 401
     for extra in (
         {"headers": {**body.get("headers", {}), "Authorization": "Bearer second-key"}},
+        {"headers": {**body.get("headers", {}), "Authorization": "bearer  first-key"}},  # RFC 7235: 1*SP
         {"headers": {**body.get("headers", {}), "X-API-Key": "first-key"}},
         {"params": {"api_key": "first-key"}},
     ):
@@ -103,6 +106,14 @@ async def test_key_prefixes_and_other_schemes_are_refused(
         async with open_websocket_url(url, extra_headers=list(credentials.get("headers", {}).items())):
             pass
     assert rejected.value.status_code == 401
+
+
+def test_a_wildcard_origin_allows_every_origin() -> None:
+    settings = embedded_settings(cors_allow_origins=("*",))
+    assert origin_allowed("https://anywhere.example", settings)
+    assert not origin_allowed(
+        "https://anywhere.example", embedded_settings(cors_allow_origins=("https://a",))
+    )
 
 
 def test_key_comparison_checks_every_key() -> None:
