@@ -54,7 +54,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 # fault-injection models:
 #
 # * `encoder_slow`: the shipped encoder, answering after `SLOW_DELAY` seconds (2 instances);
-# * `decoder_joint_slow`: the shipped decoder_joint, answering after `SLOW_DELAY` seconds. The
+# * `decoder_joint_slow`: the shipped decoder_joint, answering after `SLOW_JOINT_DELAY` seconds. The
 #   recogniser probes every set's preprocessor and encoder at load (never its decoder_joint), so a
 #   set with this joint loads under an `INFERENCE_TIMEOUT_SECS` shorter than the delay, and its
 #   first decoding call times out;
@@ -62,6 +62,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 #   (10 s of audio), fails inside onnxruntime beyond (a Gather index out of range).
 
 SLOW_DELAY = 1.0
+SLOW_JOINT_DELAY = 2.0  # 4x the inference timeout the tests give it: "did not wait" has a wide margin
 BROKEN_MAX_FEATURES = 1000
 FAULT_SETS = {
     "slow": ("preprocessor", "encoder_slow", "decoder_joint"),
@@ -166,7 +167,7 @@ def build_test_repository(dest: Path, instance_count: int | None = None) -> Path
         "decoder_joint_slow",
         "cpu",
         instance_count=1,
-        parameters=delay,
+        parameters={"delay_seconds": str(SLOW_JOINT_DELAY)},
     )
     broken = dest.parent / "encoder_broken.onnx"
     make_broken_encoder(broken)

@@ -112,6 +112,7 @@ async def own_triton(tmp_path: Path) -> TritonProcess:
     finally:
         with trio.CancelScope(shield=True):
             await triton.astop()
+    assert triton.leftovers() == ([], [])  # killed and restarted: no stub, no shared memory left
 
 
 def own_settings(triton: TritonProcess, tmp_path: Path, **overrides: object):
