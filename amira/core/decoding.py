@@ -17,6 +17,7 @@ from typing import Literal
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 NEMO_MAX_SYMBOLS_PER_STEP = 10
 
@@ -87,10 +88,26 @@ class DecoderState:
 
 @attrs.frozen
 class Emission:
-    """An emitted token and the absolute encoder frame it was emitted at."""
+    """An emitted token, the absolute encoder frame it was emitted at, and how sure the joint was.
+
+    `probability` is the softmax of the joint's token logits (the first V, blank included; never
+    the TDT duration logits) at the emission frame, taken at the emitted token, which is their
+    argmax: `p = exp(l[k]) / sum_j exp(l[j])` for j in 0..V-1, so `1/V <= p <= 1`.
+    `duration` is the TDT duration the joint predicted with it (a token at frame t with duration d
+    covers frames t .. t+d-1; 0 means the next token comes on the same frame); RNN-T tokens cover
+    their one frame. The defaults describe a certain one-frame token, for hand-made emissions.
+    """
 
     token: int
     frame: int
+    probability: float = 1.0
+    duration: int = 1
+
+
+def token_probability(token_logits: npt.NDArray[np.float32], token: int) -> float:
+    """Softmax of `token_logits` at `token`, computed in float64 relative to its logit (no overflow)."""
+    shifted = token_logits.astype(np.float64) - float(token_logits[token])
+    return float(1.0 / np.exp(shifted).sum())
 
 
 @attrs.frozen
@@ -146,13 +163,14 @@ class GreedyDecoder:
         t = state.frame
         while t < call.stop:
             row = logits[t - call.start]
-            token = int(np.argmax(row[: spec.vocab_size]))
+            token_logits = row[: spec.vocab_size]
+            token = int(np.argmax(token_logits))
             duration = spec.durations[int(np.argmax(row[spec.vocab_size :]))] if spec.durations else 1
             if token == spec.blank:
                 t += max(duration, 1)
                 state.symbols_on_frame = 0
                 continue
-            self.emissions.append(Emission(token, t))
+            self.emissions.append(Emission(token, t, token_probability(token_logits, token), duration))
             state.last = token
             np.copyto(state.h, h)
             np.copyto(state.c, c)
