@@ -69,7 +69,7 @@ def reference(spec: DecodingSpec, joint: ScriptedJoint, frames: int) -> list[Emi
             symbols = 0
             continue
         softmax = np.exp(row[:V].astype(np.float64)) / np.exp(row[:V].astype(np.float64)).sum()
-        out.append(Emission(token, t, float(softmax[token]), d))
+        out.append(Emission(token, t, float(softmax[token]), float(softmax[BLANK]), d))
         emitted_total += 1
         symbols += 1
         if spec.durations and d > 0:
@@ -181,12 +181,14 @@ def test_any_frames_per_call_equals_the_one_frame_loop(
     assert [(e.token, e.frame, e.duration) for e in emissions] == [
         (e.token, e.frame, e.duration) for e in expected
     ]
-    assert [e.probability for e in emissions] == pytest.approx([e.probability for e in expected], rel=1e-12)
+    for name in ("probability", "blank_probability"):
+        values = [getattr(e, name) for e in emissions]
+        assert values == pytest.approx([getattr(e, name) for e in expected], rel=1e-12)
     if frames_per_call is None:
         assert joint.calls <= len(emissions) + 1
 
 
-def test_probability_is_the_softmax_of_the_token_logits_alone() -> None:
+def test_probabilities_are_the_softmax_of_the_token_logits_alone() -> None:
     spec = spec_for("tdt")
     state = DecoderState.zeros(BLANK, 1, 1)
     decoder = GreedyDecoder(spec, state, 1)
@@ -198,6 +200,7 @@ def test_probability_is_the_softmax_of_the_token_logits_alone() -> None:
     (emission,) = decoder.emissions
     assert (emission.token, emission.frame, emission.duration) == (1, 0, 0)
     assert emission.probability == pytest.approx(0.6, rel=1e-6)
+    assert emission.blank_probability == pytest.approx(0.05, rel=1e-6)
 
 
 def test_probability_survives_huge_logits() -> None:

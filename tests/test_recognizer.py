@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from amira import open_recognizer
-from amira.core.decoding import Emission
 from amira.core.errors import BadAudio, UnknownModel
 from amira.core.model_set import ModelSetError
-from amira.core.transcript import words_from_emissions
 from amira.models import shipped_repository
 from amira.settings import Settings
 from amira.testing.recordings import MODEL_SETS, RECORDINGS, read_recording
@@ -34,7 +32,7 @@ def generated_audio() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("model", ("default", *MODEL_SETS))
 async def test_tokens_equal_onnx_asr_on_every_recording(model: str, tmp_path: Path) -> None:
-    """Tokens and frames exactly; word confidences from onnx-asr's own log-softmax of each token."""
+    """Tokens and frames exactly; their probabilities as onnx-asr's own log-softmax gives them."""
     reference = reference_decoder(shipped_repository(), model, tmp_path)
     inputs = {p.name: read_recording(p) for p in RECORDINGS} | generated_audio()
     async with open_recognizer(embedded_settings()) as recognizer:
@@ -46,14 +44,8 @@ async def test_tokens_equal_onnx_asr_on_every_recording(model: str, tmp_path: Pa
             assert list(transcript.tokens) == tokens, name
             assert list(transcript.token_frames) == frames, name
             assert transcript.text == model_set.vocabulary.detokenize(tokens)
-            expected = words_from_emissions(
-                model_set.vocabulary,
-                [Emission(*e) for e in zip(tokens, frames, probabilities, strict=True)],
-                model_set.frame_seconds,
-                transcript.encoded_length,
-            )
-            confidences = [w.confidence for w in transcript.words]
-            assert confidences == pytest.approx([w.confidence for w in expected], abs=1e-4), name
+            # onnx-asr scores one frame per call, AMIRA many: the logits agree to float32 rounding
+            assert transcript.token_probabilities == pytest.approx(probabilities, rel=1e-4), name
             emitted += len(tokens)
         assert emitted > 50  # the comparison is not vacuous (the demo model emits whole words)
 

@@ -27,7 +27,7 @@ def test_word_times_come_from_token_frames() -> None:
     emissions = [Emission(0, 2), Emission(1, 5, 0.5), Emission(2, 5), Emission(3, 7)]
     assert words_from_emissions(vocab, emissions, 0.08, 10) == (
         Word("he", 2 * 0.08, 3 * 0.08, 1.0),
-        Word("wasn't", 5 * 0.08, 8 * 0.08, (6 * 0.5 - 1) / 5),
+        Word("wasn't", 5 * 0.08, 8 * 0.08, (5 * 0.5 - 1) / 4),  # among the 5 non-blank tokens
     )
 
 

@@ -28,7 +28,8 @@ def decodes(draw: st.DrawFn) -> tuple[list[Emission], int]:
             Emission(
                 draw(st.integers(0, 4)),
                 frame,
-                draw(st.floats(1 / VOCAB.size, 1.0)),
+                probability := draw(st.floats(1 / VOCAB.size, 1.0)),
+                draw(st.floats(0.0, 1.0 - probability)),
                 draw(st.integers(0, 4)) if tdt else 1,
             )
         )
@@ -61,7 +62,7 @@ def test_word_times_keep_the_rules(decode: tuple[list[Emission], int]) -> None:
         elif len(words) <= end_frame:
             # moved forward past words on the same frame, or back from the end, never more
             assert start >= min(emissions[first].frame, end_frame - (len(words) - index))
-        expected = min(token_confidence(e.probability, VOCAB.size) for e in emissions[first : last + 1])
+        expected = min(token_confidence(e, VOCAB.size) for e in emissions[first : last + 1])
         assert words[index].confidence == expected
 
 
@@ -85,13 +86,22 @@ def test_words_moved_past_the_end_come_back() -> None:
     assert [frames_of(w) for w in words] == [(2, 3), (3, 4), (4, 5), (5, 6)]
 
 
-def test_confidence_is_nemo_max_prob_of_the_least_sure_token() -> None:
-    assert token_confidence(1.0, 6) == 1.0
-    assert token_confidence(1 / 6, 6) == 0.0
-    assert token_confidence(0.5, 6) == pytest.approx((6 * 0.5 - 1) / 5)
-    emissions = [Emission(1, 0, 0.9), Emission(2, 1, 0.4), Emission(3, 2, 0.95), Emission(0, 4, 0.99)]
+def test_confidence_is_nemo_max_prob_among_non_blank_tokens_of_the_least_sure_token() -> None:
+    # 6 entries: 5 non-blank tokens and the blank
+    assert token_confidence(Emission(0, 0, 1.0, 0.0), 6) == 1.0
+    assert token_confidence(Emission(0, 0, 0.2, 0.0), 6) == 0.0  # 1/5: an even spread over the 5
+    assert token_confidence(Emission(0, 0, 0.5, 0.0), 6) == pytest.approx((5 * 0.5 - 1) / 4)
+    assert token_confidence(Emission(0, 0, 0.5, 0.5), 6) == 1.0  # unsure when, sure what
+    assert token_confidence(Emission(0, 0, 0.3, 0.4), 6) == pytest.approx((5 * 0.5 - 1) / 4)
+    assert token_confidence(Emission(0, 0, 0.5, 0.5), 2) == 1.0  # a single non-blank token
+    emissions = [
+        Emission(1, 0, 0.9),
+        Emission(2, 1, 0.4, 0.2),
+        Emission(3, 2, 0.95),
+        Emission(0, 4, 0.99),
+    ]
     bcd, a = words_from_emissions(VOCAB, emissions, FRAME, 5)
-    assert bcd.word == "bcd" and bcd.confidence == pytest.approx((6 * 0.4 - 1) / 5)
-    assert a.confidence == pytest.approx((6 * 0.99 - 1) / 5)
+    assert bcd.word == "bcd" and bcd.confidence == pytest.approx((5 * 0.5 - 1) / 4)  # its least sure token
+    assert a.confidence == pytest.approx((5 * 0.99 - 1) / 4)
     assert segment_confidence([bcd, a]) == pytest.approx((bcd.confidence + a.confidence) / 2)
     assert segment_confidence([]) == 0.0

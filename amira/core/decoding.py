@@ -88,11 +88,12 @@ class DecoderState:
 
 @attrs.frozen
 class Emission:
-    """An emitted token, the absolute encoder frame it was emitted at, and how sure the joint was.
+    """An emitted token, the absolute encoder frame it was emitted at, and what the joint said there.
 
-    `probability` is the softmax of the joint's token logits (the first V, blank included; never
-    the TDT duration logits) at the emission frame, taken at the emitted token, which is their
-    argmax: `p = exp(l[k]) / sum_j exp(l[j])` for j in 0..V-1, so `1/V <= p <= 1`.
+    `probability` and `blank_probability` are the softmax of the joint's token logits `l` (the
+    first V, blank included; never the TDT duration logits) at the emission frame, taken at the
+    emitted token k (their argmax) and at the blank b: `p = exp(l[k]) / sum_j exp(l[j])` over
+    j = 0..V-1, so `1/V <= p <= 1`, and `p_blank = exp(l[b]) / sum_j exp(l[j])`.
     `duration` is the TDT duration the joint predicted with it (a token at frame t with duration d
     covers frames t .. t+d-1; 0 means the next token comes on the same frame); RNN-T tokens cover
     their one frame. The defaults describe a certain one-frame token, for hand-made emissions.
@@ -101,13 +102,15 @@ class Emission:
     token: int
     frame: int
     probability: float = 1.0
+    blank_probability: float = 0.0
     duration: int = 1
 
 
-def token_probability(token_logits: npt.NDArray[np.float32], token: int) -> float:
-    """Softmax of `token_logits` at `token`, computed in float64 relative to its logit (no overflow)."""
-    shifted = token_logits.astype(np.float64) - float(token_logits[token])
-    return float(1.0 / np.exp(shifted).sum())
+def softmax_at(token_logits: npt.NDArray[np.float32], token: int, blank: int) -> tuple[float, float]:
+    """The softmax of `token_logits` at the argmax `token` and at `blank`, in float64, without overflow."""
+    scaled = np.exp(token_logits.astype(np.float64) - float(token_logits[token]))
+    total = float(scaled.sum())
+    return 1.0 / total, float(scaled[blank]) / total
 
 
 @attrs.frozen
@@ -170,7 +173,8 @@ class GreedyDecoder:
                 t += max(duration, 1)
                 state.symbols_on_frame = 0
                 continue
-            self.emissions.append(Emission(token, t, token_probability(token_logits, token), duration))
+            probability, blank_probability = softmax_at(token_logits, token, spec.blank)
+            self.emissions.append(Emission(token, t, probability, blank_probability, duration))
             state.last = token
             np.copyto(state.h, h)
             np.copyto(state.c, c)

@@ -26,9 +26,13 @@ class Word:
 
 @attrs.frozen
 class Transcript:
+    """A decoded recording: `tokens`, the frames they were emitted at and the probability the joint gave
+    each (`Emission.probability`), the words, and the lengths behind them."""
+
     text: str
     tokens: tuple[int, ...]
     token_frames: tuple[int, ...]
+    token_probabilities: tuple[float, ...]
     words: tuple[Word, ...]
     audio_samples: int
     audio_seconds: float
@@ -36,14 +40,22 @@ class Transcript:
     encoded_length: int
 
 
-def token_confidence(probability: float, vocab_size: int) -> float:
-    """NeMo's `max_prob` confidence (alpha 1) of a token the joint gave `probability`.
+def token_confidence(emission: Emission, vocab_size: int) -> float:
+    """How sure the joint was of which token it emitted: NeMo's `max_prob`, among the non-blank tokens.
 
-    `(V * p - 1) / (V - 1)`: the probability of the argmax, `1/V <= p <= 1`, mapped linearly onto
-    [0, 1], so that 0 means a uniform distribution over the V tokens (blank included) and 1
-    certainty. It is a monotone map of `p`: rankings, and so ROC curves, are those of `p`.
+    At the frame where a transducer emits a token, the blank competes over *when* to emit, not over
+    *what*; so the blank is taken out of the softmax: `p' = p / (1 - p_blank)` (`Emission` defines
+    both) is the token's probability among the N = V - 1 non-blank tokens, at least 1/N since it is
+    their argmax, and NeMo's max_prob (alpha 1) maps it linearly onto [0, 1]: `(N p' - 1) / (N - 1)`.
+    0: the joint spread its non-blank mass evenly; 1: it gave all of it to the token. On the demo
+    model this ranks right above wrong words better than max_prob over all V tokens, blank included
+    (README, "Confidence").
     """
-    return min(1.0, max(0.0, (vocab_size * probability - 1.0) / (vocab_size - 1)))
+    others = vocab_size - 1
+    if others < 2:
+        return 1.0  # a single non-blank token: nothing to be unsure about
+    nonblank = emission.probability / (1.0 - emission.blank_probability)
+    return min(1.0, max(0.0, (others * nonblank - 1.0) / (others - 1)))
 
 
 def word_confidence(token_confidences: Sequence[float]) -> float:
@@ -58,9 +70,11 @@ def word_confidence(token_confidences: Sequence[float]) -> float:
 def segment_confidence(words: Sequence[Word]) -> float:
     """A segment's (or a whole transcript's) confidence: the mean of its words' confidences.
 
-    The mean estimates the share of its words that are right when word confidences are calibrated,
-    and separated segments with errors from exact ones better than the minimum on the demo model
-    (README, "Confidence"). A segment without words has confidence 0, as nothing was recognised.
+    The mean follows a segment's word accuracy far better than the minimum or the product (Pearson
+    0.70 against 0.46 and 0.51 on the demo model's harder set), and separates segments with errors
+    from exact ones as well as the product among segments of similar length; the product wins across
+    lengths only because it shrinks with every word (README, "Confidence"). A segment without words
+    has confidence 0: nothing was recognised.
     """
     return sum(w.confidence for w in words) / len(words) if words else 0.0
 
@@ -111,9 +125,7 @@ def words_from_emissions(
             text,
             start * frame_seconds,
             end * frame_seconds,
-            word_confidence(
-                [token_confidence(e.probability, vocabulary.size) for e in emissions[first : last + 1]]
-            ),
+            word_confidence([token_confidence(e, vocabulary.size) for e in emissions[first : last + 1]]),
         )
         for (text, first, last), (start, end) in zip(groups, frames, strict=True)
     )
@@ -134,6 +146,7 @@ def build_transcript(
         text=vocabulary.detokenize(tokens),
         tokens=tokens,
         token_frames=tuple(e.frame for e in emissions),
+        token_probabilities=tuple(e.probability for e in emissions),
         words=words_from_emissions(vocabulary, emissions, frame_seconds, encoded_length),
         audio_samples=audio_samples,
         audio_seconds=audio_samples / sample_rate,

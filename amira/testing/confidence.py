@@ -1,6 +1,6 @@
 """How well word confidences separate right from wrong words: the audio, the scoring, the ROC area.
 
-The demo model gets only a few words wrong on its clean held-out synthetic speech (7 of 321 on the
+The demo model gets only a few words wrong on its clean held-out synthetic speech (7 of 296 on the
 12 recordings of `tests/data/held_out`), too few for a meaningful ROC curve, so a **harder set**
 adds white noise (10, 5 and 0 dB SNR) and speed changes (0.8, 1.25 and 1.4 times, pitch moving
 with the speed) to the held-out and the real recordings of the model's domain. **Babble** (LibriVox
@@ -81,6 +81,7 @@ class Scored:
     """One recording's words as recognised: confidence and rightness per word, and the whole."""
 
     confidences: tuple[float, ...]
+    all_token_confidences: tuple[float, ...]  # the baseline: NeMo's max_prob over all V, blank included
     right: tuple[bool, ...]
     segment_confidence: float
     word_accuracy: float  # 1 - WER against the reference
@@ -92,12 +93,19 @@ async def score(
 ) -> list[Scored]:
     """Each case altered by `condition` (seeded by its position), transcribed in batch and aligned."""
     out = []
+    vocabulary = recognizer.engine.model_set(model).model_set.vocabulary
+    v = vocabulary.size
     for seed, (_, samples, reference) in enumerate(cases):
         transcript = await recognizer.transcribe(condition(samples, seed), model)
         words, expected = [w.word for w in transcript.words], reference.split()
+        probabilities = transcript.token_probabilities
         out.append(
             Scored(
                 tuple(w.confidence for w in transcript.words),
+                tuple(
+                    min((v * p - 1) / (v - 1) for p in probabilities[first : last + 1])
+                    for _, first, last in vocabulary.words(transcript.tokens)
+                ),
                 tuple(correct_words(words, expected)),
                 segment_confidence(transcript.words),
                 1 - levenshtein(words, expected) / len(expected),
