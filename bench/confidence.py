@@ -6,12 +6,13 @@
 Every recording is transcribed in batch; its words are aligned to the reference by edit distance
 (substituted and inserted words are wrong), and the ROC area says how well `confidence` ranks the
 right words above the wrong ones (0.5: no better than chance), beside the same figure for NeMo's
-max_prob over all V tokens, blank included (the baseline `token_confidence` improves on). Recordings: the held-out synthetic
-long recordings of `tests/data/held_out` (with `--recipe-data`, the recipe's whole held-out set of
-101) and the real recordings of the domain, clean, with white noise and at other speeds (the
-*harder set*, `amira.testing.confidence`), and with babble beside it. Then segment confidences,
-one recording taken as one segment: how the mean of the word confidences (`segment_confidence`),
-their minimum and their product separate exact recordings from the others, and follow word accuracy.
+max_prob over all V tokens, blank included (the baseline that `token_confidence` improves on).
+Recordings: the held-out synthetic long recordings of `tests/data/held_out` (with `--recipe-data`,
+the recipe's whole held-out set of 101, which `python -m training.data` synthesises) and the real
+recordings of the domain, clean, with white noise and at other speeds (the *harder set*,
+`amira.testing.confidence`), and with babble beside it. Then segment confidences, one recording
+taken as one segment: how the mean of the word confidences (`segment_confidence`), their minimum and
+their product separate exact recordings from the others, and follow word accuracy.
 `tests/test_confidence.py` asserts the harder set's figure.
 """
 

@@ -15,8 +15,10 @@ import argparse
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import grammar, synth
 
@@ -25,7 +27,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def make_data(seed: int, n_train: int, n_test: int, cache: Path) -> dict:
+def make_data(seed: int, n_train: int, n_test: int, cache: Path) -> dict[str, npt.NDArray[Any]]:
     """Synthesised train and held-out sets (held-out sentences never occur in training)."""
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:

@@ -59,10 +59,11 @@ def token_confidence(emission: Emission, vocab_size: int) -> float:
 
 
 def word_confidence(token_confidences: Sequence[float]) -> float:
-    """A word's confidence: the least confident of its tokens (NeMo's default aggregation).
+    """A word's confidence: that of its least sure token (NeMo's default aggregation).
 
-    The minimum flags a word when any of its pieces is doubtful, and, unlike the product, does not
-    rank long words below short ones merely for having more pieces (README, "Confidence").
+    The minimum flags a word when any of its pieces is doubtful and, unlike the product, does not
+    rank long words below short ones for their number of pieces. (Every piece of the demo model's
+    vocabulary is a whole word, so no measurement here could choose between them.)
     """
     return min(token_confidences)
 

@@ -11,9 +11,11 @@ speech mixed in at 10, 5 and 0 dB) is measured beside it, not in it: speech outs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from amira.core import audio
 from amira.core.transcript import segment_confidence
@@ -22,8 +24,9 @@ from amira.testing.long_audio import held_out
 from amira.testing.recordings import LIBRIVOX, REAL_DOMAIN, read_recording
 from amira.testing.text import correct_words, levenshtein
 
-Case = tuple[str, np.ndarray, str]  # name, 16 kHz samples, reference text
-Condition = Callable[[np.ndarray, int], np.ndarray]  # (samples, seed) -> altered samples
+Samples = npt.NDArray[np.float32]
+Case = tuple[str, Samples, str]  # name, 16 kHz samples, reference text
+Condition = Callable[[Samples, int], Samples]  # (samples, seed) -> altered samples
 SNRS_DB = (10, 5, 0)
 SPEEDS = (0.8, 1.25, 1.4)
 
@@ -33,14 +36,15 @@ def domain_cases() -> list[Case]:
     return [*held_out(), *((path.name, read_recording(path), text) for path, text in REAL_DOMAIN)]
 
 
-def _mixed(samples: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+def _mixed(samples: Samples, noise: npt.NDArray[np.floating[Any]], snr_db: float) -> Samples:
     """`samples` plus `noise` scaled to `snr_db` below the samples' mean power."""
     gain = np.sqrt(np.mean(samples**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
-    return (samples + gain * noise).astype(np.float32)
+    mixed: Samples = (samples + gain * noise).astype(np.float32)
+    return mixed
 
 
 def white_noise(snr_db: float) -> Condition:
-    def apply(samples: np.ndarray, seed: int) -> np.ndarray:
+    def apply(samples: Samples, seed: int) -> Samples:
         return _mixed(samples, np.random.default_rng(seed).standard_normal(samples.size), snr_db)
 
     return apply
@@ -49,14 +53,14 @@ def white_noise(snr_db: float) -> Condition:
 def speed(factor: float) -> Condition:
     """Played `factor` times as fast (tempo and pitch together, as a tape would)."""
 
-    def apply(samples: np.ndarray, seed: int) -> np.ndarray:
+    def apply(samples: Samples, seed: int) -> Samples:
         return audio.resample(samples, round(audio.MODEL_SAMPLE_RATE * factor))
 
     return apply
 
 
 def babble(snr_db: float) -> Condition:
-    def apply(samples: np.ndarray, seed: int) -> np.ndarray:
+    def apply(samples: Samples, seed: int) -> Samples:
         speech = np.concatenate([read_recording(path) for path in LIBRIVOX])
         start = np.random.default_rng(seed).integers(0, speech.size)
         return _mixed(samples, np.resize(np.roll(speech, -start), samples.size), snr_db)
@@ -64,7 +68,7 @@ def babble(snr_db: float) -> Condition:
     return apply
 
 
-def clean(samples: np.ndarray, seed: int) -> np.ndarray:
+def clean(samples: Samples, seed: int) -> Samples:
     return samples
 
 
@@ -127,7 +131,7 @@ def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
-def _midranks(values: np.ndarray) -> np.ndarray:
+def _midranks(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """1-based ranks, tied values sharing the mean of their ranks."""
     order = np.argsort(values, kind="stable")
     ranks = np.empty(values.size, np.float64)
