@@ -26,8 +26,6 @@ from amira.protocols.values import parse_sample_rate
 END_OF_STREAM = b"\x00"
 KEEPALIVE = b"\x01"
 FINALIZE_MESSAGE = json.dumps({"type": "Finalize"})
-CLOSE_STREAM_MESSAGE = json.dumps({"type": "CloseStream"})
-KEEPALIVE_MESSAGE = json.dumps({"type": "KeepAlive"})
 
 
 @attrs.frozen

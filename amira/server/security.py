@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from quart import Quart, Response, request, websocket
 from werkzeug.datastructures import Headers
 
-from amira.server.errors import error_response
+from amira.core.errors import Unauthorized
+from amira.server.errors import error_response, exception_response
 from amira.settings import Settings
 
 OPEN_PATHS = ("/health",)
@@ -53,8 +54,8 @@ def install(app: Quart, settings: Settings) -> None:
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):
             return None
-        response = error_response(
-            "unauthorized", "a valid API key is required (Authorization: Bearer, X-API-Key)"
+        response = exception_response(
+            Unauthorized("a valid API key is required (Authorization: Bearer, X-API-Key)")
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="amira"'
         return response

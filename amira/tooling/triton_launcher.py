@@ -432,10 +432,6 @@ class TritonProcess:
             process.wait(timeout=self.stop_timeout)
         return process.returncode
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     # async ------------------------------------------------------------------------------------------
 
     async def _await_exit(self, seconds: float) -> bool:
