@@ -22,6 +22,7 @@ from amira.server.batch_body import NO_OPAQUE, parse_batch_body
 from amira.server.errors import error_response, exception_response
 from amira.server.state import ServerState, new_id
 from amira.server.stream import add_stream_route
+from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
@@ -133,4 +134,5 @@ def create_app(state: ServerState) -> Quart:
 
     security.install(app, settings)
     add_stream_route(app, state)
+    add_web_routes(app, state)
     return app
