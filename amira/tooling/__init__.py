@@ -1,0 +1,1 @@
+"""Tools around the server: model downloads and repository building, never imported when serving."""
