@@ -140,7 +140,7 @@ function addLine({ text, start = null, end = null, confidence = null, source = n
     const time = document.createElement("span");
     time.className = "time";
     time.textContent = `${seconds(start)}–${seconds(end)} s`;
-    line.append(time);
+    line.append(time, " "); // real spaces, so that copied text and screen readers keep the words apart
   }
   const body = document.createElement("span");
   body.className = "text";
@@ -150,13 +150,13 @@ function addLine({ text, start = null, end = null, confidence = null, source = n
     const mark = document.createElement("span");
     mark.className = "confidence";
     mark.textContent = `${Math.round(confidence * 100)} %`;
-    line.append(mark);
+    line.append(" ", mark);
   }
   if (source) {
     const mark = document.createElement("span");
     mark.className = "source";
     mark.textContent = source;
-    line.append(mark);
+    line.append(" ", mark);
   }
   transcript.insertBefore(line, partialLine());
 }
