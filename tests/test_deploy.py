@@ -154,8 +154,14 @@ def test_the_compose_file_fits_the_compose_specification(tmp_path: Path) -> None
     assert check(broken).returncode != 0
 
 
-@pytest.mark.parametrize("version", ["1.28.0", "1.37.0"])
+# The oldest Kubernetes still supported by the manifests (PDB policy/v1, HPA autoscaling/v2 and
+# the rest are older than this), and the newest the installed kubernetes-validate knows.
+@pytest.mark.parametrize("version", ["1.28.0", "latest"])
 def test_the_kubernetes_manifests_validate(tmp_path: Path, version: str) -> None:
+    from kubernetes_validate.utils import latest_version
+
+    version = latest_version() if version == "latest" else version
+
     def check(*paths: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *map(str, paths)],

@@ -105,7 +105,10 @@ def test_a_failed_run_keeps_finished_files_for_the_next(tmp_path: Path, hub: Fak
     hub.refuse_ranges = False
     done = fetch(tmp_path, hub, "parakeet-tdt-0.6b-v2", "--output", str(tmp_path / "repo"))
     assert done.returncode == 0, done.stderr
-    assert hub.requested("GET", DATA_FILE) == [None, f"bytes={HUB_CHUNK}-", None]
+    first_run, second_run = hub.requested("GET", DATA_FILE)[:2], hub.requested("GET", DATA_FILE)[2:]
+    assert first_run == [None, f"bytes={HUB_CHUNK}-"]
+    # recent huggingface_hub versions restart the unfinished file; older ones resumed its partial copy
+    assert second_run in ([None], [f"bytes={HUB_CHUNK}-"])
     for finished in ("encoder-model.onnx", "decoder_joint-model.onnx", "vocab.txt", "config.json"):
         assert len(hub.requested("GET", finished)) == 1, finished
 
