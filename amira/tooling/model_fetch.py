@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import re
 import shlex
@@ -238,8 +239,9 @@ def verify_contract(export_dir: Path, set_name: str) -> tuple[str, int]:
     return model_set.kind, feature_size
 
 
-def download_export(repo_id: str, revision: str) -> tuple[Path, str | None]:
-    """Download (or find in the cache) the export's files; returns their directory and the commit."""
+def download_export(repo_id: str, revision: str) -> tuple[Path, str, list[str]]:
+    """Download (or find in the cache) the export's files: their snapshot directory, the commit and
+    the names of the files that were fetched."""
     hub = _hub()
     commit: str | None = None
     offline = hub.constants.HF_HUB_OFFLINE
@@ -279,27 +281,27 @@ def download_export(repo_id: str, revision: str) -> tuple[Path, str | None]:
     except (hub.errors.HfHubHTTPError, OSError) as exc:
         raise FetchError(
             f"downloading {repo_id} from {hub.constants.ENDPOINT} failed: {exc}. "
-            "Run the same command again: finished files are kept and a partial one resumes"
+            "Run the same command again: the files it finished are kept"
         ) from exc
     directories = {path.parent for path in paths.values()}
     if len(directories) != 1 or (commit and directories != {paths[ENCODER_FILE].parent.with_name(commit)}):
         raise FetchError(f"{repo_id} changed while it was downloaded ({revision}): run the command again")
     snapshot = directories.pop()
-    return snapshot, commit or snapshot.name  # offline: the cache's snapshot is named by its commit
+    return snapshot, commit or snapshot.name, sorted(paths)  # offline: the snapshot names the commit
 
 
-def stage_export(snapshot: Path, stage: Path) -> None:
+def stage_export(snapshot: Path, names: Sequence[str], stage: Path) -> None:
     """Real files (hard links to the cache's blobs where the file system allows, else copies) in
     place of the snapshot's symbolic links: a hard link made to a symbolic link is one to the link
     itself, which would dangle in the repository."""
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    for entry in snapshot.iterdir():
-        blob = entry.resolve()
+    for name in names:
+        blob = (snapshot / name).resolve()
         try:
-            os.link(blob, stage / entry.name)
+            os.link(blob, stage / name)
         except OSError:
-            shutil.copy2(blob, stage / entry.name)
+            shutil.copy2(blob, stage / name)
 
 
 def model_sets_entry(result_name: str, repo_id: str, commit: str | None, kind: str) -> str:
@@ -336,12 +338,12 @@ def fetch_model(
         raise FetchError(
             f"model-set name {set_name!r}: use letters, digits, '.', '_' and '-' (it goes in URLs)"
         )
-    export_dir, commit = download_export(repo_id, revision)
+    export_dir, commit, names = download_export(repo_id, revision)
     kind, feature_size = verify_contract(export_dir, set_name)
     output = Path(output).absolute()
     stage = output / ".fetch-staging"
     try:
-        stage_export(export_dir, stage)
+        stage_export(export_dir, names, stage)
         _repository_builder().build_repository_from_nemo_export(
             stage, output, flavour, feature_size=feature_size, instance_count=instances, gpus=gpus
         )
@@ -395,6 +397,9 @@ def run_model_command(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"amira: --gpus: expected GPU ids like 0,1, got {args.gpus!r}", file=sys.stderr)
         return 2
+    if not args.verbose:  # one line per HTTP request is noise next to the progress bars
+        for name in ("httpx", "httpx2", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if not sys.stderr.isatty():
             _hub().utils.disable_progress_bars()  # bars on a terminal only, not in logs
