@@ -398,7 +398,7 @@ def run_model_command(args: argparse.Namespace) -> int:
         print(f"amira: --gpus: expected GPU ids like 0,1, got {args.gpus!r}", file=sys.stderr)
         return 2
     if not args.verbose:  # one line per HTTP request is noise next to the progress bars
-        for name in ("httpx", "httpx2", "huggingface_hub"):
+        for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if not sys.stderr.isatty():
