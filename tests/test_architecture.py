@@ -24,8 +24,9 @@ ALLOWED = {
     "amira.stream_session": ("amira.core", "amira.engine"),
     "amira.recognizer": ("amira.core", "amira.engine", "amira.settings", "amira.stream_session"),
 }
-SERVING = ("amira.core", "amira.protocols", "amira.backends", "amira.batching", "amira.engine", "amira.stream_session",
-           "amira.recognizer", "amira.server", "amira.client", "amira.settings", "amira.models")  # fmt: skip
+SERVING = ("amira.core", "amira.protocols", "amira.backends", "amira.batching", "amira.engine",
+           "amira.stream_session", "amira.recognizer", "amira.server", "amira.client", "amira.settings",
+           "amira.models")  # fmt: skip
 
 
 def module_name(path: Path) -> str:
