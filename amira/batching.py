@@ -29,7 +29,7 @@ import trio
 
 from amira.backends.base import Backend
 from amira.core.errors import AmiraError, BackendError, BackendUnavailable
-from amira.core.joint import JOINT_OUTPUTS, Span, joint_step
+from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_step
 
 
 @attrs.define(eq=False)
@@ -117,7 +117,7 @@ class JointScheduler:
     def _work(self) -> None:
         """The worker thread: steps until no span is left; stops at a step boundary when cancelled."""
 
-        def run(inputs: dict) -> dict:
+        def run(inputs: dict[str, Array]) -> dict[str, Array]:
             return self.backend.infer_blocking(self.model, inputs, JOINT_OUTPUTS)
 
         active = self._active

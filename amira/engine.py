@@ -29,7 +29,7 @@ from amira.backends.base import Backend
 from amira.batching import JointScheduler
 from amira.core.decoding import GreedyDecoder
 from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
-from amira.core.joint import JOINT_OUTPUTS, Span, joint_inputs, joint_step, receive_outputs
+from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_step, receive_outputs
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.state_pool import StatePool
 from amira.core.vocabulary import Vocabulary, VocabularyError
@@ -317,7 +317,7 @@ class Engine:
                 return
             model = model_set.config.decoder_joint
 
-            def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            def run(inputs: dict[str, Array]) -> dict[str, Array]:
                 started = time.perf_counter()
                 try:
                     return self.backend.infer_blocking(model, inputs, JOINT_OUTPUTS)

@@ -8,9 +8,10 @@ above it owns decoding; the failures a backend may raise are the `BackendFailure
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.tensors import ModelMetadata
@@ -45,8 +46,8 @@ class Backend(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
     def infer_blocking(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]: ...
 
     async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T: ...
 

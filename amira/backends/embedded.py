@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime
 import trio
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
@@ -90,8 +91,8 @@ class EmbeddedBackend:
         return True
 
     def infer_blocking(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
         session = self._session(model)
         try:
             results = session.run(list(outputs), dict(inputs))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
@@ -232,8 +233,8 @@ class TritonBackend:
             return False
 
     def _request(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> Callable[[Any], dict[str, np.ndarray]]:
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> Callable[[Any], dict[str, npt.NDArray[Any]]]:
         """The inference call as an action on a thread's client."""
         import tritonclient.http as triton_http
 
@@ -248,7 +249,7 @@ class TritonBackend:
             request_inputs.append(tensor)
         requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
 
-        def run(client: Any) -> dict[str, np.ndarray]:
+        def run(client: Any) -> dict[str, npt.NDArray[Any]]:
             result = client.infer(model, request_inputs, outputs=requested)
             arrays = {}
             for name in outputs:
@@ -270,8 +271,8 @@ class TritonBackend:
         return await self._call(self._request(model, inputs, outputs), f"inference on {model!r}", limiter)
 
     def infer_blocking(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
         """One call from a `run_blocking` thread, on that thread's client; bounded by the socket timeouts."""
         return self._in_thread(self._request(model, inputs, outputs), f"inference on {model!r}")
 

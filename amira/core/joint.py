@@ -17,16 +17,19 @@ a request's own K are never read. The prediction network runs per row on `target
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from amira.core.decoding import GreedyDecoder, JointCall
 from amira.core.errors import BackendError
 
 JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
 
-JointRunner = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+Array = npt.NDArray[Any]
+JointRunner = Callable[[dict[str, Array]], Mapping[str, Array]]
 
 
 @attrs.frozen
@@ -35,7 +38,7 @@ class JointRequest:
 
     decoder: GreedyDecoder
     call: JointCall
-    frames: np.ndarray
+    frames: Array
 
 
 @attrs.define(eq=False)
@@ -47,7 +50,7 @@ class Span:
     """
 
     decoder: GreedyDecoder
-    frames: np.ndarray
+    frames: Array
     offset: int = 0
     calls: int = 0
     _pending: JointRequest | None = attrs.field(default=None, init=False)
@@ -67,7 +70,7 @@ class Span:
         self.calls += 1
 
 
-def joint_inputs(requests: Sequence[JointRequest]) -> dict[str, np.ndarray]:
+def joint_inputs(requests: Sequence[JointRequest]) -> dict[str, Array]:
     """The `decoder_joint` inputs of `requests` as one call with B = len(requests) rows."""
     width = max(request.call.frames for request in requests)
     dim = requests[0].frames.shape[0]
@@ -86,7 +89,7 @@ def joint_inputs(requests: Sequence[JointRequest]) -> dict[str, np.ndarray]:
     }
 
 
-def receive_outputs(requests: Sequence[JointRequest], outputs: Mapping[str, np.ndarray]) -> None:
+def receive_outputs(requests: Sequence[JointRequest], outputs: Mapping[str, Array]) -> None:
     """Hand each request's decoder its row of `outputs`; `BackendError` if they do not fit."""
     logits, h, c = (outputs[name] for name in JOINT_OUTPUTS)
     rows = len(requests)
