@@ -27,6 +27,7 @@ import trio
 
 from amira.backends.base import Backend
 from amira.batching import JointScheduler
+from amira.core.decode_model import DECODE_OUTPUTS, apply_response, decode_model_name, span_request
 from amira.core.decoding import GreedyDecoder
 from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
 from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_step, receive_outputs
@@ -34,7 +35,7 @@ from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, valida
 from amira.core.state_pool import StatePool
 from amira.core.vocabulary import Vocabulary, VocabularyError
 from amira.core.windowing import StreamingConfig, StreamingConfigError
-from amira.settings import DecodeMode, Settings
+from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
 T = TypeVar("T")
 OUTAGE_RETRY_SECS = 0.25
@@ -111,6 +112,7 @@ class Engine:
         self.calls: Counter[str] = Counter()
         self.on_call: Callable[[str, str, float], None] | None = None
         self.schedulers: dict[str, JointScheduler] = {}
+        self.decode_models: dict[str, str] = {}  # model set -> its Triton decode model, where it has one
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -189,7 +191,16 @@ class Engine:
                 model_set.state_hidden,
                 2 * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
+            await self._find_decode_model(model_set)
             self.model_sets[name] = LoadedModelSet(model_set, streaming, states)
+
+    async def _find_decode_model(self, model_set: ModelSet) -> None:
+        """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it ready."""
+        if self.backend.kind != "triton" or self.settings.triton_decode_model is TritonDecodeModel.OFF:
+            return
+        name = decode_model_name(model_set.config.decoder_joint)
+        if await self.backend.is_model_ready(name):
+            self.decode_models[model_set.name] = name
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
@@ -297,6 +308,12 @@ class Engine:
     ) -> None:
         """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
         span = Span(decoder, encoded.frames, offset)
+        decode_model = self.decode_models.get(model_set.name)
+        if decode_model is not None:
+            await self._riding_through(
+                policy, lambda: self._decode_in_triton(model_set, decode_model, span, policy)
+            )
+            return
         if self.settings.decode_mode is DecodeMode.PER_CALL:
             while (request := span.request()) is not None:
                 outputs = await self._infer(
@@ -306,6 +323,21 @@ class Engine:
                 span.answered()
             return
         await self._riding_through(policy, lambda: self._decode_span(model_set, span, policy))
+
+    async def _decode_in_triton(
+        self, model_set: ModelSet, decode_model: str, span: Span, policy: CallPolicy
+    ) -> None:
+        """The rest of `span` in one call of Triton's decode model; its `decoder_joint` calls are counted
+        (not timed: they happen inside Triton)."""
+        inputs = span_request(span)
+        if inputs is None:
+            return
+        started = time.perf_counter()
+        try:
+            outputs = await self.backend.infer(decode_model, inputs, DECODE_OUTPUTS, policy.limiter)
+        finally:
+            self._record(model_set, "decode", [time.perf_counter() - started])
+        self.calls["decoder_joint"] += apply_response(span, outputs)
 
     async def _decode_span(self, model_set: ModelSet, span: Span, policy: CallPolicy) -> None:
         """The rest of `span` in one go: batched by the set's scheduler, or in a thread of its own."""
