@@ -4,6 +4,7 @@ backend's per-call tokens on every test recording and model set."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import trio
@@ -50,13 +51,26 @@ async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixt
     expected = await embedded_per_call(model)
     async with open_recognizer(asr_triton.settings()) as recognizer:
         engine = recognizer.engine
-        assert engine.decode_models[model] == f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
+        decode_model = f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
+        assert engine.decode_models[model] == decode_model
         got = {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
         assert_same(got, expected)
         assert engine.calls["decode"] == len(INPUTS)
         tokens = sum(len(t.tokens) for t in expected.values())
         assert tokens <= engine.calls["decoder_joint"] <= tokens + len(INPUTS)  # counted inside Triton
+        before = await statistics(asr_triton, decode_model)
         assert_same(await all_at_once(recognizer, model), expected)
+        after = await statistics(asr_triton, decode_model)
+    requests = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert requests == len(INPUTS) and executions < requests  # batched: several spans per execute
+
+
+async def statistics(triton: TritonFixture, model: str) -> dict[str, int]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{triton.url}/v2/models/{model}/stats")
+    (stats,) = response.json()["model_stats"]
+    return {key: int(stats[key]) for key in ("inference_count", "execution_count")}
 
 
 @pytest.mark.parametrize("mode", list(DecodeMode))
