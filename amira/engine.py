@@ -19,10 +19,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.backends.base import Backend
@@ -56,7 +57,7 @@ class CallPolicy:
 class Encoded:
     """Encoder output of one utterance or window: `frames` is `[D, T']`, `length` the valid T'."""
 
-    frames: np.ndarray
+    frames: npt.NDArray[np.float32]
     length: int
     features_length: int
 
@@ -256,13 +257,13 @@ class Engine:
         self,
         model_set: ModelSet,
         role: str,
-        inputs: dict[str, np.ndarray],
+        inputs: dict[str, npt.NDArray[Any]],
         outputs: tuple[str, ...],
         policy: CallPolicy,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, npt.NDArray[Any]]:
         """One backend call for a model of the set, counted and timed, retried through an outage."""
 
-        async def attempt() -> dict[str, np.ndarray]:
+        async def attempt() -> dict[str, npt.NDArray[Any]]:
             started = time.perf_counter()
             try:
                 return await self.backend.infer(
@@ -273,7 +274,9 @@ class Engine:
 
         return await self._riding_through(policy, attempt)
 
-    async def encode(self, model_set: ModelSet, samples: np.ndarray, policy: CallPolicy) -> Encoded:
+    async def encode(
+        self, model_set: ModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
+    ) -> Encoded:
         """Preprocessor and encoder over one piece of 16 kHz audio."""
         pre = await self._infer(
             model_set,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
 import numpy.typing as npt
 import trio
 
@@ -40,10 +39,10 @@ class Backend(Protocol):
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, npt.NDArray[Any]]: ...
 
     def infer_blocking(
         self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]

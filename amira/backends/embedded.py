@@ -24,7 +24,7 @@ from amira.models import model_file
 
 T = TypeVar("T")
 
-ONNX_DTYPES = {
+ONNX_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
@@ -103,10 +103,10 @@ class EmbeddedBackend:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, npt.NDArray[Any]]:
         return await trio.to_thread.run_sync(self.infer_blocking, model, inputs, outputs, limiter=limiter)
 
     async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:

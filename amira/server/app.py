@@ -100,7 +100,7 @@ def create_app(state: ServerState) -> Quart:
         return response
 
     async def _transcribe_request(model: str, started: float) -> Response:
-        body = await request.get_data(cache=False)
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         parsed = parse_batch_body(
             request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
         )

@@ -13,8 +13,10 @@ other sites' pages from opening streams with a visitor's credentials.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from quart import Quart, Response, request, websocket
+from werkzeug.datastructures import Headers
 
 from amira.core.errors import Unauthorized
 from amira.server.errors import error_response, exception_response
@@ -24,7 +26,7 @@ OPEN_PATHS = ("/health",)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
 
 
-def presented_key(headers: object, args: object) -> str | None:
+def presented_key(headers: Headers, args: Mapping[str, str]) -> str | None:
     authorization = headers.get("Authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -47,7 +49,7 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
 
 
 def install(app: Quart, settings: Settings) -> None:
-    def refusal(path: str, headers: object, args: object) -> Response | None:
+    def refusal(path: str, headers: Headers, args: Mapping[str, str]) -> Response | None:
         if not settings.api_keys or path in OPEN_PATHS:
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):

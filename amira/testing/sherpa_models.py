@@ -92,7 +92,7 @@ def split_decoder_joint(source: Path, decoder_path: Path, joiner_path: Path, pre
 
 def _last_dim(model: onnx.ModelProto, name: str) -> int:
     value = next(i for i in model.graph.input if i.name == name)
-    return value.type.tensor_type.shape.dim[-1].dim_value
+    return int(value.type.tensor_type.shape.dim[-1].dim_value)
 
 
 def _joint_reads_targets(model: onnx.ModelProto, pred: str) -> bool:
