@@ -77,6 +77,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of milliseconds, 0 or more")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -234,6 +241,6 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
     "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
-    "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _non_negative_float),
+    "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
     "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
 }

@@ -130,12 +130,15 @@ async def test_a_cancelled_span_stops_at_the_next_call_and_frees_its_state() -> 
 async def test_an_engine_that_is_not_running_decodes_spans_in_threads_of_their_own() -> None:
     settings = embedded_settings()
     engine = Engine(create_backend(settings), settings)
-    await engine.load()
-    recognizer = Recognizer(engine)
-    expected = await per_call_transcripts("rnnt")
-    for name in ("goforward.raw", RECORDINGS[0].name):
-        assert (await recognizer.transcribe(INPUTS[name], "rnnt")).tokens == expected[name].tokens
-    assert not engine.schedulers
+    try:
+        await engine.load()
+        recognizer = Recognizer(engine)
+        expected = await per_call_transcripts("rnnt")
+        for name in ("goforward.raw", RECORDINGS[0].name):
+            assert (await recognizer.transcribe(INPUTS[name], "rnnt")).tokens == expected[name].tokens
+        assert not engine.schedulers
+    finally:
+        await engine.backend.aclose()
 
 
 @pytest.mark.parametrize(
