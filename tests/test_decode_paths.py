@@ -41,10 +41,10 @@ def assert_same(got: dict[str, Transcript], expected: dict[str, Transcript]) -> 
     for name, transcript in expected.items():
         assert got[name].tokens == transcript.tokens, name
         assert got[name].token_frames == transcript.token_frames, name
-    assert sum(len(t.tokens) for t in expected.values()) > 100  # not vacuous
+    assert sum(len(t.tokens) for t in expected.values()) > 50  # not vacuous
 
 
-@pytest.mark.parametrize("model", MODEL_SETS)
+@pytest.mark.parametrize("model", ["default", *MODEL_SETS])
 @pytest.mark.parametrize("frames_per_call", [None, 3])
 async def test_every_path_gives_the_per_call_tokens(model: str, frames_per_call: int | None) -> None:
     """Span threads one at a time, then every recording at once through the batching scheduler,
