@@ -151,6 +151,15 @@ def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConf
     return configs
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+
+
 @attrs.frozen
 class Settings:
     triton_endpoint: str | None = None
@@ -181,6 +190,13 @@ class Settings:
     decode_mode: DecodeMode = DecodeMode.BATCHED
     decoder_batch_window_ms: float = 0.0
     triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
+    # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
+    # behind Triton (production), where an operator turns it on with WEB_UI=true.
+    web_ui: bool | None = None
+
+    @property
+    def web_ui_enabled(self) -> bool:
+        return self.web_ui if self.web_ui is not None else self.triton_endpoint is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -243,4 +259,5 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
     "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
     "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
+    "WEB_UI": ("web_ui", _boolean),
 }

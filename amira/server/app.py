@@ -21,6 +21,7 @@ from amira.server import security
 from amira.server.errors import error_response, exception_response
 from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
+from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
@@ -111,4 +112,5 @@ def create_app(state: ServerState) -> Quart:
 
     security.install(app, settings)
     add_stream_route(app, state)
+    add_web_routes(app, state)
     return app
