@@ -20,7 +20,7 @@ from amira.testing.long_audio import streamed_final
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
 from amira.testing.servers import embedded_settings
 from amira.tooling.test_models import SMALL, TEST_VOCABULARY, generate_repository
-from tests.reference import FrameByFrame
+from amira.testing.reference import FrameByFrame
 
 CONFIGURED = (0, 2, 3, 5)
 MODEL_SETS = f"""\

@@ -19,6 +19,7 @@ from amira.backends.embedded import EmbeddedBackend
 from amira.client import open_stream_client, to_pcm16
 from amira.engine import Engine
 from amira.models import shipped_repository
+from amira.protocols.native_batch import word_document
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
@@ -30,7 +31,7 @@ from amira.testing.ws_protocol import (
     expect_error,
     read_until_closed,
 )
-from tests.reference import reference_decoder
+from amira.testing.reference import reference_decoder
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
 SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)
@@ -84,7 +85,7 @@ async def test_a_stream_shorter_than_a_window_equals_the_batch_result(
     assert results[-1]["metadata"]["tokens"] == list(batch.tokens)
     assert list(batch.tokens) == reference_decoder(shipped_repository(), model, tmp_path)(SHORT)[0]
     assert results[-1]["transcription"] == batch.text
-    assert [w["word"] for w in results[-1]["metadata"]["words"]] == [w.word for w in batch.words]
+    assert results[-1]["metadata"]["words"] == [word_document(w) for w in batch.words]  # times, confidences
 
 
 async def test_partials_arrive_while_audio_is_still_sent(server: tuple[str, Recognizer]) -> None:
