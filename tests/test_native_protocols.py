@@ -36,7 +36,7 @@ from amira.protocols.values import parse_sample_rate
 pytestmark = pytest.mark.timeout(30)
 
 PCM = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
-WORDS = (Word("four", 0.08, 0.40049), Word("queen", 0.48, 0.9604))
+WORDS = (Word("four", 0.08, 0.40049, 0.912345), Word("queen", 0.48, 0.9604, 1.0))
 
 
 def result(status: ResultStatus, committed: str = "four", tail: str = " queen") -> StreamResult:
@@ -134,7 +134,10 @@ def test_partial_and_final_documents() -> None:
         "audio_seconds": 1.235,
         "processing_time_ms": 12.3,
         "tokens": [3, 7],
-        "words": [{"word": "four", "start": 0.08, "end": 0.4}, {"word": "queen", "start": 0.48, "end": 0.96}],
+        "words": [
+            {"word": "four", "start": 0.08, "end": 0.4, "confidence": 0.9123},
+            {"word": "queen", "start": 0.48, "end": 0.96, "confidence": 1.0},
+        ],
     }
     complete = result_document(result(ResultStatus.COMPLETE, "four queen", ""))
     assert complete["status"] == "COMPLETE" and complete["is_final"] is True
@@ -269,6 +272,7 @@ def test_the_batch_document_is_the_contracts() -> None:
         text="four queen",
         tokens=(3, 7),
         token_frames=(1, 6),
+        token_probabilities=(0.9, 1.0),
         words=WORDS,
         audio_samples=47_840,
         audio_seconds=2.99,
@@ -290,4 +294,4 @@ def test_the_batch_document_is_the_contracts() -> None:
         },
     }
     assert batch_document(transcript, "default", 1.0, opaque=None)["opaque"] is None
-    assert word_document(WORDS[1]) == {"word": "queen", "start": 0.48, "end": 0.96}
+    assert word_document(WORDS[1]) == {"word": "queen", "start": 0.48, "end": 0.96, "confidence": 1.0}

@@ -18,9 +18,9 @@ import pytest
 from amira import open_recognizer
 from amira.testing.long_audio import streamed_final
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.reference import FrameByFrame
 from amira.testing.servers import embedded_settings
 from amira.tooling.test_models import SMALL, TEST_VOCABULARY, generate_repository
-from amira.testing.reference import FrameByFrame
 
 CONFIGURED = (0, 2, 3, 5)
 MODEL_SETS = f"""\

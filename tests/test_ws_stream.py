@@ -23,6 +23,7 @@ from amira.protocols.native_batch import word_document
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.reference import reference_decoder
 from amira.testing.servers import embedded_settings, start_server
 from amira.testing.ws_protocol import (
     WireChecker,
@@ -31,7 +32,6 @@ from amira.testing.ws_protocol import (
     expect_error,
     read_until_closed,
 )
-from amira.testing.reference import reference_decoder
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
 SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)
