@@ -121,13 +121,14 @@ async def test_control_messages(server: tuple[str, Recognizer]) -> None:
         await ws.send_message(b"\x01")
         await ws.send_message(json.dumps({"type": "KeepAlive"}))
         await ws.send_message(json.dumps({"type": "Finalize"}))
-        finalized = json.loads(await ws.get_message())
+        checker = WireChecker()
+        finalized = checker.feed(await ws.get_message())
         while not finalized["is_final"]:
-            finalized = json.loads(await ws.get_message())
+            finalized = checker.feed(await ws.get_message())
         assert finalized["status"] == "ACTIVE" and finalized["metadata"]["audio_seconds"] == 1.0
         await ws.send_message(pcm[32_000:])
         await ws.send_message(json.dumps({"type": "CloseStream"}))
-        last = expect_complete(await read_until_closed(ws))
+        last = expect_complete(await read_until_closed(ws, checker=checker))
         assert last["committed"].startswith(finalized["committed"])
         assert last["metadata"]["audio_seconds"] == 3.0
 

@@ -184,10 +184,12 @@ async def read_until_closed(
     connection: WebSocketConnection,
     seconds: float = READ_TIMEOUT_SECS,
     on_message: Callable[[dict[str, Any]], None] | None = None,
+    checker: WireChecker | None = None,
 ) -> StreamRecord:
     """Read and check every message until the server closes the connection (within `seconds`);
-    `on_message` sees each checked message as it arrives (for tests and benchmarks that time them)."""
-    checker = WireChecker()
+    `on_message` sees each checked message as it arrives (for tests and benchmarks that time them);
+    `checker` goes on from messages a test already fed it one by one."""
+    checker = checker or WireChecker()
     with trio.fail_after(seconds):
         try:
             while True:
