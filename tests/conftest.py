@@ -122,6 +122,21 @@ def make_broken_encoder(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+async def triton_inferences(url: str, model: str) -> int:
+    """Requests Triton has finished for `model` (its statistics), whatever became of the client."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        document = (await http.get(f"{url}/v2/models/{model}/stats")).json()
+    return sum(int(stats["inference_count"]) for stats in document["model_stats"])
+
+
+async def wait_for_inferences(url: str, model: str, count: int, seconds: float = 30) -> None:
+    """Wait until Triton has finished `count` requests of `model` (e.g. one a client gave up on, so
+    that the next test finds its instance free), polling its statistics."""
+    with trio.fail_after(seconds):
+        while await triton_inferences(url, model) < count:
+            await trio.sleep(0.05)
+
+
 @attrs.frozen
 class TritonFixture:
     """The session's Triton, its CPU repository and the model-sets files that go with it."""

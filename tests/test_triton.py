@@ -25,6 +25,7 @@ from amira.core.errors import BackendError, BackendTimeout, BackendUnavailable
 from amira.models import model_file
 from amira.tooling.triton_launcher import local_triton, running_triton
 from amira.tooling.triton_repository import build_repository, config_pbtxt, onnx_tensors
+from tests.conftest import triton_inferences, wait_for_inferences
 
 pytestmark = pytest.mark.triton
 
@@ -292,6 +293,7 @@ async def test_limiter_caps_calls_in_flight(triton) -> None:
 async def test_timeout_on_slow_model(triton) -> None:
     backend = TritonBackend(triton.url, inference_timeout=0.2, grace=0.5)
     limiter = trio.CapacityLimiter(1)
+    finished = await triton_inferences(triton.url, "slow")
     began = time.monotonic()
     with pytest.raises(BackendTimeout):
         await backend.infer("slow", add_inputs(1, 10), ["n_out"], limiter)
@@ -300,7 +302,7 @@ async def test_timeout_on_slow_model(triton) -> None:
     # the next call on the same backend (and thread) gets its own answer, not the late one
     out = await backend.infer("add", add_inputs(5), ["n_out"], limiter)
     assert out["n_out"].tolist() == [5]
-    await trio.sleep(SLOW_DELAY)  # let the slow instance finish before other tests use it
+    await wait_for_inferences(triton.url, "slow", finished + 1)  # the slow instance is free again
 
 
 async def test_kill_hang_and_restart(cpu_repo: Path, tmp_path: Path) -> None:
