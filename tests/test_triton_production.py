@@ -21,6 +21,7 @@ from trio_websocket import open_websocket_url
 
 from amira import open_recognizer
 from amira.models import shipped_repository
+from amira.protocols.native_batch import word_document
 from amira.protocols.native_stream import END_OF_STREAM
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server
@@ -78,7 +79,10 @@ async def test_the_production_flavour_serves_as_the_embedded_backend_and_leaves_
                     headers={"Content-Type": "audio/pcm"},
                 )
                 assert response.status_code == 200, response.text
-                assert response.json()["metadata"]["tokens"] == list(expected.tokens), model
+                metadata = response.json()["metadata"]
+                assert metadata["tokens"] == list(expected.tokens), model
+                # times and confidences too: they come back from the decode model inside Triton
+                assert metadata["words"] == [word_document(w) for w in expected.words], model
         async with open_websocket_url(base.replace("http://", "ws://") + "/v2/decode/stream/default") as ws:
             await ws.send_message(pcm16(RECORDINGS["default"]))
             await ws.send_message(END_OF_STREAM)
