@@ -217,6 +217,18 @@ async def test_unknown_model_is_404_never_a_fallback(http: httpx.AsyncClient, em
     assert response.status_code == 404 and response.json()["error_type"] == "unknown_model"
 
 
+async def test_an_answer_before_the_body_was_read_closes_the_connection(
+    http: httpx.AsyncClient, embedded_url: str
+) -> None:
+    """README: the connection cannot be reused, so the answer says `Connection: close` (a keep-alive
+    client's next request would hang otherwise); an answer after the whole body keeps it open."""
+    body = bytes(16 * 65536 - 2)  # more than Hypercorn reads ahead
+    early = await post(http, f"{embedded_url}/v2/decode/batch/nope", "audio/pcm", body)
+    assert early.status_code == 404 and early.headers["Connection"] == "close"
+    read = await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/pcm", b"\x00\x00" * 1600)
+    assert read.status_code == 200 and read.headers.get("Connection") != "close"
+
+
 async def test_metrics_count_requests_and_errors(http: httpx.AsyncClient, embedded_url: str) -> None:
     await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/pcm", pcm16(read_recording(CARDS[0])))
     await post(http, f"{embedded_url}/v2/decode/batch/default", "text/plain", b"x")
