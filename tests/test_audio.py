@@ -135,3 +135,11 @@ def test_every_path_gives_float32() -> None:
     assert empty.size == 0 and empty.dtype == np.float32
     with pytest.raises(BadAudio, match="shape"):
         audio.to_mono(np.zeros((2, 2, 2), np.float32))
+
+
+def test_a_stream_at_16_khz_passes_through_as_float32() -> None:
+    resampler = audio.StreamResampler(16_000)
+    pushed = resampler.push(b"\x00\x40\x00\xc0")
+    assert pushed.dtype == np.float32 and pushed.tolist() == [0.5, -0.5]
+    flushed = resampler.flush()
+    assert flushed.dtype == np.float32 and flushed.size == 0

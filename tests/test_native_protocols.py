@@ -36,7 +36,7 @@ from amira.protocols.values import parse_sample_rate
 pytestmark = pytest.mark.timeout(30)
 
 PCM = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
-WORDS = (Word("four", 0.08, 0.40049, 0.912345), Word("queen", 0.48, 0.9604, 1.0))
+WORDS = (Word("four", 0.08049, 0.40049, 0.912345), Word("queen", 0.48, 0.9604, 1.0))
 
 
 def result(status: ResultStatus, committed: str = "four", tail: str = " queen") -> StreamResult:
@@ -61,7 +61,8 @@ def test_frames_become_events() -> None:
     assert protocol.receive_bytes(KEEPALIVE) == KeepAlive()
     assert protocol.receive_text('{"type": "KeepAlive"}') == KeepAlive()
     assert protocol.receive_text('{"type": "Finalize"}') == Finalize()
-    assert protocol.received_samples == 4 and protocol.phase is StreamPhase.RECEIVING
+    assert protocol.received_samples == 4 and isinstance(protocol.received_samples, int)
+    assert protocol.phase is StreamPhase.RECEIVING
     assert protocol.receive_bytes(END_OF_STREAM) == EndOfStream()
     assert protocol.phase is StreamPhase.ENDING
     with pytest.raises(BadRequest, match="after the end of the stream"):
@@ -235,6 +236,7 @@ def test_raw_pcm_takes_the_query_sample_rate() -> None:
         ("audio/pcm", b"", None, BadAudio, "empty"),
         ("audio/pcm", b"\x00\x00", "abc", BadRequest, "whole"),
         ("audio/pcm", bytes(32_002), None, TooLarge, "the limit is 1 s"),
+        ("application/json", json.dumps({"audio_buffer": [0] * 32_002}).encode(), None, TooLarge, "1.00 s"),
         ("audio/wav", b"RIFF", None, BadAudio, None),
         ("text/plain", b"hello", None, UnsupportedMediaType, "text/plain"),
         ("", b"hello", None, UnsupportedMediaType, "(none)"),
@@ -258,9 +260,15 @@ def test_sample_rates_that_parse(value: object) -> None:
     assert parse_sample_rate(value) == int(str(value).strip())
 
 
-@pytest.mark.parametrize("value", ["", "1e4", "²", "16000.0", "-16000", "1" * 10, True, 16000.0, None, "0"])
-def test_sample_rates_that_do_not(value: object) -> None:
-    with pytest.raises((BadRequest, BadAudio)):
+@pytest.mark.parametrize("value", ["", "1e4", "²", "16000.0", "-16000", "1" * 10, True, 16000.0, None])
+def test_sample_rates_that_are_not_numbers(value: object) -> None:
+    with pytest.raises(BadRequest, match="whole number"):
+        parse_sample_rate(value)
+
+
+@pytest.mark.parametrize("value", ["0", "7999", "999999999", 192_001])
+def test_numbers_that_are_not_supported_rates(value: object) -> None:
+    with pytest.raises(BadAudio, match="unsupported sample rate"):
         parse_sample_rate(value)
 
 
@@ -275,7 +283,7 @@ def test_the_batch_document_is_the_contracts() -> None:
         token_probabilities=(0.9, 1.0),
         words=WORDS,
         audio_samples=47_840,
-        audio_seconds=2.99,
+        audio_seconds=2.99049,
         features_length=299,
         encoded_length=38,
     )

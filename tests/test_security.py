@@ -9,7 +9,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from amira.client import to_pcm16
 from amira.protocols.native_stream import END_OF_STREAM
-from amira.server.security import key_is_valid, origin_allowed
+from amira.server.security import key_is_valid, origin_allowed, same_origin
 from amira.testing.recordings import CARDS, read_recording
 from amira.testing.servers import embedded_settings, start_server
 from amira.testing.ws_protocol import expect_complete, read_until_closed
@@ -106,6 +106,14 @@ async def test_key_prefixes_and_other_schemes_are_refused(
         async with open_websocket_url(url, extra_headers=list(credentials.get("headers", {}).items())):
             pass
     assert rejected.value.status_code == 401
+
+
+def test_same_origin_compares_the_origins_host_and_port_with_the_host_header() -> None:
+    assert same_origin("http://Amira.example:8057", "amira.example:8057")
+    assert same_origin("https://amira.example", "AMIRA.example")
+    assert not same_origin("http://amira.example:8058", "amira.example:8057")
+    assert not same_origin("http://evil.example", "amira.example")
+    assert not same_origin("http://amira.example", None)
 
 
 def test_a_wildcard_origin_allows_every_origin() -> None:
