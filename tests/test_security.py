@@ -54,6 +54,15 @@ async def test_every_endpoint_but_health_needs_a_key(
     assert (await http.get(f"{secured}/health")).status_code == 200
 
 
+async def test_only_health_and_the_browser_page_are_open(http: httpx.AsyncClient, secured: str) -> None:
+    """Views marked `public` hold no data: the page and its files load from an address bar."""
+    for path in ("/health", "/", "/web/app.js"):
+        assert (await http.get(f"{secured}{path}")).status_code == 200, path
+    assert (await http.get(f"{secured}/web/nothing.js")).status_code == 404  # public, and still checked
+    for path in ("/ready", "/metrics", "/v2/models", "/nothing"):
+        assert (await http.get(f"{secured}{path}")).status_code == 401, path
+
+
 async def test_streams_need_a_key_too(secured: str) -> None:
     url = secured.replace("http://", "ws://") + "/v2/decode/stream/default"
     with pytest.raises(ConnectionRejected) as rejected:
