@@ -126,6 +126,9 @@ async def test_opaque_is_echoed_and_words_have_times(http: httpx.AsyncClient, em
     body = json.dumps({"audio_buffer": base64.b64encode(pcm).decode(), "opaque": opaque}).encode()
     document = (await post(http, f"{embedded_url}/v2/decode/batch/default", "application/json", body)).json()
     assert document["opaque"] == opaque
+    metadata = document["metadata"]
+    assert metadata["audio_length_samples"] == len(pcm) // 2
+    assert metadata["audio_seconds"] == round(len(pcm) / 2 / 16_000, 3)
     words = document["metadata"]["words"]
     assert words and " ".join(w["word"] for w in words) == document["transcription"]
     assert all(0 <= w["start"] < w["end"] <= document["metadata"]["audio_seconds"] + 0.08 for w in words)
