@@ -92,7 +92,7 @@ def test_a_span_through_the_wire_format_decodes_as_in_process(
     wired_calls = direct_calls = 0
     # two spans, as two stream windows: the state carries over, and the second window's frames
     # start before the state's frame (left context), at an offset
-    for stop, offset in ((first_stop, 0), (total, first_stop - 5)):
+    for stop, offset in ((first_stop, 0), (total - 3, first_stop - 5)):  # frames go on past each stop
         in_process = Span(GreedyDecoder(spec, direct, stop), encoded[:, offset:], offset)
         decode(in_process, run)
         caller = Span(GreedyDecoder(spec, wired, stop), encoded[:, offset:], offset)
@@ -166,6 +166,10 @@ def test_a_fitting_answer_moves_the_state_and_counts_the_calls() -> None:
     assert apply_response(span, answer()) == 3
     assert span.calls == 5 and (state.last, state.frame, state.symbols_on_frame) == (1, 14, 0)
     assert [(e.token, e.frame) for e in span.decoder.emissions] == [(1, 10), (1, 10)]
+    last_is_token_0 = answer()
+    last_is_token_0["state"] = np.array([[0, 1, 1]], np.int32)  # token 0 is a token like any other
+    apply_response(span, last_is_token_0)
+    assert (state.last, state.frame, state.symbols_on_frame) == (0, 15, 1)
 
 
 @pytest.mark.parametrize(
