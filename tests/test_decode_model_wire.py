@@ -217,3 +217,20 @@ def test_a_request_that_does_not_fit_is_refused(name: str, value: np.ndarray, ma
     assert request is not None
     with pytest.raises(ValueError, match=match):
         span_from_request({**request, name: value})
+
+
+def test_the_request_carries_the_whole_decoder_state() -> None:
+    """A span may start in the middle of a frame (symbols already emitted on it) and with any state."""
+    rng = np.random.default_rng(3)
+    state = DecoderState(
+        7, rng.standard_normal((L, 1, H)).astype(np.float32), np.ones((L, 1, H), np.float32), 12, 2
+    )
+    frames = rng.standard_normal((SMALL.d_model, 20)).astype(np.float32)
+    request = span_request(Span(GreedyDecoder(spec_for("tdt", 4), state, 18), frames, 10))
+    assert request is not None
+    np.testing.assert_array_equal(request["encoder_outputs"][0], frames[:, 2:8])
+    remote = span_from_request(request).decoder
+    assert (remote.state.last, remote.state.frame, remote.state.symbols_on_frame, remote.stop) == (7, 0, 2, 6)
+    np.testing.assert_array_equal(remote.state.h, state.h)
+    np.testing.assert_array_equal(remote.state.c, state.c)
+    assert remote.spec == spec_for("tdt", 4)
