@@ -21,11 +21,12 @@ from amira.core.audio import MODEL_SAMPLE_RATE
 from amira.core.errors import AmiraError, BadRequest, TooLarge
 from amira.core.transcript import ResultStatus, StreamResult
 from amira.protocols.native_batch import word_document
-from amira.protocols.values import parse_sample_rate
+from amira.protocols.values import parse_json, parse_sample_rate
 
 END_OF_STREAM = b"\x00"
 KEEPALIVE = b"\x01"
 FINALIZE_MESSAGE = json.dumps({"type": "Finalize"})
+MAX_CONTROL_CHARS = 4096  # a JSON control message is a few dozen characters
 
 
 @attrs.frozen
@@ -89,6 +90,11 @@ class NativeStream:
     phase: StreamPhase = StreamPhase.RECEIVING
     received_samples: int = 0
 
+    @property
+    def received_seconds(self) -> float:
+        """Seconds of audio the client sent."""
+        return self.received_samples / self.options.sample_rate
+
     def configure(self, query: Mapping[str, str]) -> StreamOptions:
         """The stream's options from the upgrade request's query string."""
         self.options = StreamOptions.from_query(query)
@@ -115,11 +121,11 @@ class NativeStream:
         return Audio(frame)
 
     def receive_text(self, text: str) -> StreamEvent:
-        """A text frame: one of the JSON control messages."""
+        """A text frame: one of the JSON control messages (small: longer text is not parsed)."""
         self._expect_receiving()
         try:
-            message = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+            message = parse_json(text, "a control message") if len(text) <= MAX_CONTROL_CHARS else None
+        except BadRequest:
             message = None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "KeepAlive":

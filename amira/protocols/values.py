@@ -1,9 +1,28 @@
-"""Scalar values from the wire (query strings, JSON fields), parsed strictly into typed values."""
+"""Values from the wire (query strings, JSON fields, headers), parsed strictly into typed values.
+
+Every value a client sends passes through one of these parsers, so that a malformed one is always
+the API's `bad_request`/`bad_audio`, never a Python exception that escapes as a 500: `str.isdigit`
+accepts "²", `json.loads` raises `RecursionError` on deep nesting and `ValueError` on integers of
+more than 4300 digits, and Python's JSON accepts `NaN`, which no JSON client can read back.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+
 from amira.core import audio
 from amira.core.errors import BadRequest
+
+MAX_JSON_DEPTH = 32  # nesting of any JSON value a client sends (an `opaque` is echoed back)
+SHOWN_CHARS = 40  # of a bad value, in an error message
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: its repr, cut short (a 4000-digit number is no message)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def parse_sample_rate(value: object) -> int:
@@ -11,15 +30,59 @@ def parse_sample_rate(value: object) -> int:
     if isinstance(value, str):
         text = value.strip()
         if not (text.isascii() and text.isdigit()) or len(text) > 9:
-            raise BadRequest(f"sample_rate must be a whole number, got {value!r}")
+            raise BadRequest(f"sample_rate must be a whole number, got {shown(value)}")
         value = int(text)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"sample_rate must be a whole number, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value.bit_length() > 32:
+        raise BadRequest(f"sample_rate must be a whole number, got {shown(value)}")
     return audio.check_sample_rate(value)
 
 
-def check_pcm16_length(data: bytes) -> bytes:
+def check_pcm16_length(data: bytes | bytearray) -> bytes | bytearray:
     """s16le PCM has two bytes a sample: an odd byte count is a protocol error, not audio."""
     if len(data) % 2:
         raise BadRequest(f"s16le PCM must have an even number of bytes, got {len(data)}")
     return data
+
+
+def parse_request_id(value: str | None) -> str | None:
+    """A client's `X-Request-Id` when it is 1 to 64 of `[A-Za-z0-9._-]`, else None (the server makes
+    one): ids are echoed in headers and written to logs, where control characters do harm."""
+    return value if value is not None and REQUEST_ID.fullmatch(value) else None
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def json_depth_within(value: object, max_depth: int) -> bool:
+    """Whether `value` nests no deeper than `max_depth` arrays and objects (iteratively: no recursion)."""
+    level = [value]
+    for _ in range(max_depth + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, (list, dict))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return True
+    return False
+
+
+def checked_json(value: object, what: str) -> object:
+    """A decoded JSON value, refused when it nests deeper than `MAX_JSON_DEPTH`."""
+    if not json_depth_within(value, MAX_JSON_DEPTH):
+        raise BadRequest(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def parse_json(text: str, what: str = "the JSON") -> object:
+    """A JSON text, strictly: malformed, too deep, `NaN`, or a number too long are `bad_request`."""
+    try:
+        value = DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, digit limit, NaN; deep nesting
+        raise BadRequest(f"{what} is not valid JSON: {shown(str(exc))}") from None
+    return checked_json(value, what)

@@ -3,20 +3,30 @@
 The app is a thin shell: request bodies are read and answers written by the sans-IO protocol
 (`amira.protocols.native_batch`), recognition is the `Recognizer`'s, and every failure leaves as a
 JSON error from the API's table, never a 500.
+
+A batch request goes through its checks in order of cost, so that a request that will be refused
+costs as little as possible: shutdown, model name and Content-Type (nothing read yet); the body
+budget (`BODY_BUFFER_BYTES`); the body itself, within `BODY_TIMEOUT_SECS`; only then a batch slot
+(`MAX_CONCURRENT_BATCHES`), so that slow uploads never hold slots; then parsing and decoding in a
+worker thread, and recognition.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
+from functools import partial
 
-from quart import Quart, Response, jsonify, request
+import trio
+from quart import Quart, Response, g, jsonify, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import amira
-from amira.core.errors import AmiraError, InternalError
-from amira.protocols.native_batch import batch_document, parse_batch_body
+from amira.core.errors import AmiraError, InternalError, RequestTimeout, ShuttingDown, TooLarge
+from amira.protocols.native_batch import batch_document, check_media_type, parse_batch_body
+from amira.protocols.values import parse_request_id
 from amira.server import security
 from amira.server.errors import error_response, exception_response
 from amira.server.state import ServerState, new_id
@@ -24,13 +34,35 @@ from amira.server.stream_handler import add_stream_route
 
 log = logging.getLogger("amira.server")
 
-BODY_LIMIT_FRAMES = 16
+
+async def read_body(limit: int, seconds: float) -> bytearray:
+    """The request body, read as it arrives (Quart's buffer is emptied as we go), within `seconds`."""
+    body = bytearray()
+    try:
+        with trio.move_on_after(seconds) as waited:
+            async for chunk in request.body:
+                body += chunk
+    except RequestEntityTooLarge:
+        raise TooLarge(f"the request body is larger than {limit} bytes") from None
+    if waited.cancelled_caught:
+        raise RequestTimeout(f"the request body did not arrive in full within {seconds:g} s")
+    return body
 
 
 def create_app(state: ServerState) -> Quart:
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = BODY_LIMIT_FRAMES * state.settings.max_frame_bytes
     recognizer, engine, settings, metrics = state.recognizer, state.engine, state.settings, state.metrics
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = None  # `read_body` has its own, answered with `request_timeout`
+
+    @app.before_request
+    async def name_request() -> None:
+        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or new_id()
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id") or new_id()
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -42,6 +74,7 @@ def create_app(state: ServerState) -> Quart:
     @app.errorhandler(Exception)
     async def unexpected_error(exc: Exception) -> Response:
         log.exception("unexpected error")
+        metrics.errors.labels("internal").inc()
         return exception_response(InternalError("internal error; see the server log"))
 
     @app.get("/health")
@@ -73,12 +106,10 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()
         response = await _batch(model, started)
-        response.headers["X-Request-Id"] = request_id
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
-            request_id,
+            g.request_id,
             model if model in engine.configs else "(unknown)",
             response.status_code,
             time.perf_counter() - started,
@@ -88,9 +119,7 @@ def create_app(state: ServerState) -> Quart:
     async def _batch(model: str, started: float) -> Response:
         label = model if model in engine.configs else "(unknown)"
         try:
-            engine.check_known(model)
-            with state.batches.admit():
-                response = await _transcribe_request(model, started)
+            response = await _transcribe_request(model, started)
         except AmiraError as exc:
             metrics.requests.labels(label, exc.error_type).inc()
             metrics.errors.labels(exc.error_type).inc()
@@ -100,15 +129,32 @@ def create_app(state: ServerState) -> Quart:
         return response
 
     async def _transcribe_request(model: str, started: float) -> Response:
-        body = await request.get_data(cache=False)
-        parsed = parse_batch_body(
-            request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
-        )
-        transcript = await recognizer.transcribe(parsed.samples, model)
+        if state.shutting_down.is_set():
+            raise ShuttingDown("the server is shutting down; retry shortly (another instance)")
+        engine.check_known(model)
+        mimetype = check_media_type(request.mimetype)
+        declared = request.content_length
+        if declared is not None and declared > settings.max_body_bytes:
+            raise TooLarge(f"the request body is larger than {settings.max_body_bytes} bytes")
+        with ExitStack() as body_held:
+            body_held.enter_context(state.bodies.reserve(declared or settings.max_body_bytes))
+            body = await read_body(settings.max_body_bytes, settings.body_timeout_secs)
+            with state.batches.admit():
+                parse = partial(
+                    parse_batch_body,
+                    mimetype,
+                    body,
+                    request.args.get("sample_rate"),
+                    settings.max_batch_audio_secs,
+                )
+                parsed = await trio.to_thread.run_sync(parse, limiter=engine.batch_calls.limiter)
+                del body, parse
+                body_held.close()  # the body is parsed: its bytes go back to the budget
+                transcript = await recognizer.transcribe(parsed.samples, model)
         metrics.audio_seconds.labels(model, "batch").inc(transcript.audio_seconds)
         processing_ms = (time.perf_counter() - started) * 1000
         return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
 
-    security.install(app, settings)
+    security.install(app, settings, metrics)
     add_stream_route(app, state)
     return app

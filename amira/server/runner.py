@@ -12,30 +12,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from amira.core.errors import BackendFailure
 from amira.core.model_set import ModelSetError
 from amira.engine import Engine, create_backend
 from amira.recognizer import Recognizer
 from amira.server.app import create_app
+from amira.server.connections import serve_connections
+from amira.server.metrics import Metrics
 from amira.server.state import ServerState
 from amira.server.stream_handler import HYPERCORN_FRAME_FACTOR
 from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
 
-ASGIReceive = Callable[[], Awaitable[dict]]
-ASGISend = Callable[[dict], Awaitable[None]]
-ASGIApp = Callable[[dict, ASGIReceive, ASGISend], Awaitable[Any]]
+Message = dict[str, Any]
+ASGIReceive = Callable[[], Awaitable[Message]]
+ASGISend = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, ASGIReceive, ASGISend], Awaitable[Any]]
 
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
 FINAL_FLUSH_CALLS = 4
+LAG_TICK_SECS = 0.010
+LOGGED_STATUSES = (401, 408)  # and every 5xx: refused credentials, stalled uploads, failures
 
 
 async def keep_loading(state: ServerState) -> None:
@@ -58,6 +62,20 @@ async def keep_loading(state: ServerState) -> None:
             log.info("model sets loaded: %s", ", ".join(sorted(engine.model_sets)))
 
 
+async def watch_event_loop(metrics: Metrics) -> None:
+    """Observe how late a 10 ms timer fires: the event loop's stalls, as the server sees them."""
+    while True:
+        due = trio.current_time() + LAG_TICK_SECS
+        await trio.sleep_until(due)
+        metrics.event_loop_lag.observe(trio.current_time() - due)
+
+
+def with_header(message: Message, name: bytes, value: bytes) -> Message:
+    """An `http.response.start` message with header `name` set to `value` (replacing it)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+    return {**message, "headers": [*headers, (name, value)]}
+
+
 def close_when_body_unread(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: answer `Connection: close` when a response starts before the request body
     was received in full (a 413 on the declared length, `unknown_model`, `capacity_exceeded`).
@@ -67,7 +85,7 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
     client opens a fresh connection for its next request.
     """
 
-    async def wrapped(scope: dict, receive: ASGIReceive, send: ASGISend) -> None:
+    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
@@ -76,20 +94,83 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
             b"transfer-encoding" not in headers
         )
 
-        async def receiving() -> dict:
+        async def receiving() -> Message:
             nonlocal body_done
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 
-        async def sending(message: dict) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start" and not body_done:
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                message = with_header(message, b"connection", b"close")
             await send(message)
 
         await app(scope, receiving, sending)
+
+    return wrapped
+
+
+def shield_final_send(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: send the last `http.response.body` message shielded from cancellation.
+
+    Quart-Trio runs a request as two tasks, and the one that reads the request's messages ends the
+    request as soon as Hypercorn reports the response sent (`http.disconnect`), by cancelling the
+    other. But Hypercorn reports it from *inside* the last body send, which then goes on to close
+    the connection (`Connection: close`, HTTP/1.0) or to start the keep-alive timer; the
+    cancellation lands in the middle, and neither happens: the connection stays open for good, and
+    shutdown waits for the graceful timeout whenever an idle keep-alive client is connected. It
+    shows with a minimal Quart-Trio app and no AMIRA code. Shielding that one send lets Hypercorn
+    finish; the socket writes in it are already shielded by Hypercorn itself.
+    """
+
+    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await app(scope, receive, sending)
+
+    return wrapped
+
+
+def track_requests(app: ASGIApp, state: ServerState) -> ASGIApp:
+    """ASGI middleware: requests and streams in flight (shutdown waits for them), `Connection:
+    close` on every response once shutdown began, and every response counted by status, with
+    401, 408 and 5xx logged."""
+    metrics = state.metrics
+
+    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                status = int(message["status"])
+                metrics.http_responses.labels(str(status)).inc()
+                if status in LOGGED_STATUSES or status >= 500:
+                    request_id = dict(message.get("headers", [])).get(b"x-request-id", b"-")
+                    log.warning(
+                        "%s %s answered %d request_id=%s",
+                        scope.get("method", "WEBSOCKET"),
+                        scope["raw_path"].decode("ascii", "backslashreplace"),
+                        status,
+                        request_id.decode("ascii", "backslashreplace"),
+                    )
+                if state.shutting_down.is_set() and message["type"] == "http.response.start":
+                    message = with_header(message, b"connection", b"close")
+            await send(message)
+
+        with state.in_flight.track():
+            await app(scope, receive, sending)
 
     return wrapped
 
@@ -104,6 +185,7 @@ def hypercorn_config(settings: Settings) -> Config:
         settings.shutdown_drain_secs + FINAL_FLUSH_CALLS * settings.inference_timeout_secs
     )
     config.websocket_max_message_size = HYPERCORN_FRAME_FACTOR * settings.max_frame_bytes
+    config.keep_alive_timeout = settings.keep_alive_timeout_secs
     return config
 
 
@@ -116,9 +198,11 @@ async def serve(
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
 
-    Shutdown is graceful: no new connections; running streams may go on for `SHUTDOWN_DRAIN_SECS`,
-    then each gets the final result for all the audio it sent and close code 1001; batch requests
-    in flight complete.
+    Shutdown is graceful and as short as the work in flight allows: `/ready` answers 503 at once
+    and new batches and streams are refused (`shutting_down`); idle connections close at once;
+    batch requests in flight complete; running streams may go on for `SHUTDOWN_DRAIN_SECS`, then
+    each gets the final result for all the audio it sent and close code 1001; the server returns
+    as soon as the last of them is done (`amira.server.connections`).
 
     A model set that does not fit the contract stops the start with `ModelSetError` when the
     backend can be asked at start-up; vocabularies are always checked before binding.
@@ -135,19 +219,18 @@ async def serve(
                 await engine.load()
         except (BackendFailure, trio.TooSlowError) as exc:
             log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
-        app = create_app(state)
-
-        async def begin_shutdown() -> None:
-            await (shutdown_trigger or trio.sleep_forever)()
-            state.shutting_down.set()
+        quart_app = cast(ASGIApp, create_app(state))
+        app = track_requests(shield_final_send(close_when_body_unread(quart_app)), state)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_loading, state)
             nursery.start_soon(state.drain_after_shutdown)
-            await hypercorn_serve(
-                close_when_body_unread(app),
+            nursery.start_soon(watch_event_loop, state.metrics)
+            await serve_connections(
+                app,  # type: ignore[arg-type]
                 hypercorn_config(settings),
-                shutdown_trigger=begin_shutdown,
+                state,
+                shutdown_trigger or trio.sleep_forever,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()

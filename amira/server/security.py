@@ -18,6 +18,7 @@ from quart import Quart, Response, request, websocket
 
 from amira.core.errors import Unauthorized
 from amira.server.errors import error_response, exception_response
+from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 OPEN_PATHS = ("/health",)
@@ -32,26 +33,33 @@ def presented_key(headers: object, args: object) -> str | None:
     return headers.get("X-API-Key") or args.get("api_key")
 
 
-def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
+def matching_key(presented: str | None, keys: tuple[str, ...]) -> int | None:
+    """The position in `keys` of the presented key, or None; every key is compared, in constant time."""
     if presented is None:
-        return False
+        return None
     candidate = presented.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode())
+    matched = None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(candidate, key.encode()):
+            matched = index
     return matched
+
+
+def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
+    return matching_key(presented, keys) is not None
 
 
 def origin_allowed(origin: str, settings: Settings) -> bool:
     return "*" in settings.cors_allow_origins or origin in settings.cors_allow_origins
 
 
-def install(app: Quart, settings: Settings) -> None:
+def install(app: Quart, settings: Settings, metrics: Metrics) -> None:
     def refusal(path: str, headers: object, args: object) -> Response | None:
         if not settings.api_keys or path in OPEN_PATHS:
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):
             return None
+        metrics.errors.labels("unauthorized").inc()
         response = exception_response(
             Unauthorized("a valid API key is required (Authorization: Bearer, X-API-Key)")
         )
@@ -68,6 +76,7 @@ def install(app: Quart, settings: Settings) -> None:
     async def check_websocket() -> Response | None:
         origin = websocket.headers.get("Origin")
         if origin is not None and not origin_allowed(origin, settings):
+            metrics.errors.labels("unauthorized").inc()
             return error_response("unauthorized", f"origin {origin!r} may not open streams", 403)
         return refusal(websocket.path, websocket.headers, websocket.args)
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import attrs
 import trio
 
-from amira.core.errors import BackendFailure, CapacityExceeded
+from amira.core.errors import BackendFailure, CapacityExceeded, TooLarge
 from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.metrics import Metrics
@@ -56,6 +56,85 @@ class Admission:
 
 
 @attrs.define
+class BodyBudget:
+    """The bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`).
+
+    A request reserves its declared length (or the body limit, when it declares none) before its
+    body is read, all at once, so that requests never hold part of what they need while waiting
+    for the rest; past the budget it is refused at once with `capacity_exceeded`, like a batch
+    over `MAX_CONCURRENT_BATCHES`. Without it, bodies arriving together (Quart buffers each one
+    whole) could take gigabytes; with it, they take at most the budget.
+    """
+
+    total: int
+    metrics: Metrics
+    reserved: int = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        if size > self.total:
+            raise TooLarge(f"the request body is larger than {self.total} bytes")
+        if self.reserved + size > self.total:
+            self.metrics.rejected.labels("body").inc()
+            raise CapacityExceeded("too many request bodies are being received at once; retry shortly")
+        self.reserved += size
+        try:
+            yield
+        finally:
+            self.reserved -= size
+
+
+@attrs.define
+class PerKeyLimit:
+    """Streams at once per API key (`MAX_STREAMS_PER_KEY`), so that one client's key cannot take
+    every stream slot; keys are counted by their position in `API_KEYS`, never by their text."""
+
+    limit: int | None
+    metrics: Metrics
+    counts: dict[int, int] = attrs.field(factory=dict)
+
+    @contextmanager
+    def admit(self, key: int | None) -> Iterator[None]:
+        if key is None or self.limit is None:
+            yield
+            return
+        if self.counts.get(key, 0) >= self.limit:
+            self.metrics.rejected.labels("stream_per_key").inc()
+            raise CapacityExceeded(f"more than {self.limit} streams at once with this API key; retry shortly")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+
+
+@attrs.define
+class InFlight:
+    """Requests and streams being served, so that shutdown can end as soon as the last one is done."""
+
+    count: int = 0
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        if not self.count:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            await self._idle.wait()
+
+
+@attrs.define
 class ServerState:
     """What the request handlers share: the recogniser, admission, readiness and metrics."""
 
@@ -64,6 +143,9 @@ class ServerState:
     metrics: Metrics
     batches: Admission
     streams: Admission
+    bodies: BodyBudget
+    streams_per_key: PerKeyLimit
+    in_flight: InFlight = attrs.field(factory=InFlight)
     load_error: str | None = None
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
     drain_expired: trio.Event = attrs.field(factory=trio.Event)
@@ -84,6 +166,8 @@ class ServerState:
             metrics,
             Admission("batch", "batch requests", batch_limit, metrics),
             Admission("stream", "streams", stream_limit, metrics),
+            BodyBudget(settings.body_budget, metrics),
+            PerKeyLimit(settings.max_streams_per_key, metrics),
         )
 
     @property
@@ -97,14 +181,17 @@ class ServerState:
         self.drain_expired.set()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Backend and model readiness, cached for a second so that probes stay cheap."""
+        """Backend and model readiness, cached for a second so that probes stay cheap; not ready
+        from the moment shutdown begins."""
         now = trio.current_time()
-        if now - self._ready_at >= READY_CACHE_SECS:
+        if self.shutting_down.is_set() or now - self._ready_at >= READY_CACHE_SECS:
             self._ready = await self._check_ready()
             self._ready_at = now
         return self._ready
 
     async def _check_ready(self) -> tuple[bool, str]:
+        if self.shutting_down.is_set():
+            return False, "the server is shutting down"
         if self.load_error is not None:
             return False, self.load_error
         if not self.engine.loaded:
