@@ -17,7 +17,7 @@ from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
 BODY_LIMIT_FRAMES = 16  # the batch body limit, in units of MAX_FRAME_BYTES
-BODY_BUFFER_BODIES = 4  # the default BODY_BUFFER_BYTES, in batch body limits
+BODY_BUFFER_BODIES = 3  # the default BODY_BUFFER_BYTES, in batch body limits
 
 
 class SettingsError(ValueError):

@@ -29,23 +29,33 @@ from amira.protocols.native_batch import batch_document, check_media_type, parse
 from amira.protocols.values import parse_request_id
 from amira.server import security
 from amira.server.errors import error_response, exception_response
-from amira.server.state import ServerState, new_id
+from amira.server.state import BodyHold, ServerState, new_id
 from amira.server.stream_handler import add_stream_route
 
 log = logging.getLogger("amira.server")
 
 
-async def read_body(limit: int, seconds: float) -> bytearray:
-    """The request body, read as it arrives (Quart's buffer is emptied as we go), within `seconds`."""
-    body = bytearray()
+async def read_body(hold: BodyHold, declared: int | None, limit: int, seconds: float) -> bytearray:
+    """The request body, within `seconds`, held on the body budget: all of a declared length at
+    once, chunk by chunk otherwise. It is copied once, as it arrives (Quart's buffer is emptied as
+    we go), into a buffer of the declared length when there is one."""
+    hold.grow(declared or 0)
+    body = bytearray(declared or 0)
+    filled = 0
     try:
         with trio.move_on_after(seconds) as waited:
             async for chunk in request.body:
-                body += chunk
+                if declared is None:
+                    hold.grow(len(chunk))
+                    body += chunk
+                else:
+                    body[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
     except RequestEntityTooLarge:
         raise TooLarge(f"the request body is larger than {limit} bytes") from None
     if waited.cancelled_caught:
         raise RequestTimeout(f"the request body did not arrive in full within {seconds:g} s")
+    del body[filled:]
     return body
 
 
@@ -137,8 +147,8 @@ def create_app(state: ServerState) -> Quart:
         if declared is not None and declared > settings.max_body_bytes:
             raise TooLarge(f"the request body is larger than {settings.max_body_bytes} bytes")
         with ExitStack() as body_held:
-            body_held.enter_context(state.bodies.reserve(declared or settings.max_body_bytes))
-            body = await read_body(settings.max_body_bytes, settings.body_timeout_secs)
+            hold = body_held.enter_context(state.bodies.hold())
+            body = await read_body(hold, declared, settings.max_body_bytes, settings.body_timeout_secs)
             with state.batches.admit():
                 parse = partial(
                     parse_batch_body,

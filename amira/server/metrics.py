@@ -64,7 +64,14 @@ class Metrics:
         self.connections = Gauge("amira_connections", "Open client connections", registry=self.registry)
         self.event_loop_lag = Histogram(
             "amira_event_loop_lag_seconds",
-            "How late a 10 ms timer of the event loop fires: the loop's longest stalls",
+            "How late a 10 ms timer of the event loop fires (the loop busy, or the process not scheduled)",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.event_loop_stall = Histogram(
+            "amira_event_loop_stall_seconds",
+            "The lag less the time the OS kept the loop's thread waiting for a CPU: the loop busy, "
+            "or waiting for the GIL",
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )

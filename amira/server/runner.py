@@ -11,6 +11,7 @@ trying in the background until the backend comes back.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -39,6 +40,12 @@ LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
 FINAL_FLUSH_CALLS = 4
 LAG_TICK_SECS = 0.010
+# How long a worker thread that parses or decodes may keep the GIL while the event loop waits for
+# it (Python's default is 5 ms). Answering one request takes the loop a dozen hand-offs of the
+# GIL (each socket operation releases it), so with the default a request waited up to ~50 ms
+# while bodies were parsed; with 1 ms, ~10 ms. CPU-bound work switches more often (its cost is
+# not measurable here), and the backends' own calls release the GIL anyway.
+GIL_SWITCH_SECS = 0.001
 LOGGED_STATUSES = (401, 408)  # and every 5xx: refused credentials, stalled uploads, failures
 
 
@@ -62,12 +69,28 @@ async def keep_loading(state: ServerState) -> None:
             log.info("model sets loaded: %s", ", ".join(sorted(engine.model_sets)))
 
 
+def run_queue_seconds() -> float:
+    """How long this thread has waited, runnable, for a CPU (Linux schedstat; 0 where unknown)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 async def watch_event_loop(metrics: Metrics) -> None:
-    """Observe how late a 10 ms timer fires: the event loop's stalls, as the server sees them."""
+    """Observe the event loop's stalls as the server sees them: how late a 10 ms timer fires (the
+    lag), and that lateness less the time the OS kept the loop's thread waiting for a CPU (the
+    stall). On a loaded machine the lag counts the other processes; the stall counts only the
+    loop's own work and its waits for the GIL."""
+    waited = run_queue_seconds()
     while True:
         due = trio.current_time() + LAG_TICK_SECS
         await trio.sleep_until(due)
-        metrics.event_loop_lag.observe(trio.current_time() - due)
+        late = trio.current_time() - due
+        waited, previous = run_queue_seconds(), waited
+        metrics.event_loop_lag.observe(late)
+        metrics.event_loop_stall.observe(max(0.0, late - (waited - previous)))
 
 
 def with_header(message: Message, name: bytes, value: bytes) -> Message:
@@ -111,17 +134,22 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-def shield_final_send(app: ASGIApp) -> ASGIApp:
-    """ASGI middleware: send the last `http.response.body` message shielded from cancellation.
+def guard_sends(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware around two faults of Hypercorn's sending under Quart-Trio (both show with a
+    minimal Quart-Trio app and no AMIRA code; `tests/test_runner.py` has them).
 
-    Quart-Trio runs a request as two tasks, and the one that reads the request's messages ends the
-    request as soon as Hypercorn reports the response sent (`http.disconnect`), by cancelling the
-    other. But Hypercorn reports it from *inside* the last body send, which then goes on to close
-    the connection (`Connection: close`, HTTP/1.0) or to start the keep-alive timer; the
-    cancellation lands in the middle, and neither happens: the connection stays open for good, and
-    shutdown waits for the graceful timeout whenever an idle keep-alive client is connected. It
-    shows with a minimal Quart-Trio app and no AMIRA code. Shielding that one send lets Hypercorn
-    finish; the socket writes in it are already shielded by Hypercorn itself.
+    * The last `http.response.body` message is sent shielded from cancellation. Quart-Trio runs a
+      request as two tasks, and the one that reads the request's messages ends the request as soon
+      as Hypercorn reports the response sent (`http.disconnect`), by cancelling the other. But
+      Hypercorn reports it from *inside* the last body send, which then goes on to close the
+      connection (`Connection: close`, HTTP/1.0) or to start the keep-alive timer; the
+      cancellation lands in the middle, and neither happens: the connection stays open for good,
+      and shutdown waits for its graceful timeout whenever an idle keep-alive client is connected.
+      Shielding that one send lets Hypercorn finish; its socket writes are shielded already.
+    * A send that meets Hypercorn closing the connection (a client that hung up in the middle of
+      its upload: Hypercorn's reader closes the socket while the response is being written) raises
+      `trio.BusyResourceError`, which Hypercorn logs as an application error with a traceback.
+      The client is gone, so the message is dropped, as Hypercorn does for a broken connection.
     """
 
     async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
@@ -130,11 +158,14 @@ def shield_final_send(app: ASGIApp) -> ASGIApp:
             return
 
         async def sending(message: Message) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                with trio.CancelScope(shield=True):
+            try:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    with trio.CancelScope(shield=True):
+                        await send(message)
+                else:
                     await send(message)
-            else:
-                await send(message)
+            except trio.BusyResourceError:
+                log.info("the client closed the connection while its response was sent")
 
         await app(scope, receive, sending)
 
@@ -207,6 +238,7 @@ async def serve(
     A model set that does not fit the contract stops the start with `ModelSetError` when the
     backend can be asked at start-up; vocabularies are always checked before binding.
     """
+    sys.setswitchinterval(GIL_SWITCH_SECS)
     owns_backend = recognizer is None
     if recognizer is None:
         recognizer = Recognizer(Engine(create_backend(settings), settings))
@@ -220,7 +252,7 @@ async def serve(
         except (BackendFailure, trio.TooSlowError) as exc:
             log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
         quart_app = cast(ASGIApp, create_app(state))
-        app = track_requests(shield_final_send(close_when_body_unread(quart_app)), state)
+        app = track_requests(guard_sends(close_when_body_unread(quart_app)), state)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_loading, state)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import attrs
 import trio
 
-from amira.core.errors import BackendFailure, CapacityExceeded, TooLarge
+from amira.core.errors import BackendFailure, CapacityExceeded
 from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.metrics import Metrics
@@ -59,10 +59,10 @@ class Admission:
 class BodyBudget:
     """The bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`).
 
-    A request reserves its declared length (or the body limit, when it declares none) before its
-    body is read, all at once, so that requests never hold part of what they need while waiting
-    for the rest; past the budget it is refused at once with `capacity_exceeded`, like a batch
-    over `MAX_CONCURRENT_BATCHES`. Without it, bodies arriving together (Quart buffers each one
+    A request with a declared length reserves all of it before its body is read; one without
+    (chunked) reserves each chunk as it arrives. Past the budget the request is refused at once
+    with `capacity_exceeded`, like a batch over `MAX_CONCURRENT_BATCHES`: it never waits holding
+    part of what it needs. Without the budget, bodies arriving together (Quart buffers each one
     whole) could take gigabytes; with it, they take at most the budget.
     """
 
@@ -71,17 +71,26 @@ class BodyBudget:
     reserved: int = 0
 
     @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        if size > self.total:
-            raise TooLarge(f"the request body is larger than {self.total} bytes")
-        if self.reserved + size > self.total:
-            self.metrics.rejected.labels("body").inc()
-            raise CapacityExceeded("too many request bodies are being received at once; retry shortly")
-        self.reserved += size
+    def hold(self) -> Iterator[BodyHold]:
+        """A hold on the budget for one body; given back when the `with` block ends."""
+        hold = BodyHold(self)
         try:
-            yield
+            yield hold
         finally:
-            self.reserved -= size
+            self.reserved -= hold.size
+
+
+@attrs.define
+class BodyHold:
+    budget: BodyBudget
+    size: int = 0
+
+    def grow(self, size: int) -> None:
+        if self.budget.reserved + size > self.budget.total:
+            self.budget.metrics.rejected.labels("body").inc()
+            raise CapacityExceeded("too many request bodies are being received at once; retry shortly")
+        self.budget.reserved += size
+        self.size += size
 
 
 @attrs.define
