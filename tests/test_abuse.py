@@ -15,6 +15,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 import struct
 import time
 import zlib
@@ -368,6 +369,10 @@ async def test_row5_slow_uploads_hold_no_batch_slot_and_end_with_408(
             response = await http.post(batch_url(server), content=pcm, headers={"Content-Type": "audio/pcm"})
             assert response.status_code == 200 and response.json()["transcription"] == CARD_TEXT
     assert len(answers) == 50
+    metrics = (await http.get(f"{server.url}/metrics")).text
+    assert float(re.search(r'amira_http_responses_total\{status="408"\} (\S+)', metrics)[1]) >= 50
+    assert float(re.search(r'amira_errors_total\{error_type="request_timeout"\} (\S+)', metrics)[1]) >= 50
+    assert server.log.count("answered 408") >= 50
     for hung_up, answer in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert hung_up or (b'"request_timeout"' in answer and b"connection: close" in answer.lower())

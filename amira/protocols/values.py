@@ -58,18 +58,19 @@ DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def json_depth_within(value: object, max_depth: int) -> bool:
-    """Whether `value` nests no deeper than `max_depth` arrays and objects (iteratively: no recursion)."""
+    """Whether `value` nests no more than `max_depth` arrays and objects (`[]` is 1, `[[]]` 2),
+    found level by level, without recursion."""
     level = [value]
-    for _ in range(max_depth + 1):
-        level = [
-            child
-            for item in level
-            if isinstance(item, (list, dict))
-            for child in (item.values() if isinstance(item, dict) else item)
-        ]
-        if not level:
+    for depth in range(max_depth + 1):
+        containers = [item for item in level if isinstance(item, (list, dict))]
+        if not containers:
             return True
-    return False
+        if depth == max_depth:
+            return False
+        level = [
+            child for item in containers for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return True
 
 
 def checked_json(value: object, what: str) -> object:
