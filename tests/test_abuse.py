@@ -19,7 +19,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import httpx
@@ -102,6 +102,23 @@ def measured(server: ServerProcess) -> Iterator[Measurement]:
     measurement.stalled_ticks = ticks_over(loop_before["stall"], loop_after["stall"], "0.05")
 
 
+async def check_bounds(
+    server: ServerProcess, attack: Callable[[], Awaitable[None]], memory: bool = True
+) -> Measurement:
+    """Run `attack` under `measured` and check the bounds. A stall must show twice to count: on this
+    shared machine a worker thread holding the GIL can be preempted for tens of milliseconds, which
+    stalls the loop for reasons of the machine's (a stall of the server's own reproduces: parsing on
+    the loop, or `json.loads` of a whole body in a thread, stalls every run)."""
+    for _ in range(2):
+        with measured(server) as measurement:
+            await attack()
+        if measurement.stalled_ticks == 0:
+            break
+        print(f"stalled, once: {measurement}")
+    measurement.check(memory)
+    return measurement
+
+
 def batch_url(server: ServerProcess, model: str = "default") -> str:
     return f"{server.url}/v2/decode/batch/{model}"
 
@@ -137,21 +154,23 @@ async def test_row1_hours_in_a_small_file_are_refused_at_the_limit(
 ) -> None:
     eight_channels, mono = flac(3600, 8, 8000), flac(3600, 1, 16000)  # 1 h each: 237 KB, 180 KB
     assert len(eight_channels) < 500_000 and len(mono) < 500_000
-    answers = []
-    with measured(server) as measurement:
+    answers: list[httpx.Response] = []
+
+    async def post(content_type: str, body: bytes) -> None:
+        headers = {"Content-Type": content_type}
+        answers.append(await http.post(batch_url(server), content=body, headers=headers))
+
+    async def attack() -> None:
+        answers.clear()
         async with trio.open_nursery() as nursery:
-            for content_type, body in (("audio/flac", eight_channels), ("audio/flac", mono)) * 2:
+            for body in (eight_channels, mono) * 2:
+                nursery.start_soon(post, "audio/flac", body)
+        await post("audio/wav", eight_channels)
 
-                async def post(content_type: str = content_type, body: bytes = body) -> None:
-                    headers = {"Content-Type": content_type}
-                    answers.append(await http.post(batch_url(server), content=body, headers=headers))
-
-                nursery.start_soon(post)
-        mislabelled = await http.post(
-            batch_url(server), content=eight_channels, headers={"Content-Type": "audio/wav"}
-        )
-    measurement.check()
-    for answer in answers:
+    await check_bounds(server, attack)
+    *too_long, mislabelled = answers
+    assert len(too_long) == 4
+    for answer in too_long:
         check_documented(answer, 413, "too_large")
     check_documented(mislabelled, 400, "bad_audio")
     assert "FLAC file" in mislabelled.json()["error"]
@@ -216,11 +235,13 @@ async def test_row3_websocket_compression_is_refused_so_a_bomb_never_inflates(se
     async def one_bomb() -> None:
         answers.append(await send_bomb(server, bomb))
 
-    with measured(server) as measurement:
+    async def attack() -> None:
+        answers.clear()
         async with trio.open_nursery() as nursery:
             for _ in range(10):
                 nursery.start_soon(one_bomb)
-    measurement.check()
+
+    measurement = await check_bounds(server, attack)
     assert measurement.after_mb - measurement.baseline_mb < 10, measurement  # no collection needed
     assert len(answers) == 10
     for answer, closed in answers:
@@ -476,11 +497,13 @@ async def test_row7_ten_16_mib_json_bodies_at_once(server: ServerProcess) -> Non
             headers = {"Content-Type": "application/json"}
             answers.append(await client.post(batch_url(server), content=body, headers=headers))
 
-    with measured(server) as measurement:
+    async def attack() -> None:
+        answers.clear()
         async with trio.open_nursery() as nursery:
             for _ in range(10):
                 nursery.start_soon(post)
-    measurement.check()
+
+    await check_bounds(server, attack)
     parsed = [answer for answer in answers if answer.status_code == 400]
     assert len(parsed) >= 3  # BODY_BUFFER_BYTES: three bodies of 16 MiB at a time
     for answer in parsed:
@@ -512,11 +535,13 @@ async def test_four_clients_sending_30_s_wav_and_json_bodies(server: ServerProce
                 assert response.status_code == 200, response.text
                 texts.append(response.json()["transcription"])
 
-    with measured(server) as measurement:
+    async def attack() -> None:
+        texts.clear()
         async with trio.open_nursery() as nursery:
             for first in range(4):
                 nursery.start_soon(client, first)
-    measurement.check()
+
+    await check_bounds(server, attack)
     assert len(texts) == 12 and len(set(texts)) == 1 and texts[0]
 
 
