@@ -6,10 +6,12 @@ message that names the variable, rather than a guess that fails later under load
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -22,6 +24,39 @@ BODY_BUFFER_BODIES = 3  # the default BODY_BUFFER_BYTES, in batch body limits
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
+
+
+class DecodeMode(enum.Enum):
+    """How the engine drives the greedy decoders' `decoder_joint` calls (`DECODE_MODE`).
+
+    * `batched`: a scheduler per model set runs the calls of every span in progress (batch requests
+      and streams) in one worker thread, as one call with B rows per step;
+    * `span`: each span runs in a worker thread of its own, one thread hand-off per span;
+    * `per-call`: one worker-thread hand-off per call, the way AMIRA first worked (for comparison).
+
+    With Triton, a repository's decode model (`TRITON_DECODE_MODEL`) replaces all three.
+    """
+
+    BATCHED = "batched"
+    SPAN = "span"
+    PER_CALL = "per-call"
+
+
+class TritonDecodeModel(enum.Enum):
+    """Whether spans are decoded by Triton's decode model (`<decoder_joint>_decode`) when it has one."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+
+def _choice(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    def parse(text: str) -> enum.Enum:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
+
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -42,6 +77,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of milliseconds, 0 or more")
     return value
 
 
@@ -112,6 +154,15 @@ def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConf
     return configs
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+
+
 @attrs.frozen
 class Settings:
     triton_endpoint: str | None = None
@@ -145,6 +196,12 @@ class Settings:
     body_buffer_bytes: int | None = None
     stream_max_idle_secs: float = 300.0
     max_streams_per_key: int | None = None
+    decode_mode: DecodeMode = DecodeMode.BATCHED
+    decoder_batch_window_ms: float = 0.0
+    triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
+    # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
+    # behind Triton (production), where an operator turns it on with WEB_UI=true.
+    web_ui: bool | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
@@ -163,11 +220,15 @@ class Settings:
         """Bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`)."""
         return self.body_buffer_bytes or BODY_BUFFER_BODIES * self.max_body_bytes
 
+    @property
+    def web_ui_enabled(self) -> bool:
+        return self.web_ui if self.web_ui is not None else self.triton_endpoint is None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # field -> value of the field's type, as its ENVIRONMENT parser makes it
         for variable, (field, parse) in ENVIRONMENT.items():
             text = environ.get(variable)
             if text is None:
@@ -227,4 +288,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "BODY_BUFFER_BYTES": ("body_buffer_bytes", _positive_int),
     "STREAM_MAX_IDLE_SECS": ("stream_max_idle_secs", _positive_float),
     "MAX_STREAMS_PER_KEY": ("max_streams_per_key", _positive_int),
+    "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
+    "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
+    "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
+    "WEB_UI": ("web_ui", _boolean),
 }

@@ -31,6 +31,7 @@ from amira.server import security
 from amira.server.errors import error_response, exception_response
 from amira.server.state import BodyHold, ServerState, new_id
 from amira.server.stream_handler import add_stream_route
+from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
@@ -167,4 +168,5 @@ def create_app(state: ServerState) -> Quart:
 
     security.install(app, settings, metrics)
     add_stream_route(app, state)
+    add_web_routes(app, state)
     return app

@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 from hypercorn.config import Config
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+    Scope,
+    WebsocketScope,
+)
 
 from amira.core.errors import BackendFailure
 from amira.core.model_set import ModelSetError
@@ -31,10 +41,9 @@ from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
 
-Message = dict[str, Any]
-ASGIReceive = Callable[[], Awaitable[Message]]
-ASGISend = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Message, ASGIReceive, ASGISend], Awaitable[Any]]
+ASGIReceive = ASGIReceiveCallable
+ASGISend = ASGISendCallable
+ASGIApp = ASGIFramework
 
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
@@ -93,8 +102,8 @@ async def watch_event_loop(metrics: Metrics) -> None:
         metrics.event_loop_stall.observe(max(0.0, late - (waited - previous)))
 
 
-def with_header(message: Message, name: bytes, value: bytes) -> Message:
-    """An `http.response.start` message with header `name` set to `value` (replacing it)."""
+def with_header(message: HTTPResponseStartEvent, name: bytes, value: bytes) -> HTTPResponseStartEvent:
+    """The message with header `name` set to `value` (replacing it)."""
     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
     return {**message, "headers": [*headers, (name, value)]}
 
@@ -108,7 +117,7 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
     client opens a fresh connection for its next request.
     """
 
-    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
@@ -117,14 +126,14 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
             b"transfer-encoding" not in headers
         )
 
-        async def receiving() -> Message:
+        async def receiving() -> ASGIReceiveEvent:
             nonlocal body_done
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 
-        async def sending(message: Message) -> None:
+        async def sending(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start" and not body_done:
                 message = with_header(message, b"connection", b"close")
             await send(message)
@@ -152,12 +161,12 @@ def guard_sends(app: ASGIApp) -> ASGIApp:
       The client is gone, so the message is dropped, as Hypercorn does for a broken connection.
     """
 
-    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
 
-        async def sending(message: Message) -> None:
+        async def sending(message: ASGISendEvent) -> None:
             try:
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
                     with trio.CancelScope(shield=True):
@@ -178,26 +187,26 @@ def track_requests(app: ASGIApp, state: ServerState) -> ASGIApp:
     401, 408 and 5xx logged."""
     metrics = state.metrics
 
-    async def wrapped(scope: Message, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] not in ("http", "websocket"):
+    def observe(
+        scope: HTTPScope | WebsocketScope, status: int, headers: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        metrics.http_responses.labels(str(status)).inc()
+        if status in LOGGED_STATUSES or status >= 500:
+            request_id = dict(headers).get(b"x-request-id", b"-").decode("ascii", "backslashreplace")
+            path = scope["raw_path"].decode("ascii", "backslashreplace")
+            method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+            log.warning("%s %s answered %d request_id=%s", method, path, status, request_id)
+
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "lifespan":
             await app(scope, receive, send)
             return
 
-        async def sending(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.http.response.start"):
-                status = int(message["status"])
-                metrics.http_responses.labels(str(status)).inc()
-                if status in LOGGED_STATUSES or status >= 500:
-                    request_id = dict(message.get("headers", [])).get(b"x-request-id", b"-")
-                    log.warning(
-                        "%s %s answered %d request_id=%s",
-                        scope.get("method", "WEBSOCKET"),
-                        scope["raw_path"].decode("ascii", "backslashreplace"),
-                        status,
-                        request_id.decode("ascii", "backslashreplace"),
-                    )
-                if state.shutting_down.is_set() and message["type"] == "http.response.start":
-                    message = with_header(message, b"connection", b"close")
+        async def sending(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start" or message["type"] == "websocket.http.response.start":
+                observe(scope, message["status"], message.get("headers", []))
+            if message["type"] == "http.response.start" and state.shutting_down.is_set():
+                message = with_header(message, b"connection", b"close")
             await send(message)
 
         with state.in_flight.track():
@@ -251,15 +260,16 @@ async def serve(
                 await engine.load()
         except (BackendFailure, trio.TooSlowError) as exc:
             log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
-        quart_app = cast(ASGIApp, create_app(state))
-        app = track_requests(guard_sends(close_when_body_unread(quart_app)), state)
+        app = track_requests(guard_sends(close_when_body_unread(create_app(state))), state)
 
         async with trio.open_nursery() as nursery:
+            if not engine.running:
+                await nursery.start(engine.run)
             nursery.start_soon(keep_loading, state)
             nursery.start_soon(state.drain_after_shutdown)
             nursery.start_soon(watch_event_loop, state.metrics)
             await serve_connections(
-                app,  # type: ignore[arg-type]
+                app,
                 hypercorn_config(settings),
                 state,
                 shutdown_trigger or trio.sleep_forever,

@@ -200,7 +200,8 @@ def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that nothing listens on at the moment (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # typeshed: the address is Any
+        return port
 
 
 def triton_command(
@@ -211,7 +212,7 @@ def triton_command(
     backend_directory: Path | None = None,
     metrics_port: int | None = None,
     grpc_port: int | None = None,
-    exit_timeout: int = 5,
+    exit_timeout: int = 20,  # Python-backend models (the decode model) take seconds to unload
     auto_complete_config: bool = False,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
@@ -258,7 +259,8 @@ def triton_command(
 def _ready_blocking(url: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as response:
-            return response.status == 200
+            status: int = response.status  # typeshed: urlopen returns Any
+            return status == 200
     except (OSError, urllib.error.URLError):
         return False
 
@@ -304,7 +306,7 @@ class TritonProcess:
         grpc_port: int | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 120.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         cache_dir: Path | None = None,
