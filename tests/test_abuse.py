@@ -15,11 +15,15 @@ import base64
 import contextlib
 import io
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 
 import attrs
 import httpx
@@ -31,7 +35,14 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.client import StreamError, open_stream_client
 from amira.server.connections import REFUSALS_AT_ONCE
-from amira.testing.process import HealthPoller, ServerProcess, loop_histograms, running_server, ticks_over
+from amira.testing.process import (
+    HealthPoller,
+    ServerProcess,
+    limit_open_files,
+    loop_histograms,
+    running_server,
+    ticks_over,
+)
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 
 KEYS = ("key-a", "key-b")
@@ -348,6 +359,17 @@ async def test_row4_open_connections_are_bounded_and_refused_cleanly() -> None:
         for stream in streams:
             await stream.aclose()
     assert "Too many open files" not in server.log and "Traceback" not in server.log
+
+
+def test_row4_the_connection_cap_must_fit_the_open_files_limit() -> None:
+    """Beyond the hard limit the server refuses to start, naming the variable (below it, it raises
+    its soft limit: the test above starts with 512 and needs 388)."""
+    env = os.environ | {"MAX_CONNECTIONS": "1000", "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0"}
+    command = [sys.executable, "-m", "amira.cli", "serve"]
+    limit = partial(limit_open_files, 300)
+    ended = subprocess.run(command, env=env, preexec_fn=limit, capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 2, ended.stderr
+    assert ended.stderr.startswith("amira: MAX_CONNECTIONS=1000: needs"), ended.stderr
 
 
 # Row 5: slow uploads ----------------------------------------------------------------------------------------

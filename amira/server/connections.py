@@ -143,9 +143,9 @@ async def serve_connections(
     """Serve `app` on `config.bind` until `shutdown_trigger` returns and the work in flight is done.
 
     `state.shutting_down` is set when the trigger fires; the caller's application refuses new
-    work from then on.
+    work from then on. Call `ensure_descriptors` first, outside any nursery, so that its refusal
+    reaches the command line as itself.
     """
-    ensure_descriptors(state.settings.max_connections)
     refuse_permessage_deflate()
     wrapped = ASGIWrapper(app)
     lifespan_state: LifespanState = {}

@@ -33,7 +33,7 @@ from amira.core.model_set import ModelSetError
 from amira.engine import Engine, create_backend
 from amira.recognizer import Recognizer
 from amira.server.app import create_app
-from amira.server.connections import serve_connections
+from amira.server.connections import ensure_descriptors, serve_connections
 from amira.server.metrics import Metrics
 from amira.server.state import ServerState
 from amira.server.stream_handler import HYPERCORN_FRAME_FACTOR
@@ -247,6 +247,7 @@ async def serve(
     A model set that does not fit the contract stops the start with `ModelSetError` when the
     backend can be asked at start-up; vocabularies are always checked before binding.
     """
+    ensure_descriptors(settings.max_connections)
     sys.setswitchinterval(GIL_SWITCH_SECS)
     owns_backend = recognizer is None
     if recognizer is None:

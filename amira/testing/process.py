@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -77,7 +78,8 @@ class ServerProcess:
         os.killpg(self.pid, signum)
 
 
-def _limit_open_files(count: int) -> None:
+def limit_open_files(count: int) -> None:
+    """`ulimit -n count`, soft and hard: a `preexec_fn` for a server process."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
@@ -97,7 +99,7 @@ def running_server(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=None if open_files is None else (lambda: _limit_open_files(open_files)),
+        preexec_fn=None if open_files is None else partial(limit_open_files, open_files),
     )
     lines: list[str] = []
     bound = threading.Event()
