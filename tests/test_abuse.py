@@ -89,12 +89,6 @@ class Measurement:
     late_ticks: float = 0.0
     stalled_ticks: float = 0.0
 
-    def check(self, memory: bool = True) -> None:
-        print(f"measured: {self}")
-        if memory:
-            assert self.growth_mb < MEMORY_MB, self
-        assert self.polls > 0 and self.stalled_ticks == 0, self
-
 
 @contextlib.contextmanager
 def measured(server: ServerProcess) -> Iterator[Measurement]:
@@ -116,17 +110,19 @@ def measured(server: ServerProcess) -> Iterator[Measurement]:
 async def check_bounds(
     server: ServerProcess, attack: Callable[[], Awaitable[None]], memory: bool = True
 ) -> Measurement:
-    """Run `attack` under `measured` and check the bounds. A stall must show twice to count: on this
-    shared machine a worker thread holding the GIL can be preempted for tens of milliseconds, which
-    stalls the loop for reasons of the machine's (a stall of the server's own reproduces: parsing on
-    the loop, or `json.loads` of a whole body in a thread, stalls every run)."""
+    """Run `attack` under `measured` and check the bounds. The memory bound holds for every run; a
+    stall must show twice to count: on this shared machine a worker thread holding the GIL can be
+    preempted for tens of milliseconds, which stalls the loop for reasons of the machine's (a stall
+    of the server's own reproduces: parsing on the loop, or `json.loads` of a whole body in a
+    thread, stalls every run)."""
     for _ in range(2):
         with measured(server) as measurement:
             await attack()
+        print(f"measured: {measurement}")
+        assert not memory or measurement.growth_mb < MEMORY_MB, measurement
         if measurement.stalled_ticks == 0:
             break
-        print(f"stalled, once: {measurement}")
-    measurement.check(memory)
+    assert measurement.polls > 0 and measurement.stalled_ticks == 0, measurement
     return measurement
 
 
@@ -563,7 +559,7 @@ async def test_four_clients_sending_30_s_wav_and_json_bodies(server: ServerProce
             for first in range(4):
                 nursery.start_soon(client, first)
 
-    await check_bounds(server, attack)
+    await check_bounds(server, attack, memory=False)  # the issue bounds only the stall here
     assert len(texts) == 12 and len(set(texts)) == 1 and texts[0]
 
 
