@@ -144,8 +144,9 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
 
 
 def guard_sends(app: ASGIApp) -> ASGIApp:
-    """ASGI middleware around two faults of Hypercorn's sending under Quart-Trio (both show with a
-    minimal Quart-Trio app and no AMIRA code; `tests/test_runner.py` has them).
+    """ASGI middleware around two faults of Hypercorn's sending under Quart-Trio: the first shows with
+    a minimal Quart-Trio app and no AMIRA code (`tests/test_runner.py`), the second under load
+    (`tests/test_abuse.py`, row 5; `tests/test_hostile_input.py`).
 
     * The last `http.response.body` message is sent shielded from cancellation. Quart-Trio runs a
       request as two tasks, and the one that reads the request's messages ends the request as soon
@@ -156,13 +157,14 @@ def guard_sends(app: ASGIApp) -> ASGIApp:
       and shutdown waits for its graceful timeout whenever an idle keep-alive client is connected.
       Shielding that one send lets Hypercorn finish; its socket writes are shielded already.
     * A send that meets Hypercorn closing the connection (a client that hung up in the middle of
-      its upload: Hypercorn's reader closes the socket while the response is being written) raises
-      `trio.BusyResourceError`, which Hypercorn logs as an application error with a traceback.
-      The client is gone, so the message is dropped, as Hypercorn does for a broken connection.
+      its upload, or of a WebSocket handshake: Hypercorn's reader closes the socket while a
+      response or a close frame is being written) raises `trio.BusyResourceError`, which
+      Hypercorn and Quart log as an application error with a traceback. The client is gone, so
+      the message is dropped, as Hypercorn does for a broken connection.
     """
 
     async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await app(scope, receive, send)
             return
 
@@ -174,7 +176,7 @@ def guard_sends(app: ASGIApp) -> ASGIApp:
                 else:
                     await send(message)
             except trio.BusyResourceError:
-                log.info("the client closed the connection while its response was sent")
+                log.info("the client closed the connection while a message to it was sent")
 
         await app(scope, receive, sending)
 
