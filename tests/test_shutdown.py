@@ -50,11 +50,23 @@ async def open_connection(server: ServerProcess) -> trio.SocketStream:
     return await trio.open_tcp_stream(host, int(port))
 
 
+async def read_response(stream: trio.SocketStream) -> bytes:
+    """One whole response (head and `Content-Length` body), which may come in several pieces."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+    while len(body) < length:
+        body += await stream.receive_some(4096)
+    return head + b"\r\n\r\n" + body
+
+
 async def test_sigterm_with_an_idle_keep_alive_client_exits_within_a_second(server: ServerProcess) -> None:
     idle = await open_connection(server)
     async with idle:
         await idle.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await idle.receive_some(4096)).startswith(b"HTTP/1.1 200")
+        assert (await read_response(idle)).startswith(b"HTTP/1.1 200")
         server.signal(signal.SIGTERM)
         assert await exit_code(server, within=1.0) == 0
 
@@ -96,7 +108,7 @@ async def test_sigterm_finalises_streams_and_batches_in_flight_then_exits_at_onc
         await trio.sleep(0.2)
         idle = await open_connection(server)
         await idle.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await idle.receive_some(4096)).startswith(b"HTTP/1.1 200")
+        assert (await read_response(idle)).startswith(b"HTTP/1.1 200")
         uploading = await open_connection(server)  # a batch request whose body is half sent
         head = "POST /v2/decode/batch/default HTTP/1.1\r\nHost: x\r\nContent-Type: audio/pcm\r\n"
         await uploading.send_all(f"{head}Content-Length: {len(CARD_PCM)}\r\n\r\n".encode())
