@@ -141,7 +141,6 @@ async def test_sigterm_finalises_streams_and_batches_in_flight_then_exits_at_onc
         await uploading.aclose()
         assert answer.startswith(b"HTTP/1.1 200") and b"ten of clubs" in answer
     assert await exit_code(server, within=signalled + DRAIN_SECS + 1 - trio.current_time()) == 0
-    assert trio.current_time() - signalled < DRAIN_SECS + 1
     assert codes == {0: 1001, 1: 1001, 2: 1001}
     for final in finals.values():
         assert final["is_final"] and final["metadata"]["tokens"]
