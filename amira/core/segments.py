@@ -27,8 +27,8 @@ Between two segments the audio is searched for speech (`SpeechOnset`) and not de
 preprocessor normalises each window on its own, and a window of silence alone makes the model
 invent words. The next segment starts `PREROLL_FRAMES` before the first loud frame. So segments
 need not tile the stream: the silence between them belongs to neither (every sample is still
-counted in the stream's audio, and speech is never skipped: a frame only 30 dB under the speech
-before it, or 6 dB over the pause's floor, opens the next segment). A segment that an onset opened
+counted in the stream's audio, and quiet speech is not skipped: a frame louder than -30 dB under
+the speech before it and 6 dB over the pause's floor opens the next segment). A segment that an onset opened
 but that gets no token before `endpointing` of non-speech (a cough, a door) is dropped unreported.
 """
 
