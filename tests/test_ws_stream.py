@@ -19,7 +19,7 @@ from amira.client import StreamError, open_stream_client, to_pcm16
 from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
-from amira.testing.conversation import check_segment_rules
+from amira.testing.conversation import check_segment_rules, without_timing
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
 from amira.testing.servers import embedded_settings
 
@@ -57,13 +57,6 @@ def check_results(results: list[dict]) -> None:
     committed only grows and transcription always starts with it."""
     assert [r["status"] for r in results].count("COMPLETE") == 1
     check_segment_rules(results)
-
-
-def without_timing(result: dict) -> dict:
-    """A result without what depends on when it was sent: its processing time, and for a segment
-    final the audio received by then."""
-    audio = result["metadata"]["audio_seconds"] if result["status"] == "COMPLETE" else None
-    return result | {"metadata": result["metadata"] | {"processing_time_ms": None, "audio_seconds": audio}}
 
 
 @pytest.mark.parametrize("model", ["tdt", "rnnt"])

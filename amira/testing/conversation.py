@@ -33,7 +33,7 @@ def check_segment_rules(results: Sequence[dict]) -> None:
             assert segment["id"] == previous["segment"]["id"], result
             assert segment["start"] == previous["segment"]["start"], result
             assert result["committed"].startswith(previous["committed"]), (previous, result)
-            assert (result["committed"], result["transcription"]) != (
+            assert result["is_final"] or (result["committed"], result["transcription"]) != (
                 previous["committed"],
                 previous["transcription"],
             ), result
@@ -54,6 +54,14 @@ def check_segment_rules(results: Sequence[dict]) -> None:
         f["segment"] for f in finals
     ]
     assert [s["text"] for s in metadata["segments"]] == [f["transcription"] for f in finals]
+
+
+def without_timing(result: dict) -> dict:
+    """A result without what depends on when it was sent: its processing time, and for a segment
+    final the audio received by then."""
+    audio = result["metadata"]["audio_seconds"] if result["status"] == "COMPLETE" else None
+    metadata = result["metadata"] | {"processing_time_ms": None, "audio_seconds": audio}
+    return result | {"metadata": metadata}
 
 
 def segment_finals(results: Sequence[dict]) -> list[dict]:
