@@ -51,7 +51,9 @@ async def recognizer() -> AsyncIterator[Recognizer]:
         yield recognizer
 
 
-NO_REFRESHES = SegmentOptions(interim_secs=None)  # partials only from the windows: they depend on the sample count
+NO_REFRESHES = SegmentOptions(
+    interim_secs=None
+)  # partials only from the windows: they depend on the sample count
 
 
 async def stream_audio(
