@@ -58,7 +58,7 @@ MIN_SEGMENT_SECS = 1.0
 MAX_SEGMENT_SECS = 300.0  # bounds the size of every partial and segment final
 DEFAULT_ENDPOINTING_MS = 640
 DEFAULT_MAX_SEGMENT_SECS = 30.0
-DEFAULT_INTERIM_SECS = 0.4
+DEFAULT_INTERIM_SECS = 0.8
 
 
 @attrs.frozen

@@ -141,7 +141,11 @@ async def _send_within(text: str, seconds: float) -> None:
 
 async def _send(stream: Stream, protocol: NativeStream, state: ServerState, model: str) -> None:
     async for result in stream:
-        await _send_within(protocol.result_message(result), state.settings.stream_timeout_secs)
+        if result.end_of_stream:  # the whole stream's words: an hour's is about 0.5 MB of JSON
+            message = await trio.to_thread.run_sync(protocol.result_message, result)
+        else:
+            message = protocol.result_message(result)
+        await _send_within(message, state.settings.stream_timeout_secs)
         if result.end_of_stream:
             state.metrics.audio_seconds.labels(model, "stream").inc(result.audio_seconds)
             return
