@@ -9,8 +9,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
 import trio
 
@@ -43,7 +45,7 @@ class Progress:
                 print(file=sys.stderr)
 
 
-def read_audio_file(path: Path) -> np.ndarray:
+def read_audio_file(path: Path) -> npt.NDArray[np.float32]:
     """A sound file, or headerless 16 kHz s16le PCM when the name ends in .raw or .pcm."""
     data = path.read_bytes()
     if path.suffix.lower() in (".raw", ".pcm"):
@@ -157,7 +159,7 @@ class PartialLine:
     def __init__(self, as_json: bool) -> None:
         self.as_json, self.tty = as_json, sys.stdout.isatty()
 
-    def __call__(self, result: dict) -> None:
+    def __call__(self, result: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(result), flush=True)
         elif result.get("status") == "COMPLETE" and not self.tty:
@@ -188,8 +190,8 @@ async def stream_to_server(args: argparse.Namespace) -> int:
             args.url, samples.mean(axis=1), rate, args.frame_ms / 1000, not args.fast, PartialLine(args.json)
         )
     except* (StreamError, HandshakeError, OSError) as group:
-        for exc in group.exceptions:
-            print(f"\namira: {exc}", file=sys.stderr)
+        for error in group.exceptions:
+            print(f"\namira: {error}", file=sys.stderr)
         status = 1
     return status
 
@@ -275,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-size", type=int, choices=[80, 128], help="--from-nemo: default from the encoder"
     )
 
-    for sub in (transcribe, serve, stream, triton, build):
+    from amira.tooling.model_fetch import add_model_command
+
+    fetch = add_model_command(commands)
+    for sub in (transcribe, serve, stream, triton, build, fetch):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -296,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "stream":
         return trio.run(stream_to_server, args)
+    if args.command == "model":
+        from amira.tooling.model_fetch import run_model_command
+
+        return run_model_command(args)
     overrides = {
         key: getattr(args, key, None)
         for key in ("server_host", "server_port", "triton_endpoint", "model_repository", "model_sets_file")

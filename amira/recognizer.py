@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
@@ -37,7 +39,7 @@ class Recognizer:
 
     async def transcribe(
         self,
-        samples: np.ndarray,
+        samples: npt.NDArray[Any],
         model: str = "default",
         policy: CallPolicy | None = None,
     ) -> Transcript:
@@ -89,7 +91,12 @@ async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Rec
     try:
         engine = Engine(backend, settings)
         await engine.load()
-        yield Recognizer(engine)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            try:
+                yield Recognizer(engine)
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()

@@ -6,10 +6,12 @@ message that names the variable, rather than a guess that fails later under load
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -20,6 +22,39 @@ from amira.models import shipped_repository
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
+
+
+class DecodeMode(enum.Enum):
+    """How the engine drives the greedy decoders' `decoder_joint` calls (`DECODE_MODE`).
+
+    * `batched`: a scheduler per model set runs the calls of every span in progress (batch requests
+      and streams) in one worker thread, as one call with B rows per step;
+    * `span`: each span runs in a worker thread of its own, one thread hand-off per span;
+    * `per-call`: one worker-thread hand-off per call, the way AMIRA first worked (for comparison).
+
+    With Triton, a repository's decode model (`TRITON_DECODE_MODEL`) replaces all three.
+    """
+
+    BATCHED = "batched"
+    SPAN = "span"
+    PER_CALL = "per-call"
+
+
+class TritonDecodeModel(enum.Enum):
+    """Whether spans are decoded by Triton's decode model (`<decoder_joint>_decode`) when it has one."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+
+def _choice(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    def parse(text: str) -> enum.Enum:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
+
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -65,6 +100,13 @@ def _max_segment_secs(text: str) -> float:
 def _interim_secs(text: str) -> float | None:
     value = _non_negative_float(text)
     return value or None
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of milliseconds, 0 or more")
+    return value
 
 
 def _port(text: str) -> int:
@@ -134,6 +176,15 @@ def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConf
     return configs
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+
+
 @attrs.frozen
 class Settings:
     triton_endpoint: str | None = None
@@ -164,12 +215,22 @@ class Settings:
     stream_endpointing_ms: int | None = segments.DEFAULT_ENDPOINTING_MS
     stream_max_segment_secs: float = segments.DEFAULT_MAX_SEGMENT_SECS
     stream_interim_secs: float | None = segments.DEFAULT_INTERIM_SECS
+    decode_mode: DecodeMode = DecodeMode.BATCHED
+    decoder_batch_window_ms: float = 0.0
+    triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
+    # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
+    # behind Triton (production), where an operator turns it on with WEB_UI=true.
+    web_ui: bool | None = None
+
+    @property
+    def web_ui_enabled(self) -> bool:
+        return self.web_ui if self.web_ui is not None else self.triton_endpoint is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # field -> value of the field's type, as its ENVIRONMENT parser makes it
         for variable, (field, parse) in ENVIRONMENT.items():
             text = environ.get(variable)
             if text is None:
@@ -234,4 +295,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "STREAM_ENDPOINTING_MS": ("stream_endpointing_ms", _endpointing_ms),
     "STREAM_MAX_SEGMENT_SECS": ("stream_max_segment_secs", _max_segment_secs),
     "STREAM_INTERIM_SECS": ("stream_interim_secs", _interim_secs),
+    "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
+    "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
+    "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
+    "WEB_UI": ("web_ui", _boolean),
 }

@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -110,7 +110,7 @@ class Stream:
         self._received = 0
         self._open_text = ""  # of the open segment's latest result
         self._current: OpenSegment | SpeechOnset = self._open_segment(0)
-        self._audio_send, self._audio_receive = trio.open_memory_channel[np.ndarray | _Finalize](
+        self._audio_send, self._audio_receive = trio.open_memory_channel[npt.NDArray[np.float32] | _Finalize](
             input_capacity
         )
         self._results_send, self._results_receive = trio.open_memory_channel[StreamResult](output_capacity)
@@ -120,7 +120,7 @@ class Stream:
         """The whole stream's text so far: what an error message shows as "so far"."""
         return join_texts([*(segment.text for segment in self._finished), self._open_text])
 
-    async def send_audio(self, samples: np.ndarray) -> None:
+    async def send_audio(self, samples: npt.NDArray[Any]) -> None:
         """Queue 16 kHz mono samples (copied); waits while the infer task is behind."""
         samples = np.array(samples, dtype=np.float32)
         if samples.ndim != 1:
@@ -231,6 +231,7 @@ class Stream:
             [*committed, *tentative], energies, window.commit_start, window.commit_stop
         )
         if boundary is None:
+            segment.decoded_frames = stop
             segment.weaver.commit(committed)
             segment.weaver.propose(tentative)
             segment.tail_end = window.stop_sample
@@ -249,6 +250,7 @@ class Stream:
         if window is not None and window.commit_stop > self._state.frame:
             encoded, stop = await self._encode(segment.chunker.samples(window), window)
             segment.weaver.commit(await self._run_decoder(self._state, encoded, window.first_frame, stop))
+            segment.decoded_frames = stop
         segment.weaver.propose(())
 
     async def _refresh(self, segment: OpenSegment) -> None:
@@ -305,7 +307,9 @@ class Stream:
         """The segment's final result; the segment joins the finished ones for `COMPLETE`."""
         model_set = self._model_set
         emissions = segment.weaver.committed
-        words = words_from_emissions(model_set.vocabulary, emissions, model_set.frame_seconds)
+        words = words_from_emissions(
+            model_set.vocabulary, emissions, model_set.frame_seconds, segment.decoded_frames
+        )
         text = model_set.vocabulary.detokenize(e.token for e in emissions)
         finished = Segment(
             span=segment.span(segment.chunker.total_samples, MODEL_SAMPLE_RATE),

@@ -241,7 +241,7 @@ def result(status: ResultStatus, **fields: object) -> StreamResult:
         "committed": "four",
         "tokens": (3, 4),
         "token_frames": (1, 5),
-        "words": (Word("four", 0.08, 0.16), Word("queen", 0.4, 0.48)),
+        "words": (Word("four", 0.08, 0.16, 0.9), Word("queen", 0.4, 0.48, 0.5)),
         "audio_seconds": 2.0,
         "processing_time_ms": 1.25,
     }
@@ -266,10 +266,11 @@ def test_documents_of_partials_segment_finals_and_complete() -> None:
     assert final["metadata"]["tokens"] == [3, 4] and final["metadata"]["words"][1]["word"] == "queen"
     finalized = result_document(result(ResultStatus.FINAL, segment=span, ended_by=SegmentEnd.FINALIZE))
     assert (finalized["speech_final"], finalized["from_finalize"]) == (False, True)
-    segment = Segment(span, "four queen", (3, 4), (1, 5), (), SegmentEnd.ENDPOINT)
+    words = (Word("four", 2.4, 2.5, 0.9), Word("queen", 2.6, 2.8, 0.5))
+    segment = Segment(span, "four queen", (3, 4), (1, 5), words, SegmentEnd.ENDPOINT)
     complete = result_document(result(ResultStatus.COMPLETE, segments=(segment,)))
     assert complete["status"] == "COMPLETE" and "segment" not in complete
     assert complete["metadata"]["segments"] == [
-        {"id": 1, "start": 2.3, "end": 3.1, "text": "four queen", "confidence": None}
+        {"id": 1, "start": 2.3, "end": 3.1, "text": "four queen", "confidence": 0.7}
     ]
     json.dumps(complete)

@@ -8,10 +8,12 @@ cannot be cancelled, only abandoned, which would leave work running that nobody 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime
 import trio
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
@@ -20,7 +22,9 @@ from amira.core.errors import BackendError, BackendUnavailable
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.models import model_file
 
-ONNX_DTYPES = {
+T = TypeVar("T")
+
+ONNX_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
@@ -86,19 +90,27 @@ class EmbeddedBackend:
             return False
         return True
 
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Sequence[str],
-        limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]:
-        session = self._sessions.get(model) or await trio.to_thread.run_sync(self._session, model)
+    def infer_blocking(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        session = self._session(model)
         try:
-            results = await trio.to_thread.run_sync(session.run, list(outputs), dict(inputs), limiter=limiter)
+            results = session.run(list(outputs), dict(inputs))
         except ORT_ERRORS as exc:
             raise BackendError(f"model {model!r} failed: {exc}") from exc
         return dict(zip(outputs, results, strict=True))
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, npt.NDArray[Any]]:
+        return await trio.to_thread.run_sync(self.infer_blocking, model, inputs, outputs, limiter=limiter)
+
+    async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+        return await trio.to_thread.run_sync(work, limiter=limiter)
 
     async def aclose(self) -> None:
         self._sessions.clear()

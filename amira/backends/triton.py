@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
@@ -34,7 +35,7 @@ from amira.core.tensors import ModelMetadata, TensorSpec
 T = TypeVar("T")
 
 # Triton datatypes (metadata and infer protocol) <-> numpy
-TRITON_TO_NUMPY: dict[str, np.dtype] = {
+TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "INT8": np.dtype(np.int8),
     "INT16": np.dtype(np.int16),
@@ -48,7 +49,7 @@ TRITON_TO_NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-NUMPY_TO_TRITON: dict[np.dtype, str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
+NUMPY_TO_TRITON: dict[np.dtype[Any], str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
 
 _UNAVAILABLE_MARKERS = ("unknown model", "not found", "not ready", "unavailable", "is not loaded")
 
@@ -231,13 +232,10 @@ class TritonBackend:
         except BackendFailure:
             return False
 
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Sequence[str],
-        limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]:
+    def _request(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> Callable[[Any], dict[str, npt.NDArray[Any]]]:
+        """The inference call as an action on a thread's client."""
         import tritonclient.http as triton_http
 
         request_inputs = []
@@ -251,7 +249,7 @@ class TritonBackend:
             request_inputs.append(tensor)
         requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
 
-        def run(client: Any) -> dict[str, np.ndarray]:
+        def run(client: Any) -> dict[str, npt.NDArray[Any]]:
             result = client.infer(model, request_inputs, outputs=requested)
             arrays = {}
             for name in outputs:
@@ -261,7 +259,29 @@ class TritonBackend:
                 arrays[name] = np.array(array)  # a writable copy: as_numpy views the response buffer
             return arrays
 
-        return await self._call(run, f"inference on {model!r}", limiter)
+        return run
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, npt.NDArray[Any]]:
+        return await self._call(self._request(model, inputs, outputs), f"inference on {model!r}", limiter)
+
+    def infer_blocking(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """One call from a `run_blocking` thread, on that thread's client; bounded by the socket timeouts."""
+        return self._in_thread(self._request(model, inputs, outputs), f"inference on {model!r}")
+
+    async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+        """`work` in one worker thread, never abandoned: it may hold state that the caller owns. Each of
+        its calls is bounded by the socket timeouts, and it stops at the next call when cancelled."""
+        if self._closed:
+            raise BackendUnavailable("the Triton backend is closed")
+        return await trio.to_thread.run_sync(work, limiter=limiter)
 
     async def aclose(self) -> None:
         """Refuse further calls. Clients of other threads close when their (idle) threads end."""

@@ -265,7 +265,8 @@ class OpenSegment:
 
     Frames and samples count from the segment's start, `start_sample` in the stream. `tail_end` is
     the segment sample up to which the tentative tail was decoded; an interim refresh is due once
-    `interim_samples` more have arrived.
+    `interim_samples` more have arrived. `decoded_frames` is where committed decoding stopped: the
+    end of the segment's last word.
     """
 
     id: int
@@ -274,6 +275,7 @@ class OpenSegment:
     weaver: TokenWeaver
     endpointer: Endpointer
     tail_end: int = 0
+    decoded_frames: int = 0
 
     @classmethod
     def open(

@@ -21,6 +21,7 @@ because decoding always starts at the stream decoder state's frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -129,11 +130,11 @@ class Chunker:
     """
 
     config: StreamingConfig
-    _pieces: list[np.ndarray] = attrs.field(factory=list, init=False)
+    _pieces: list[npt.NDArray[np.float32]] = attrs.field(factory=list, init=False)
     _buffer_start: int = attrs.field(default=0, init=False)  # absolute sample of the first buffered one
     _total: int = attrs.field(default=0, init=False)
     _next_frame: int = attrs.field(default=0, init=False)  # where the next chunk starts
-    _latest: tuple[Window, np.ndarray] | None = attrs.field(default=None, init=False)
+    _latest: tuple[Window, npt.NDArray[np.float32]] | None = attrs.field(default=None, init=False)
 
     @property
     def total_samples(self) -> int:
@@ -148,7 +149,7 @@ class Chunker:
         """Where the next chunk starts: every frame before it is committed."""
         return self._next_frame
 
-    def feed(self, samples: np.ndarray) -> None:
+    def feed(self, samples: npt.NDArray[Any]) -> None:
         """Append samples (copied: the caller may reuse its array)."""
         piece = np.array(samples, dtype=np.float32).reshape(-1)
         if piece.size:
@@ -215,7 +216,7 @@ class Chunker:
         self._pieces, self._buffer_start, self._total = [], cut, cut
         return final, rest
 
-    def samples(self, window: Window) -> np.ndarray:
+    def samples(self, window: Window) -> npt.NDArray[np.float32]:
         """The audio to encode for `window`, which must be the latest window returned."""
         if self._latest is None or self._latest[0] is not window:
             raise ValueError(f"the samples of {window} are no longer buffered: only the latest window's are")

@@ -12,6 +12,7 @@ import json
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from amira.core import audio
 from amira.core.errors import BadRequest, TooLarge, UnsupportedMediaType
@@ -26,7 +27,7 @@ NO_OPAQUE = object()
 
 @attrs.frozen
 class BatchInput:
-    samples: np.ndarray
+    samples: npt.NDArray[np.float32]
     opaque: object = NO_OPAQUE
 
 
@@ -82,7 +83,13 @@ def parse_batch_body(
 
 
 def word_document(word: Word) -> dict[str, object]:
-    return {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3)}
+    """A word of `metadata.words`: times in seconds to the millisecond, confidence to 4 decimals."""
+    return {
+        "word": word.word,
+        "start": round(word.start, 3),
+        "end": round(word.end, 3),
+        "confidence": round(word.confidence, 4),
+    }
 
 
 def batch_document(

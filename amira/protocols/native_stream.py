@@ -183,11 +183,7 @@ def span_document(span: SegmentSpan) -> dict[str, object]:
 
 
 def segment_document(segment: Segment) -> dict[str, object]:
-    confidence = segment.confidence
-    return span_document(segment.span) | {
-        "text": segment.text,
-        "confidence": None if confidence is None else round(confidence, 4),
-    }
+    return span_document(segment.span) | {"text": segment.text, "confidence": round(segment.confidence, 4)}
 
 
 def result_document(result: StreamResult) -> dict[str, object]:

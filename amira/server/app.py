@@ -21,6 +21,7 @@ from amira.server import security
 from amira.server.errors import error_response, exception_response
 from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
+from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
@@ -100,7 +101,7 @@ def create_app(state: ServerState) -> Quart:
         return response
 
     async def _transcribe_request(model: str, started: float) -> Response:
-        body = await request.get_data(cache=False)
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         parsed = parse_batch_body(
             request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
         )
@@ -111,4 +112,5 @@ def create_app(state: ServerState) -> Quart:
 
     security.install(app, settings)
     add_stream_route(app, state)
+    add_web_routes(app, state)
     return app

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.segments import SegmentOptions
@@ -20,14 +21,14 @@ DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by 
 HELD_OUT = DATA / "held_out"  # held-out synthetic utterances joined, 8 s or more each, by the training recipe
 
 
-def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> np.ndarray:
+def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> npt.NDArray[np.float32]:
     """The recordings one after the other, `repeats` times, each followed by a pause of faint noise."""
     return joined_utterances(paths, repeats, seed)[0]
 
 
 def joined_utterances(
     paths: Sequence[Path], repeats: int = 1, seed: int = 0
-) -> tuple[np.ndarray, list[tuple[int, int]]]:
+) -> tuple[npt.NDArray[np.float32], list[tuple[int, int]]]:
     """`joined(...)`, and the sample span of each recording in it."""
     rng = np.random.default_rng(seed)
     pieces, spans, position = [], [], 0
@@ -41,7 +42,7 @@ def joined_utterances(
     return np.concatenate(pieces), spans
 
 
-def held_out_utterances(samples: np.ndarray) -> list[tuple[int, int]]:
+def held_out_utterances(samples: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
     """The sample spans of the utterances of a held-out long recording: the recipe joins them with
     pauses of digital silence, 0.3 s or more."""
     silent = np.concatenate([[0], (samples == 0).astype(np.int8), [0]])
@@ -50,7 +51,7 @@ def held_out_utterances(samples: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if b - a > HELD_OUT_MIN_PAUSE]
 
 
-def long_recordings() -> dict[str, np.ndarray]:
+def long_recordings() -> dict[str, npt.NDArray[np.float32]]:
     return {
         "domain x1 (18 s)": joined(DOMAIN, 1),
         "domain x3 (55 s)": joined(DOMAIN, 3),
@@ -58,7 +59,7 @@ def long_recordings() -> dict[str, np.ndarray]:
     }
 
 
-def held_out() -> list[tuple[str, np.ndarray, str]]:
+def held_out() -> list[tuple[str, npt.NDArray[np.float32], str]]:
     """(file name, samples, reference) of the recipe's joined held-out recordings, 8 s or more each."""
     out = []
     for line in (HELD_OUT / "transcripts.tsv").read_text(encoding="utf-8").splitlines():
@@ -69,7 +70,7 @@ def held_out() -> list[tuple[str, np.ndarray, str]]:
 
 async def streamed_final(
     recognizer: Recognizer,
-    samples: np.ndarray,
+    samples: npt.NDArray[np.float32],
     model: str,
     frame: int = 1600,
     options: SegmentOptions | None = None,
@@ -89,4 +90,6 @@ async def streamed_final(
         final = None
         async for result in stream:
             final = result
+    if final is None:
+        raise RuntimeError("the stream ended without a final result")
     return final
