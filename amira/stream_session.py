@@ -109,7 +109,9 @@ class Stream:
         self._finished: list[Segment] = []
         self._received = 0
         self._open_text = ""  # of the open segment's latest result
-        self._current: OpenSegment | SpeechOnset = self._open_segment(0)
+        self._current = self._after_segment(
+            0, lead_frames=loaded.streaming.chunk_frames + loaded.streaming.right_frames
+        )
         self._audio_send, self._audio_receive = trio.open_memory_channel[npt.NDArray[np.float32] | _Finalize](
             input_capacity
         )
@@ -163,13 +165,14 @@ class Stream:
             self._next_id, start_sample, self._loaded.streaming, self._config, self._model_set.vocabulary
         )
 
-    def _after_segment(self, position: int) -> OpenSegment | SpeechOnset:
-        """What follows a segment that stopped at stream sample `position`: with endpointing, a
-        search for the next speech (decoding silence on its own only invents words); without, the
-        next segment at once."""
+    def _after_segment(self, position: int, lead_frames: int = 0) -> OpenSegment | SpeechOnset:
+        """What follows a segment that stopped at stream sample `position` (or the start of the
+        stream): with endpointing, a search for the next speech (decoding silence on its own only
+        invents words); without, the next segment at once."""
         if self._config.endpointing_frames is None:
             return self._open_segment(position)
-        return SpeechOnset(position, self._speech_level, self._model_set.frame_samples, PREROLL_FRAMES)
+        frame_samples = self._model_set.frame_samples
+        return SpeechOnset(position, self._speech_level, frame_samples, PREROLL_FRAMES, lead_frames)
 
     async def _feed(self, samples: npt.NDArray[np.float32]) -> None:
         pending = samples
@@ -267,15 +270,18 @@ class Stream:
         await self._send_partial(segment, started)
 
     async def _end_segment(self, reason: SegmentEnd) -> None:
-        """Finalize or the end of the stream: the open segment ends with all its audio. Finalize
-        always gets a final (an empty one between segments); at the end of the stream, a segment
-        without a token has none."""
+        """Finalize or the end of the stream: the open segment ends with all its audio (at the start
+        of a stream, the audio still within the lead is one). Finalize always gets a final (an empty
+        one between segments); at the end of the stream, a segment without a token has none."""
         started = time.perf_counter()
         segment = self._current
         if isinstance(segment, SpeechOnset):
-            if reason is not SegmentEnd.FINALIZE:
+            early = segment.within_lead()
+            if early is None and reason is not SegmentEnd.FINALIZE:
                 return
-            segment = self._open_segment(self._received)
+            segment = self._open_segment(self._received if early is None else early[0])
+            if early is not None:
+                segment.chunker.feed(early[1])
         await self._commit_final(segment, segment.chunker.flush())
         if reason is SegmentEnd.END_OF_STREAM and not segment.weaver.committed:
             return

@@ -8,6 +8,7 @@ are also checked against the segment rules of api.md (`check_segment_rules`).
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -161,6 +162,44 @@ async def test_the_embedded_api_gives_the_same_segments(
         )
         for f in over_the_wire
     ]
+
+
+async def test_the_maximum_segment_length_bounds_segments_without_endpointing(
+    server: tuple[str, Recognizer], conversation: tuple[np.ndarray, list[tuple[int, int]]]
+) -> None:
+    audio, _ = conversation
+    results = await stream(server[0], audio, query="?endpointing=false&max_segment_secs=5")
+    finals = segment_finals(results)
+    assert len(finals) >= 3
+    for final in finals:
+        assert not final["speech_final"] and not final["from_finalize"]
+        first_word = (
+            final["metadata"]["words"][0]["start"]
+            if final["metadata"]["words"]
+            else final["segment"]["start"]
+        )
+        assert final["segment"]["end"] - first_word <= 5 + 1.6 + 0.08  # checked on committed chunks
+    assert all(a["segment"]["end"] == b["segment"]["start"] for a, b in itertools.pairwise(finals))  # no gaps
+
+
+async def test_silence_before_the_first_words_is_left_out_of_the_first_segment(
+    server: tuple[str, Recognizer], conversation: tuple[np.ndarray, list[tuple[int, int]]]
+) -> None:
+    _, recognizer = server
+    card = read_recording(DOMAIN[2])
+    silence = (0.003 * np.random.default_rng(1).standard_normal(3 * RATE)).astype(np.float32)
+    results = []
+    async with recognizer.open_stream("default") as session, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            await session.send_audio(np.concatenate([silence, card]))
+            await session.end()
+
+        nursery.start_soon(send)
+        results = [result async for result in session]
+    (final,) = [r for r in results if r.is_final and not r.end_of_stream]
+    assert final.segment.id == 0 and 2.5 <= final.segment.start <= 3.0
+    assert final.transcription == (await recognizer.transcribe(card)).text
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,21 @@ def test_speech_onset_skips_non_speech_and_keeps_a_preroll() -> None:
     np.testing.assert_array_equal(audio[-speech.size :], speech)
 
 
+def test_at_the_start_of_a_stream_only_a_silence_longer_than_the_lead_is_skipped() -> None:
+    frame, quiet, loud = 4, np.full(4, QUIET, np.float32), np.full(4, LOUD, np.float32)
+    early = SpeechOnset(position=0, reference=0.0, frame_samples=frame, preroll_frames=1, lead_frames=6)
+    found = early.feed(np.concatenate([quiet] * 5 + [loud]))
+    assert found is not None and found[0] == 0 and found[1].size == 6 * frame
+    late = SpeechOnset(position=0, reference=0.0, frame_samples=frame, preroll_frames=1, lead_frames=6)
+    assert late.feed(np.concatenate([quiet] * 5)) is None
+    held = late.within_lead()  # a stream ending now gets its quiet start decoded
+    assert held is not None and held[0] == 0 and held[1].size == 5 * frame
+    assert late.feed(np.concatenate([quiet] * 4)) is None
+    assert late.within_lead() is None
+    found = late.feed(loud)
+    assert found is not None and found[0] == 8 * frame and found[1].size == 2 * frame
+
+
 def test_speech_onset_needs_more_than_the_pause_floor_and_a_fraction_of_the_speech_before() -> None:
     onset = SpeechOnset(position=0, reference=LOUD, frame_samples=4, preroll_frames=0)
     too_quiet = segments.GATE_OF_ONSET * LOUD * 0.9

@@ -23,9 +23,11 @@ first chunk be cut before anything was committed, so that it is decoded, from a 
 batch decode of its own audio: a pause is where normalisation and encoder context should stop
 (design notes §6). The segment keeps `TRAILING_FRAMES` of the non-speech after its last speech.
 
-Between two segments the audio is searched for speech (`SpeechOnset`) and not decoded: the
-preprocessor normalises each window on its own, and a window of silence alone makes the model
-invent words. The next segment starts `PREROLL_FRAMES` before the first loud frame. So segments
+Between two segments, and at the start of a stream, the audio is searched for speech
+(`SpeechOnset`) and not decoded: the preprocessor normalises each window on its own, and a window of
+silence alone makes the model invent words. The next segment starts `PREROLL_FRAMES` before the
+first loud frame (the first segment at the stream's start, unless the silence there is longer than
+the first window). So segments
 need not tile the stream: the silence between them belongs to neither (every sample is still
 counted in the stream's audio, and quiet speech is not skipped: a frame louder than -30 dB under
 the speech before it and 6 dB over the pause's floor opens the next segment). A segment that an onset opened
@@ -233,14 +235,18 @@ class SpeechOnset:
 
     A frame is loud when its RMS exceeds both `GATE_OF_ONSET` of `reference` (the speech level of
     the segment before) and `GATE_OF_FLOOR` times the quietest frame seen here. Frames are counted
-    from `position`, the stream sample where the search began; only the pre-roll is buffered.
+    from `position`, the stream sample where the search began; only the pre-roll is buffered, except
+    that a loud frame within the first `lead_frames` starts the segment at `position` itself (at
+    the start of a stream: only a silence longer than the first window is skipped).
     """
 
     position: int
     reference: float
     frame_samples: int
     preroll_frames: int
+    lead_frames: int = 0
     _buffer: npt.NDArray[np.float32] = attrs.field(factory=lambda: np.zeros(0, np.float32), init=False)
+    _skipped: int = attrs.field(default=0, init=False)  # frames dropped since the search began
     _floor: float = attrs.field(default=math.inf, init=False)
 
     def feed(self, samples: npt.NDArray[np.float32]) -> tuple[int, npt.NDArray[np.float32]] | None:
@@ -252,11 +258,23 @@ class SpeechOnset:
         for index, energy in enumerate(frame_energies(buffer[: whole * frame_samples], frame_samples)):
             self._floor = min(self._floor, float(energy))
             if energy > max(GATE_OF_ONSET * self.reference, GATE_OF_FLOOR * self._floor):
-                start = max(0, index - self.preroll_frames) * frame_samples
+                lead = self._skipped + index < self.lead_frames
+                start = 0 if lead else max(0, index - self.preroll_frames) * frame_samples
                 return self.position + start, buffer[start:]
-        keep = max(0, whole - self.preroll_frames) * frame_samples
+        keep = 0
+        if self._skipped + whole >= self.lead_frames:
+            keep = max(0, whole - self.preroll_frames) * frame_samples
         self._buffer, self.position = buffer[keep:].copy(), self.position + keep
+        self._skipped += keep // frame_samples
         return None
+
+    def within_lead(self) -> tuple[int, npt.NDArray[np.float32]] | None:
+        """The audio so far and where it starts, while it is all within the lead: a stream that ends
+        (or is finalized) this early gets it decoded, quiet or not."""
+        frames = self._skipped + self._buffer.size // self.frame_samples
+        if not self._buffer.size or frames >= self.lead_frames:
+            return None
+        return self.position, self._buffer
 
 
 @attrs.define

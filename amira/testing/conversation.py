@@ -4,11 +4,13 @@ helpers to match segments with the utterances of joined recordings."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 SAMPLE_RATE = 16_000
+Result = dict[str, Any]  # one JSON result of the native stream
 
 
-def check_segment_rules(results: Sequence[dict]) -> None:
+def check_segment_rules(results: Sequence[Result]) -> None:
     """One `COMPLETE` at the end, whose text, tokens, words and segments are those of the segment
     finals before it; partials and the final of one segment share its id and start, ids count up
     from 0, segments do not overlap; within a segment, `committed` only grows, `transcription`
@@ -18,8 +20,8 @@ def check_segment_rules(results: Sequence[dict]) -> None:
     assert complete["status"] == "COMPLETE" and complete["is_final"] is True, complete
     assert "segment" not in complete
     assert all(r["status"] == "ACTIVE" for r in body)
-    finals: list[dict] = []
-    previous: dict | None = None
+    finals: list[Result] = []
+    previous: Result | None = None
     for result in body:
         segment = result["segment"]
         assert result["transcription"].startswith(result["committed"]), result
@@ -56,7 +58,7 @@ def check_segment_rules(results: Sequence[dict]) -> None:
     assert [s["text"] for s in metadata["segments"]] == [f["transcription"] for f in finals]
 
 
-def without_timing(result: dict) -> dict:
+def without_timing(result: Result) -> Result:
     """A result without what depends on when it was sent: its processing time, and for a segment
     final the audio received by then."""
     audio = result["metadata"]["audio_seconds"] if result["status"] == "COMPLETE" else None
@@ -64,11 +66,11 @@ def without_timing(result: dict) -> dict:
     return result | {"metadata": metadata}
 
 
-def segment_finals(results: Sequence[dict]) -> list[dict]:
+def segment_finals(results: Sequence[Result]) -> list[Result]:
     return [r for r in results if r["is_final"] and r["status"] == "ACTIVE"]
 
 
-def overlapping(finals: Sequence[dict], span: tuple[int, int]) -> list[dict]:
+def overlapping(finals: Sequence[Result], span: tuple[int, int]) -> list[Result]:
     """The segment finals with text whose audio overlaps the sample span `span`."""
     start, stop = span[0] / SAMPLE_RATE, span[1] / SAMPLE_RATE
     return [
