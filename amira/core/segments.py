@@ -27,11 +27,15 @@ Between two segments, and at the start of a stream, the audio is searched for sp
 (`SpeechOnset`) and not decoded: the preprocessor normalises each window on its own, and a window of
 silence alone makes the model invent words. The next segment starts `PREROLL_FRAMES` before the
 first loud frame (the first segment at the stream's start, unless the silence there is longer than
-the first window). So segments
-need not tile the stream: the silence between them belongs to neither (every sample is still
-counted in the stream's audio, and quiet speech is not skipped: a frame louder than -30 dB under
-the speech before it and 6 dB over the pause's floor opens the next segment). A segment that an onset opened
-but that gets no token before `endpointing` of non-speech (a cough, a door) is dropped unreported.
+the first window). So segments need not tile the stream: the silence between them belongs to
+neither (every sample is still counted in the stream's audio, and quiet speech is not skipped: a
+frame louder than -30 dB under the speech before it and 6 dB over the pause's floor opens the next
+segment). A segment that gets no token before `endpointing` of non-speech (a cough or a door
+opened it) is dropped unreported. Without endpointing there is no search: segments follow each
+other.
+
+Until a quiet frame has set a segment's floor (speech from its first sample on), the energy gate
+finds nothing loud, and only tokens count as speech.
 """
 
 from __future__ import annotations
