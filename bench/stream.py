@@ -7,10 +7,10 @@
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
 C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s), one segment per stream and no interim
 refreshes (`STREAM_ENDPOINTING_MS=false`, `STREAM_INTERIM_SECS=0`: the windows alone, as this
-benchmark times them), and `MAX_CONCURRENT_STREAMS` raised to the largest N asked for. Stream j sends two LibriVox clips one after the other (8 to 11 s; which two
-rotates with j) in 100 ms frames against an absolute clock; stream j starts j/N of a chunk after
-the first, so that their windows do not all fall due at the same instant. Per scenario (N streams,
-one repetition):
+benchmark times them), and `MAX_CONCURRENT_STREAMS` raised to the largest N asked for. Stream j
+sends two LibriVox clips one after the other (8 to 11 s; which two rotates with j) in 100 ms frames
+against an absolute clock; stream j starts j/N of a chunk after the first, so that their windows do
+not all fall due at the same instant. Per scenario (N streams, one repetition):
 
 * partial latency: the server cuts window i once it holds more than (i+1)·C + Rc seconds of audio,
   and every result says how much audio it had (`metadata.audio_seconds`), which names the window
