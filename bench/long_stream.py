@@ -6,8 +6,11 @@ Streams `--minutes` of the demo model's held-out long recordings and the real re
 `tests/data` joined with pauses, over and over, through `recognizer.open_stream` on the embedded
 backend (default settings: endpointing, interim refreshes), sending frames as fast as the stream
 takes them. For every result it records where in the audio it came from, the processing time of
-the window behind it (`processing_time_ms`: encoder, decoder and the segment's text) and the size
-of its native-protocol JSON message; and, with `tracemalloc`, the memory AMIRA's code holds. It
+the window behind it (`processing_time_ms`: encoder, decoder and the segment's text, wall clock),
+the CPU time the process and its event-loop thread spent since the result before (what another
+job on a shared machine does not inflate as much; the loop thread's is where text is built), and
+the size of its native-protocol JSON message; and, with `tracemalloc`, the memory AMIRA's code
+holds. It
 prints the medians and maxima for the first and the last five minutes side by side, and their
 ratio (the target: at most 1.2). Only `COMPLETE` grows with the stream: it is built once, and its
 size and build time are printed too. The machine may be shared: the ratio compares two stretches of
@@ -73,6 +76,7 @@ async def main(args: argparse.Namespace) -> None:
                 await stream.end()
 
             nursery.start_soon(send)
+            cpu, loop_cpu = time.process_time(), time.thread_time()
             async for result in stream:
                 encoded = time.perf_counter()
                 size = len(json.dumps(result_document(result)).encode())
@@ -82,10 +86,13 @@ async def main(args: argparse.Namespace) -> None:
                         "kind": kind,
                         "at": result.audio_seconds,
                         "ms": result.processing_time_ms,
+                        "cpu_ms": (time.process_time() - cpu) * 1000,
+                        "loop_cpu_ms": (time.thread_time() - loop_cpu) * 1000,
                         "bytes": size,
                         "document_ms": (time.perf_counter() - encoded) * 1000,
                     }
                 )
+                cpu, loop_cpu = time.process_time(), time.thread_time()
         elapsed = time.perf_counter() - started
     tracemalloc.stop()
     seconds = audio.size / SAMPLE_RATE
@@ -102,6 +109,8 @@ async def main(args: argparse.Namespace) -> None:
     table = []
     for kind, key, label in (
         ("partial", "ms", "processing ms per window (partials)"),
+        ("partial", "cpu_ms", "process CPU ms per partial"),
+        ("partial", "loop_cpu_ms", "event-loop thread CPU ms per partial"),
         ("final", "ms", "processing ms per segment final"),
         ("partial", "bytes", "partial message bytes"),
         ("final", "bytes", "segment final message bytes"),
