@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 
-from amira.core import audio
+from amira.core import audio, segments
 from amira.core.errors import BadRequest
 
 MAX_JSON_DEPTH = 32  # nesting of any JSON value a client sends (an `opaque` is echoed back)
 SHOWN_CHARS = 40  # of a bad value, in an error message
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_NUMBER_CHARS = 12  # longer numbers from the wire are refused before they are converted
 
 
 def shown(value: object) -> str:
@@ -87,3 +88,46 @@ def parse_json(text: str, what: str = "the JSON") -> object:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, digit limit, NaN; deep nesting
         raise BadRequest(f"{what} is not valid JSON: {shown(str(exc))}") from None
     return checked_json(value, what)
+
+
+def _number(name: str, text: str) -> float:
+    """A plain ASCII decimal number (digits, at most one point): no signs, exponents, "nan", "²"."""
+    digits = text.strip()
+    whole, point, fraction = digits.partition(".")
+    if (
+        not digits.isascii()
+        or len(digits) > MAX_NUMBER_CHARS
+        or not (whole + fraction).isdigit()
+        or (point and not fraction)
+    ):
+        raise BadRequest(f"{name} must be a number, got {shown(text)}")
+    return float(digits)
+
+
+def parse_endpointing(text: str) -> int | None:
+    """`endpointing`: `false`, or whole milliseconds of non-speech that end a segment."""
+    if text.strip() == "false":
+        return None
+    value = _number("endpointing", text)
+    low, high = segments.MIN_ENDPOINTING_MS, segments.MAX_ENDPOINTING_MS
+    if not value.is_integer() or not low <= value <= high:
+        raise BadRequest(
+            f"endpointing must be false or whole milliseconds from {low} to {high}, got {shown(text)}"
+        )
+    return int(value)
+
+
+def parse_max_segment_secs(text: str) -> float:
+    """`max_segment_secs`: seconds, within the bounds that keep every message small."""
+    value = _number("max_segment_secs", text)
+    low, high = segments.MIN_SEGMENT_SECS, segments.MAX_SEGMENT_SECS
+    if not low <= value <= high:
+        raise BadRequest(f"max_segment_secs must be from {low:g} to {high:g} seconds, got {shown(text)}")
+    return value
+
+
+def parse_bool(name: str, text: str) -> bool:
+    """`true` or `false`, nothing else."""
+    if text.strip() in ("true", "false"):
+        return text.strip() == "true"
+    raise BadRequest(f"{name} must be true or false, got {shown(text)}")
