@@ -365,6 +365,11 @@ class DeepgramLive:
 
     def error_message(self, error: AmiraError, stream_id: str) -> str | None:
         self.phase = LivePhase.CLOSED
-        return json.dumps(
-            {"type": "Error", "variant": error.error_type, "description": f"{error} (stream {stream_id})"}
-        )
+        return live_error_message(error, stream_id)
+
+
+def live_error_message(error: AmiraError, stream_id: str) -> str:
+    """The `Error` message that precedes the close frame of a failed (or refused) live stream."""
+    return json.dumps(
+        {"type": "Error", "variant": error.error_type, "description": f"{error} (stream {stream_id})"}
+    )

@@ -56,7 +56,7 @@ def _part(raw: bytes) -> FormPart:
         headers[name.strip().lower()] = value.strip()
     disposition = _header_params(headers.get("content-disposition", ""), "content-disposition")
     field = disposition.get_param("name", header="content-disposition")
-    if disposition.get_content_type() != "form-data" or not isinstance(field, str):
+    if disposition.get_content_disposition() != "form-data" or not isinstance(field, str):
         raise BadRequest("a multipart part has no Content-Disposition: form-data; name=...")
     filename = disposition.get_filename()
     content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
