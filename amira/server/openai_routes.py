@@ -11,7 +11,7 @@ import time
 
 from quart import Quart, Response, jsonify, request, websocket
 
-from amira.core.errors import BadRequest
+from amira.core.errors import BadRequest, UnknownModel
 from amira.protocols import openai_audio
 from amira.protocols.native_batch import SOUND_FILE_TYPES, parse_batch_body
 from amira.protocols.openai_realtime import RealtimeTranscription
@@ -35,7 +35,7 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
     async def openai_model(model: str) -> Response:
         try:
             engine.check_known(model)
-        except BadRequest as exc:
+        except UnknownModel as exc:
             return dialect_error_response(request.path, exc)
         return jsonify(openai_audio.model_document(model, created))
 
@@ -80,7 +80,7 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
         subprotocol = (
             REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in websocket.requested_subprotocols else None
         )
-        if websocket.args.get("intent", "transcription") != "transcription":
+        if websocket.args.get("intent") != "transcription":
             refused = BadRequest("only transcription sessions are served: connect with ?intent=transcription")
             await refuse_live(
                 state, "openai", refused, protocol.error_message(refused, stream_id), subprotocol
