@@ -9,8 +9,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
 import trio
 
@@ -43,7 +45,7 @@ class Progress:
                 print(file=sys.stderr)
 
 
-def read_audio_file(path: Path) -> np.ndarray:
+def read_audio_file(path: Path) -> npt.NDArray[np.float32]:
     """A sound file, or headerless 16 kHz s16le PCM when the name ends in .raw or .pcm."""
     data = path.read_bytes()
     if path.suffix.lower() in (".raw", ".pcm"):
@@ -156,7 +158,7 @@ class PartialLine:
     def __init__(self, as_json: bool) -> None:
         self.as_json, self.tty = as_json, sys.stdout.isatty()
 
-    def __call__(self, result: dict) -> None:
+    def __call__(self, result: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(result), flush=True)
         elif result.get("status") == "COMPLETE":
@@ -183,8 +185,8 @@ async def stream_to_server(args: argparse.Namespace) -> int:
             args.url, samples.mean(axis=1), rate, args.frame_ms / 1000, not args.fast, PartialLine(args.json)
         )
     except* (StreamError, HandshakeError, OSError) as group:
-        for exc in group.exceptions:
-            print(f"\namira: {exc}", file=sys.stderr)
+        for error in group.exceptions:
+            print(f"\namira: {error}", file=sys.stderr)
         status = 1
     return status
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
@@ -35,7 +37,7 @@ class StreamError(Exception):
         self.error_type, self.code = error_type, code
 
 
-def to_pcm16(samples: np.ndarray) -> bytes:
+def to_pcm16(samples: npt.NDArray[np.floating[Any]]) -> bytes:
     return (np.clip(samples, -1.0, (PCM16_SCALE - 1) / PCM16_SCALE) * PCM16_SCALE).astype("<i2").tobytes()
 
 
@@ -57,11 +59,11 @@ class StreamClient:
     async def end(self) -> None:
         await self.connection.send_message(END_OF_STREAM)
 
-    async def send_samples_frame(self, samples: np.ndarray) -> None:
+    async def send_samples_frame(self, samples: npt.NDArray[np.floating[Any]]) -> None:
         await self.send_pcm(to_pcm16(samples))
 
     async def send_samples(
-        self, samples: np.ndarray, frame_seconds: float = 0.1, realtime: bool = False
+        self, samples: npt.NDArray[np.floating[Any]], frame_seconds: float = 0.1, realtime: bool = False
     ) -> None:
         """Send float samples at the stream's rate in frames of `frame_seconds`, then end the stream.
 
@@ -78,7 +80,9 @@ class StreamClient:
         await self.end()
 
     async def send_live(
-        self, source: trio.MemoryReceiveChannel[np.ndarray], keepalive_secs: float = DEFAULT_KEEPALIVE_SECS
+        self,
+        source: trio.MemoryReceiveChannel[npt.NDArray[np.floating[Any]]],
+        keepalive_secs: float = DEFAULT_KEEPALIVE_SECS,
     ) -> None:
         """Send what a live source produces, as it comes, then end the stream when the source closes.
 
@@ -98,24 +102,24 @@ class StreamClient:
                     await self.send_samples_frame(samples)
         await self.end()
 
-    async def wait_closed(self) -> int:
+    async def wait_closed(self) -> int | None:
         """The close code the server sends; messages before it are dropped. Bound it with a cancel scope."""
         try:
             while True:
                 await self.connection.get_message()
         except ConnectionClosed as closed:
-            self.close_code = closed.reason.code
+            self.close_code = None if closed.reason is None else closed.reason.code
         return self.close_code
 
-    async def results(self) -> AsyncIterator[dict]:
+    async def results(self) -> AsyncIterator[dict[str, Any]]:
         while True:
             try:
                 message = await self.connection.get_message()
             except ConnectionClosed as closed:
-                self.close_code = closed.reason.code
-                message = f"closed with {closed.reason.code} before the final result"
-                raise StreamError(message, None, closed.reason.code) from None
-            result = json.loads(message)
+                self.close_code = None if closed.reason is None else closed.reason.code
+                message = f"closed with {self.close_code} before the final result"
+                raise StreamError(message, None, self.close_code) from None
+            result: dict[str, Any] = json.loads(message)
             if result.get("status") == "ERROR":
                 with trio.move_on_after(CLOSE_WAIT_SECS):
                     await self.wait_closed()
@@ -137,16 +141,16 @@ async def open_stream_client(url: str, sample_rate: int = MODEL_SAMPLE_RATE) -> 
 
 async def stream_file(
     url: str,
-    samples: np.ndarray,
+    samples: npt.NDArray[np.floating[Any]],
     sample_rate: int,
     frame_seconds: float,
     realtime: bool,
-    show: Callable[[dict], None],
-) -> dict:
+    show: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     """Stream one recording, call `show` with every result, and return the final one."""
     async with open_stream_client(url, sample_rate) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, samples, frame_seconds, realtime)
-        final: dict = {}
+        final: dict[str, Any] = {}
         async for result in client.results():
             show(result)
             final = result

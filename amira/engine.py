@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.backends.base import Backend
@@ -47,7 +49,7 @@ class CallPolicy:
 class Encoded:
     """Encoder output of one utterance or window: `frames` is `[D, T']`, `length` the valid T'."""
 
-    frames: np.ndarray
+    frames: npt.NDArray[np.float32]
     length: int
     features_length: int
 
@@ -184,10 +186,10 @@ class Engine:
         self,
         model_set: ModelSet,
         role: str,
-        inputs: dict[str, np.ndarray],
+        inputs: dict[str, npt.NDArray[Any]],
         outputs: tuple[str, ...],
         policy: CallPolicy,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, npt.NDArray[Any]]:
         """One backend call for a model of the set, counted and timed, retried through an outage."""
         give_up_at = trio.current_time() + policy.ride_through_secs
         while True:
@@ -205,7 +207,9 @@ class Engine:
                     self.on_call(model_set.name, role, time.perf_counter() - started)
             await trio.sleep(OUTAGE_RETRY_SECS)
 
-    async def encode(self, model_set: ModelSet, samples: np.ndarray, policy: CallPolicy) -> Encoded:
+    async def encode(
+        self, model_set: ModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
+    ) -> Encoded:
         """Preprocessor and encoder over one piece of 16 kHz audio."""
         pre = await self._infer(
             model_set,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
@@ -36,7 +38,7 @@ class Recognizer:
 
     async def transcribe(
         self,
-        samples: np.ndarray,
+        samples: npt.NDArray[Any],
         model: str = "default",
         policy: CallPolicy | None = None,
     ) -> Transcript:

@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -141,7 +142,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # field -> value of the field's type, as its ENVIRONMENT parser makes it
         for variable, (field, parse) in ENVIRONMENT.items():
             text = environ.get(variable)
             if text is None:

@@ -23,15 +23,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.audio import MODEL_SAMPLE_RATE
 from amira.core.decoding import DecoderState, Emission, GreedyDecoder
 from amira.core.errors import BackendError, BadAudio
-from amira.core.transcript import ResultStatus, StreamResult, words_from_emissions
+from amira.core.transcript import ResultStatus, StreamResult, Word, words_from_emissions
 from amira.core.windowing import Chunker, Snapshot, TokenWeaver, Window
 from amira.engine import Engine, LoadedModelSet
 
@@ -63,13 +64,13 @@ class Stream:
         self._state, self._scratch = state, scratch
         self._chunker = Chunker(loaded.streaming)
         self._weaver = TokenWeaver(loaded.model_set.vocabulary)
-        self._audio_send, self._audio_receive = trio.open_memory_channel[np.ndarray | _Finalize](
+        self._audio_send, self._audio_receive = trio.open_memory_channel[npt.NDArray[np.float32] | _Finalize](
             input_capacity
         )
         self._results_send, self._results_receive = trio.open_memory_channel[StreamResult](output_capacity)
         self.transcription = ""  # of the latest result: what an error message shows as "so far"
 
-    async def send_audio(self, samples: np.ndarray) -> None:
+    async def send_audio(self, samples: npt.NDArray[Any]) -> None:
         """Queue 16 kHz mono samples (copied); waits while the infer task is behind."""
         samples = np.array(samples, dtype=np.float32)
         if samples.ndim != 1:
@@ -138,7 +139,7 @@ class Stream:
 
     async def _send(self, snapshot: Snapshot, started: float, status: ResultStatus) -> None:
         emissions = snapshot.emissions
-        words = ()
+        words: tuple[Word, ...] = ()
         if status is not ResultStatus.PARTIAL:
             words = words_from_emissions(self._model_set.vocabulary, emissions, self._model_set.frame_seconds)
         self.transcription = snapshot.transcription

@@ -8,9 +8,9 @@ above it owns decoding; the failures a backend may raise are the `BackendFailure
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.tensors import ModelMetadata
@@ -32,9 +32,9 @@ class Backend(Protocol):
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]: ...
+    ) -> dict[str, npt.NDArray[Any]]: ...
 
     async def aclose(self) -> None: ...

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime
 import trio
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
@@ -20,7 +22,7 @@ from amira.core.errors import BackendError, BackendUnavailable
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.models import model_file
 
-ONNX_DTYPES = {
+ONNX_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
@@ -89,11 +91,14 @@ class EmbeddedBackend:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]:
-        session = self._sessions.get(model) or await trio.to_thread.run_sync(self._session, model)
+    ) -> dict[str, npt.NDArray[Any]]:
+        if model in self._sessions:
+            session = self._sessions[model]
+        else:
+            session = await trio.to_thread.run_sync(self._session, model)
         try:
             results = await trio.to_thread.run_sync(session.run, list(outputs), dict(inputs), limiter=limiter)
         except ORT_ERRORS as exc:

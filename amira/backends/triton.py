@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
@@ -34,7 +35,7 @@ from amira.core.tensors import ModelMetadata, TensorSpec
 T = TypeVar("T")
 
 # Triton datatypes (metadata and infer protocol) <-> numpy
-TRITON_TO_NUMPY: dict[str, np.dtype] = {
+TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "INT8": np.dtype(np.int8),
     "INT16": np.dtype(np.int16),
@@ -48,7 +49,7 @@ TRITON_TO_NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-NUMPY_TO_TRITON: dict[np.dtype, str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
+NUMPY_TO_TRITON: dict[np.dtype[Any], str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
 
 _UNAVAILABLE_MARKERS = ("unknown model", "not found", "not ready", "unavailable", "is not loaded")
 
@@ -234,10 +235,10 @@ class TritonBackend:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, npt.NDArray[Any]]:
         import tritonclient.http as triton_http
 
         request_inputs = []
@@ -251,7 +252,7 @@ class TritonBackend:
             request_inputs.append(tensor)
         requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
 
-        def run(client: Any) -> dict[str, np.ndarray]:
+        def run(client: Any) -> dict[str, npt.NDArray[Any]]:
             result = client.infer(model, request_inputs, outputs=requested)
             arrays = {}
             for name in outputs:

@@ -6,8 +6,10 @@ The models want 16 kHz mono; everything else is converted here, once, at the edg
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
 import soxr
 
@@ -27,14 +29,14 @@ def check_sample_rate(rate: int) -> int:
     return rate
 
 
-def pcm16_to_float(data: bytes) -> np.ndarray:
+def pcm16_to_float(data: bytes) -> npt.NDArray[np.float32]:
     """s16le bytes (an even number: the protocols check it) to float32 samples."""
     if len(data) % 2:
         raise ValueError(f"s16le PCM must have an even number of bytes, got {len(data)}")
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / PCM16_SCALE
 
 
-def to_mono(samples: np.ndarray) -> np.ndarray:
+def to_mono(samples: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Mix `[n]` or `[n, channels]` down to `[n]` float32."""
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 2:
@@ -44,13 +46,16 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def resample(samples: np.ndarray, rate: int, target: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+def resample(
+    samples: npt.NDArray[np.float32], rate: int, target: int = MODEL_SAMPLE_RATE
+) -> npt.NDArray[np.float32]:
     if rate == target or samples.size == 0:
         return samples
-    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+    resampled: npt.NDArray[np.float32] = soxr.resample(samples, rate, target, quality="HQ")  # untyped
+    return resampled.astype(np.float32, copy=False)
 
 
-def from_float(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+def from_float(samples: npt.NDArray[Any], rate: int = MODEL_SAMPLE_RATE) -> npt.NDArray[np.float32]:
     """Float samples at any supported rate, mono or `[n, channels]`, to model input."""
     samples = to_mono(samples)
     if not np.all(np.isfinite(samples)):
@@ -58,11 +63,11 @@ def from_float(samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray
     return require_audio(resample(samples, check_sample_rate(rate)))
 
 
-def from_pcm16(data: bytes, rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+def from_pcm16(data: bytes, rate: int = MODEL_SAMPLE_RATE) -> npt.NDArray[np.float32]:
     return require_audio(resample(pcm16_to_float(data), check_sample_rate(rate)))
 
 
-def from_sound_file(data: bytes) -> np.ndarray:
+def from_sound_file(data: bytes) -> npt.NDArray[np.float32]:
     """A WAV, FLAC or OGG file's bytes, decoded, mixed down and resampled."""
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
@@ -71,7 +76,7 @@ def from_sound_file(data: bytes) -> np.ndarray:
     return from_float(samples, rate)
 
 
-def require_audio(samples: np.ndarray) -> np.ndarray:
+def require_audio(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     if samples.size == 0:
         raise BadAudio("the audio is empty")
     return samples
@@ -86,12 +91,13 @@ class StreamResampler:
             None if rate == MODEL_SAMPLE_RATE else soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32")
         )
 
-    def push(self, pcm: bytes) -> np.ndarray:
+    def push(self, pcm: bytes) -> npt.NDArray[np.float32]:
         samples = pcm16_to_float(pcm)
         return samples if self._soxr is None else self._soxr.resample_chunk(samples)
 
-    def flush(self) -> np.ndarray:
+    def flush(self) -> npt.NDArray[np.float32]:
         """What the resampler still holds; the stream's last audio."""
         if self._soxr is None:
             return np.zeros(0, np.float32)
-        return self._soxr.resample_chunk(np.zeros(0, np.float32), last=True)
+        rest: npt.NDArray[np.float32] = self._soxr.resample_chunk(np.zeros(0, np.float32), last=True)
+        return rest  # annotated: soxr has no type information

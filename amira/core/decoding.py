@@ -17,6 +17,7 @@ from typing import Literal
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 NEMO_MAX_SYMBOLS_PER_STEP = 10
 
@@ -60,8 +61,8 @@ class DecoderState:
     """
 
     last: int
-    h: np.ndarray
-    c: np.ndarray
+    h: npt.NDArray[np.float32]
+    c: npt.NDArray[np.float32]
     frame: int = 0
     symbols_on_frame: int = 0
 
@@ -129,7 +130,9 @@ class GreedyDecoder:
         self._pending = JointCall(start, stop, self.state.last)
         return self._pending
 
-    def receive(self, logits: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+    def receive(
+        self, logits: npt.NDArray[np.float32], h: npt.NDArray[np.float32], c: npt.NDArray[np.float32]
+    ) -> None:
         """Walk the pending call's logits (`[K, W]`) until a token is emitted or the frames run out.
 
         `h`, `c` are the call's `output_states`; they become the state only if a token is emitted.

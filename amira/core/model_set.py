@@ -8,7 +8,7 @@ vocabulary or tensor that does not fit would otherwise fail, or worse, answer no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -20,7 +20,7 @@ from amira.core.vocabulary import Vocabulary
 F32, I64, I32 = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int32)
 
 # name -> (dtype, rank) for each model's inputs and outputs, as the NeMo export has them.
-CONTRACT: dict[str, tuple[dict[str, tuple[np.dtype, int]], dict[str, tuple[np.dtype, int]]]] = {
+CONTRACT: dict[str, tuple[dict[str, tuple[np.dtype[Any], int]], dict[str, tuple[np.dtype[Any], int]]]] = {
     "preprocessor": (
         {"waveforms": (F32, 2), "waveforms_lens": (I64, 1)},
         {"features": (F32, 3), "features_lens": (I64, 1)},
@@ -137,6 +137,14 @@ def _check_tensors(role: str, model: str, metadata: ModelMetadata) -> list[str]:
     return problems
 
 
+def _require(metadata: ModelMetadata, direction: Literal["input", "output"], name: str) -> TensorSpec:
+    """A tensor that `_check_tensors` has already found; should it be missing, a clear error all the same."""
+    spec = metadata.input(name) if direction == "input" else metadata.output(name)
+    if spec is None:
+        raise ModelSetError(f"model {metadata.name!r} has no {direction} {name!r}")
+    return spec
+
+
 def _static(spec: TensorSpec, axis: int, what: str) -> int:
     size = spec.shape[axis]
     if size < 1:
@@ -159,26 +167,27 @@ def validate_model_set(
         raise ModelSetError(f"model set {config.name!r} does not fit the contract: " + "; ".join(problems))
     prefix = f"model set {config.name!r}"
     pre, enc, joint = metadata["preprocessor"], metadata["encoder"], metadata["decoder_joint"]
-    features = pre.output("features").shape[1]
-    feature_size = _static(enc.input("audio_signal"), 1, f"{prefix}: the encoder's feature size")
+    features = _require(pre, "output", "features").shape[1]
+    feature_size = _static(_require(enc, "input", "audio_signal"), 1, f"{prefix}: the encoder's feature size")
     if features > 0 and features != feature_size:
         raise ModelSetError(
             f"{prefix}: the preprocessor makes {features} features, the encoder wants {feature_size}"
         )
-    encoder_dim = _static(enc.output("outputs"), 1, f"{prefix}: the encoder's output size")
-    joint_dim = joint.input("encoder_outputs").shape[1]
+    encoder_dim = _static(_require(enc, "output", "outputs"), 1, f"{prefix}: the encoder's output size")
+    joint_dim = _require(joint, "input", "encoder_outputs").shape[1]
     if joint_dim > 0 and joint_dim != encoder_dim:
         raise ModelSetError(
             f"{prefix}: the encoder outputs {encoder_dim} values a frame, decoder_joint wants {joint_dim}"
         )
-    state_1, state_2 = joint.input("input_states_1"), joint.input("input_states_2")
+    state_1 = _require(joint, "input", "input_states_1")
+    state_2 = _require(joint, "input", "input_states_2")
     layers = _static(state_1, 0, f"{prefix}: the LSTM layer count")
     hidden = _static(state_1, 2, f"{prefix}: the LSTM state size")
     if state_2.shape[0] not in (-1, layers) or state_2.shape[2] not in (-1, hidden):
         raise ModelSetError(
             f"{prefix}: input_states_1 {state_1.shape} and input_states_2 {state_2.shape} differ"
         )
-    width = _static(joint.output("outputs"), 3, f"{prefix}: the joint width")
+    width = _static(_require(joint, "output", "outputs"), 3, f"{prefix}: the joint width")
     size = vocabulary.size
     if width < size:
         raise ModelSetError(

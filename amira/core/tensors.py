@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import numpy as np
 
@@ -11,7 +13,7 @@ class TensorSpec:
     """One input or output of a model; `-1` marks a dynamic dimension."""
 
     name: str
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shape: tuple[int, ...]
 
     @property

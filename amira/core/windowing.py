@@ -21,9 +21,11 @@ because decoding always starts at the stream decoder state's frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from amira.core.decoding import Emission
 from amira.core.vocabulary import Vocabulary
@@ -128,11 +130,11 @@ class Chunker:
     """
 
     config: StreamingConfig
-    _pieces: list[np.ndarray] = attrs.field(factory=list, init=False)
+    _pieces: list[npt.NDArray[np.float32]] = attrs.field(factory=list, init=False)
     _buffer_start: int = attrs.field(default=0, init=False)  # absolute sample of the first buffered one
     _total: int = attrs.field(default=0, init=False)
     _next_frame: int = attrs.field(default=0, init=False)  # where the next chunk starts
-    _latest: tuple[Window, np.ndarray] | None = attrs.field(default=None, init=False)
+    _latest: tuple[Window, npt.NDArray[np.float32]] | None = attrs.field(default=None, init=False)
 
     @property
     def total_samples(self) -> int:
@@ -142,7 +144,7 @@ class Chunker:
     def buffered_samples(self) -> int:
         return self._total - self._buffer_start
 
-    def feed(self, samples: np.ndarray) -> None:
+    def feed(self, samples: npt.NDArray[Any]) -> None:
         """Append samples (copied: the caller may reuse its array)."""
         piece = np.array(samples, dtype=np.float32).reshape(-1)
         if piece.size:
@@ -172,7 +174,7 @@ class Chunker:
         stop = -(-self._total // frame_samples)
         return self._emit(start, stop, stop, self._total, final=True)
 
-    def samples(self, window: Window) -> np.ndarray:
+    def samples(self, window: Window) -> npt.NDArray[np.float32]:
         """The audio to encode for `window`, which must be the latest window returned."""
         if self._latest is None or self._latest[0] is not window:
             raise ValueError(f"the samples of {window} are no longer buffered: only the latest window's are")

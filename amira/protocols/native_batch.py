@@ -12,6 +12,7 @@ import json
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from amira.core import audio
 from amira.core.errors import BadRequest, TooLarge, UnsupportedMediaType
@@ -26,7 +27,7 @@ NO_OPAQUE = object()
 
 @attrs.frozen
 class BatchInput:
-    samples: np.ndarray
+    samples: npt.NDArray[np.float32]
     opaque: object = NO_OPAQUE
 
 

@@ -93,7 +93,7 @@ def create_app(state: ServerState) -> Quart:
 
     async def _batch(model: str, started: float) -> Response:
         async def transcribe(call: BatchCall) -> Response:
-            body = await request.get_data(cache=False)
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
             parsed = parse_batch_body(
                 request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
             )

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 
 from amira.core.errors import BackendFailure
 from amira.core.model_set import ModelSetError
@@ -29,9 +36,9 @@ from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
 
-ASGIReceive = Callable[[], Awaitable[dict]]
-ASGISend = Callable[[dict], Awaitable[None]]
-ASGIApp = Callable[[dict, ASGIReceive, ASGISend], Awaitable[Any]]
+ASGIReceive = ASGIReceiveCallable
+ASGISend = ASGISendCallable
+ASGIApp = ASGIFramework
 
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
@@ -67,7 +74,7 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
     client opens a fresh connection for its next request.
     """
 
-    async def wrapped(scope: dict, receive: ASGIReceive, send: ASGISend) -> None:
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
@@ -76,14 +83,14 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
             b"transfer-encoding" not in headers
         )
 
-        async def receiving() -> dict:
+        async def receiving() -> ASGIReceiveEvent:
             nonlocal body_done
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 
-        async def sending(message: dict) -> None:
+        async def sending(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start" and not body_done:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}

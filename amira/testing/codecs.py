@@ -19,4 +19,5 @@ def encode_g711(pcm: bytes, law: str) -> bytes:
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
     right = np.clip(np.searchsorted(values, samples), 1, len(values) - 1)
     nearer_left = samples - values[right - 1] <= values[right] - samples
-    return order[np.where(nearer_left, right - 1, right)].astype(np.uint8).tobytes()
+    codes: bytes = order[np.where(nearer_left, right - 1, right)].astype(np.uint8).tobytes()
+    return codes

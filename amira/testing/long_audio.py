@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.core.transcript import StreamResult
@@ -17,7 +18,7 @@ DOMAIN = (*CARDS, DATA / "goforward.raw")  # the demo model's domain, spoken by 
 HELD_OUT = DATA / "held_out"  # held-out synthetic utterances joined, 8 s or more each, by the training recipe
 
 
-def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> np.ndarray:
+def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> npt.NDArray[np.float32]:
     """The recordings one after the other, `repeats` times, each followed by a pause of faint noise."""
     rng = np.random.default_rng(seed)
     pieces = []
@@ -28,7 +29,7 @@ def joined(paths: Sequence[Path], repeats: int = 1, seed: int = 0) -> np.ndarray
     return np.concatenate(pieces)
 
 
-def long_recordings() -> dict[str, np.ndarray]:
+def long_recordings() -> dict[str, npt.NDArray[np.float32]]:
     return {
         "domain x1 (18 s)": joined(DOMAIN, 1),
         "domain x3 (55 s)": joined(DOMAIN, 3),
@@ -36,7 +37,7 @@ def long_recordings() -> dict[str, np.ndarray]:
     }
 
 
-def held_out() -> list[tuple[str, np.ndarray, str]]:
+def held_out() -> list[tuple[str, npt.NDArray[np.float32], str]]:
     """(file name, samples, reference) of the recipe's joined held-out recordings, 8 s or more each."""
     out = []
     for line in (HELD_OUT / "transcripts.tsv").read_text(encoding="utf-8").splitlines():
@@ -46,7 +47,7 @@ def held_out() -> list[tuple[str, np.ndarray, str]]:
 
 
 async def streamed_final(
-    recognizer: Recognizer, samples: np.ndarray, model: str, frame: int = 1600
+    recognizer: Recognizer, samples: npt.NDArray[np.float32], model: str, frame: int = 1600
 ) -> StreamResult:
     """Stream `samples` in process, in frames of `frame` samples; the final result."""
     async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
@@ -60,4 +61,6 @@ async def streamed_final(
         final = None
         async for result in stream:
             final = result
+    if final is None:
+        raise RuntimeError("the stream ended without a final result")
     return final

@@ -4,8 +4,10 @@ they are decoded with."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile
 
 DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
@@ -33,14 +35,15 @@ def _real_domain() -> list[tuple[Path, str]]:
 REAL_DOMAIN = _real_domain()  # people speaking the demo model's domain, with what they say
 
 
-def read_recording(path: Path) -> np.ndarray:
+def read_recording(path: Path) -> npt.NDArray[np.float32]:
     """16 kHz mono float32 samples of a test recording (`.raw` is headerless s16le)."""
     if path.suffix == ".raw":
         return np.frombuffer(path.read_bytes(), "<i2").astype(np.float32) / 32768.0
-    samples, rate = soundfile.read(path, dtype="float32")
+    samples: npt.NDArray[np.float32]
+    samples, rate = soundfile.read(path, dtype="float32")  # soundfile has no type information
     assert rate == 16_000 and samples.ndim == 1
     return samples
 
 
-def pcm16(samples: np.ndarray) -> bytes:
+def pcm16(samples: npt.NDArray[np.floating[Any]]) -> bytes:
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype("<i2").tobytes()

@@ -4,7 +4,9 @@ Hypercorn server in a nursery, and model-sets files."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 from amira.models import shipped_repository
@@ -12,21 +14,20 @@ from amira.server.runner import serve
 from amira.settings import Settings
 
 
-def embedded_settings(**overrides: object) -> Settings:
+def embedded_settings(**overrides: Any) -> Settings:
     repository = shipped_repository()
-    values: dict[str, object] = {
-        "model_repository": repository,
-        "model_sets_file": repository / "model_sets.toml",
-        "server_host": "127.0.0.1",
-        "server_port": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    settings = Settings(
+        model_repository=repository,
+        model_sets_file=repository / "model_sets.toml",
+        server_host="127.0.0.1",
+        server_port=0,
+    )
+    return attrs.evolve(settings, **overrides)
 
 
 async def start_server(nursery: trio.Nursery, settings: Settings) -> str:
     """A real Hypercorn server on a free loopback port, owned by `nursery`; returns its base URL."""
-    binds = await nursery.start(serve, settings)
+    binds: list[str] = await nursery.start(serve, settings)
     return binds[0]
 
 

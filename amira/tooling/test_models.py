@@ -17,10 +17,12 @@ import argparse
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -243,11 +245,11 @@ class _Weights:
         self.seed = seed
         self.initializers: list[TensorProto] = []
 
-    def normal(self, name: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    def normal(self, name: str, shape: tuple[int, ...], std: float) -> npt.NDArray[np.float32]:
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
         return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    def add(self, name: str, value: np.ndarray) -> str:
+    def add(self, name: str, value: npt.NDArray[Any]) -> str:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
@@ -523,8 +525,8 @@ class DecodeStats:
 
     frames: int = 0
     tokens: int = 0
-    tokens_per_frame: Counter[int] | None = None
-    durations: Counter[int] | None = None
+    tokens_per_frame: Counter[int] = field(default_factory=Counter)
+    durations: Counter[int] = field(default_factory=Counter)
 
     def __str__(self) -> str:
         rate = self.frames / max(self.tokens, 1)
@@ -536,7 +538,11 @@ class DecodeStats:
 
 
 def greedy_stats(
-    repository: Path, encoder: str, decoder_joint: str, waveforms: Sequence[np.ndarray], max_symbols: int = 10
+    repository: Path,
+    encoder: str,
+    decoder_joint: str,
+    waveforms: Sequence[npt.NDArray[np.float32]],
+    max_symbols: int = 10,
 ) -> tuple[DecodeStats, list[list[int]]]:
     """Greedy-decode 16 kHz waveforms one frame per call (the spec's loop) and count what happened."""
     import onnxruntime as ort

@@ -200,7 +200,8 @@ def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that nothing listens on at the moment (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # typeshed: the address is Any
+        return port
 
 
 def triton_command(
@@ -258,7 +259,8 @@ def triton_command(
 def _ready_blocking(url: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as response:
-            return response.status == 200
+            status: int = response.status  # typeshed: urlopen returns Any
+            return status == 200
     except (OSError, urllib.error.URLError):
         return False
 

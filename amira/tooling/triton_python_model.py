@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         parameters = config.get("parameters", {})
 
@@ -45,7 +45,7 @@ class TritonPythonModel:
         self.input_names = [spec.name for spec in self.session.get_inputs()]
         self.output_names = [spec.name for spec in self.session.get_outputs()]
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[pb_utils.InferenceRequest]) -> list[pb_utils.InferenceResponse]:
         responses = []
         for request in requests:
             if self.delay_seconds > 0:

@@ -31,7 +31,7 @@ Flavour = Literal["cpu", "production"]
 FLAVOURS: tuple[str, ...] = ("cpu", "production")
 
 # ONNX TensorProto element types -> Triton config data types
-_ONNX_TO_TRITON = {
+_ONNX_TO_TRITON: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
     onnx.TensorProto.FLOAT16: "TYPE_FP16",
     onnx.TensorProto.DOUBLE: "TYPE_FP64",
