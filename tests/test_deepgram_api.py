@@ -275,3 +275,33 @@ async def test_malformed_control_messages_get_an_error_and_the_stream_goes_on(ba
     ]
     assert all(ListenV1Error.model_validate(m).variant == "SchemaError" for m in messages[:3])
     assert messages[4]["channel"]["alternatives"][0]["transcript"] == REAL_DOMAIN[0][1]
+
+
+async def test_over_capacity_streams_get_their_dialects_error_and_1013(nursery: trio.Nursery) -> None:
+    base_url = await start_server(nursery, embedded_settings(max_concurrent_streams=1))
+    ws_url = base_url.replace("http", "ws")
+
+    def crowded() -> list[tuple[dict, int]]:
+        with websockets.sync.client.connect(
+            f"{ws_url}/v1/listen?encoding=linear16&sample_rate=16000"
+        ) as held:
+            held.send(pcm16(read_recording(REAL_DOMAIN[0][0])))
+            refused = []
+            for path in (
+                "/v1/listen?encoding=linear16&sample_rate=16000",
+                "/v1/realtime?intent=transcription",
+            ):
+                with websockets.sync.client.connect(f"{ws_url}{path}") as ws:
+                    document = json.loads(ws.recv())
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        ws.recv()
+                    refused.append((document, closed.value.rcvd.code))
+            return refused
+
+    (deepgram, deepgram_code), (realtime, realtime_code) = await in_thread(crowded)
+    assert ListenV1Error.model_validate(deepgram).variant == "capacity_exceeded" and deepgram_code == 1013
+    assert (
+        realtime["type"] == "error"
+        and realtime["error"]["code"] == "capacity_exceeded"
+        and realtime_code == 1013
+    )
