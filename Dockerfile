@@ -11,8 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY amira ./amira
-RUN pip install . \
-    && useradd --system --uid 10001 --no-create-home amira
+RUN pip install ".[fetch]" \
+    && useradd --system --uid 10001 --no-create-home amira \
+    && install -d -o amira /models
 
 USER amira
 EXPOSE 8057

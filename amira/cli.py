@@ -272,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-size", type=int, choices=[80, 128], help="--from-nemo: default from the encoder"
     )
 
-    for sub in (transcribe, serve, stream, triton, build):
+    from amira.tooling.model_fetch import add_model_command
+
+    fetch = add_model_command(commands)
+    for sub in (transcribe, serve, stream, triton, build, fetch):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -293,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "stream":
         return trio.run(stream_to_server, args)
+    if args.command == "model":
+        from amira.tooling.model_fetch import run_model_command
+
+        return run_model_command(args)
     overrides = {
         key: getattr(args, key, None)
         for key in ("server_host", "server_port", "triton_endpoint", "model_repository", "model_sets_file")

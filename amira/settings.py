@@ -110,6 +110,15 @@ def read_model_sets_file(path: Path, repository: Path) -> dict[str, ModelSetConf
     return configs
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+
+
 @attrs.frozen
 class Settings:
     triton_endpoint: str | None = None
@@ -137,6 +146,13 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
+    # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
+    # behind Triton (production), where an operator turns it on with WEB_UI=true.
+    web_ui: bool | None = None
+
+    @property
+    def web_ui_enabled(self) -> bool:
+        return self.web_ui if self.web_ui is not None else self.triton_endpoint is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -196,4 +212,5 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
+    "WEB_UI": ("web_ui", _boolean),
 }

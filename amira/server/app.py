@@ -24,6 +24,7 @@ from amira.server.errors import dialect_error_response
 from amira.server.openai_routes import add_openai_routes
 from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
+from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
@@ -108,4 +109,5 @@ def create_app(state: ServerState) -> Quart:
     add_stream_route(app, state)
     add_openai_routes(app, state)
     add_deepgram_routes(app, state)
+    add_web_routes(app, state)
     return app

@@ -5,17 +5,22 @@ them), `X-API-Key: <key>`, or, for browsers, which cannot set headers on a WebSo
 parameter `api_key` or a WebSocket subprotocol: Deepgram's `token, <key>` or OpenAI's
 `openai-insecure-api-key.<key>`. They are compared in constant time, and
 against every configured key, so that timing tells nothing about which key nearly matched.
-`/health` stays open for liveness probes; everything else, `/metrics` included, needs a key.
+`/health` stays open for liveness probes, and so do views marked `public` (the browser page: static
+files that hold no data, which must load from an address bar); everything else, `/metrics`
+included, needs a key.
 
 CORS is closed by default: no `Access-Control-Allow-Origin` unless the origin is configured. A
 WebSocket upgrade that carries an `Origin` header not in the list is refused (403), which stops
-other sites' pages from opening streams with a visitor's credentials.
+other sites' pages from opening streams with a visitor's credentials; a same-origin upgrade (the
+`Origin` names the `Host` the request was sent to: the server's own page) is always allowed.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 from quart import Quart, Response, request, websocket
 from werkzeug.datastructures import Headers
@@ -26,6 +31,19 @@ from amira.settings import Settings
 
 OPEN_PATHS = ("/health",)
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
+
+View = TypeVar("View", bound=Callable[..., object])
+
+
+def public(view: View) -> View:
+    """Mark a view as open without an API key (its content must hold no data)."""
+    view.amira_public = True  # type: ignore[attr-defined]
+    return view
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether `Origin` names the host the request was sent to: the server's own page."""
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
 OPENAI_KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -66,8 +84,12 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
 
 
 def install(app: Quart, settings: Settings) -> None:
-    def refusal(path: str, headers: Headers, args: Mapping[str, str]) -> Response | None:
+    def refusal(
+        path: str, headers: Headers, args: Mapping[str, str], endpoint: str | None
+    ) -> Response | None:
         if not settings.api_keys or path in OPEN_PATHS:
+            return None
+        if getattr(app.view_functions.get(endpoint or ""), "amira_public", False):
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):
             return None
@@ -81,15 +103,16 @@ def install(app: Quart, settings: Settings) -> None:
     async def check_request() -> Response | None:
         if request.method == "OPTIONS":  # CORS preflights carry no credentials
             return None
-        return refusal(request.path, request.headers, request.args)
+        return refusal(request.path, request.headers, request.args, request.endpoint)
 
     @app.before_websocket
     async def check_websocket() -> Response | None:
         origin = websocket.headers.get("Origin")
-        if origin is not None and not origin_allowed(origin, settings):
+        host = websocket.headers.get("Host")
+        if origin is not None and not (same_origin(origin, host) or origin_allowed(origin, settings)):
             refused = Unauthorized(f"origin {origin!r} may not open streams")
             return dialect_error_response(websocket.path, refused, 403)
-        return refusal(websocket.path, websocket.headers, websocket.args)
+        return refusal(websocket.path, websocket.headers, websocket.args, websocket.endpoint)
 
     @app.after_request
     async def cors(response: Response) -> Response:
