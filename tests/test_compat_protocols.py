@@ -182,6 +182,10 @@ def test_realtime_deltas_are_append_only_and_join_to_each_item() -> None:
 
 def test_realtime_clear_drops_the_buffer_and_mistakes_leave_the_session_open() -> None:
     realtime = RealtimeTranscription("s", frozenset({"default"}), 65536, 60.0)
+    (nothing_to_clear,) = realtime.receive_text(
+        '{"type": "input_audio_buffer.clear"}'
+    )  # the session sees nothing
+    assert json.loads(nothing_to_clear.text)["type"] == "input_audio_buffer.cleared"
     realtime.receive_text(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 2000}))
     events = realtime.receive_text('{"type": "input_audio_buffer.clear"}')
     assert isinstance(events[0], Clear) and json.loads(events[1].text)["type"] == "input_audio_buffer.cleared"

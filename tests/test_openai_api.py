@@ -298,3 +298,36 @@ async def test_realtime_needs_a_key_and_the_transcription_intent(base_url: str) 
 
     refused = await in_thread(conversation)
     assert refused["type"] == "error" and "intent=transcription" in refused["error"]["message"]
+
+
+async def test_realtime_clear_drops_the_uncommitted_audio(base_url: str) -> None:
+    dropped, kept = (pcm16(soxr.resample(read_recording(p), 16_000, 24_000)) for p, _ in REAL_DOMAIN[3:5])
+
+    def session() -> list[dict]:
+        events = []
+        with client(base_url).realtime.connect(extra_query={"intent": "transcription"}) as connection:
+            connection.recv()
+            connection.send({"type": "session.update", "session": {"type": "transcription"}})
+            connection.recv()
+            for pcm, last in ((dropped, "input_audio_buffer.clear"), (kept, "input_audio_buffer.commit")):
+                for offset in range(0, len(pcm), 9600):
+                    connection.input_audio_buffer.append(
+                        audio=base64.b64encode(pcm[offset : offset + 9600]).decode()
+                    )
+                connection.send({"type": last})
+            while not events or not events[-1]["type"].endswith(".completed"):
+                raw = connection.recv_bytes()
+                SERVER_EVENT.validate_json(raw)
+                events.append(json.loads(raw))
+        return events
+
+    events = await in_thread(session)
+    assert [e["type"] for e in events if not e["type"].endswith(".delta")] == [
+        "input_audio_buffer.cleared", "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+    ]  # fmt: skip
+    assert events[-1]["transcript"] == REAL_DOMAIN[4][1]
+    cleared = [e["type"] for e in events].index("input_audio_buffer.cleared")
+    deltas = [e for e in events[cleared:] if e["type"].endswith(".delta")]  # before it, the dropped item's
+    assert {e["item_id"] for e in deltas} == {events[-1]["item_id"]}
+    assert "".join(e["delta"] for e in deltas) == REAL_DOMAIN[4][1]

@@ -196,10 +196,13 @@ class RealtimeTranscription:
                 )
             return self._commit()
         if kind == "input_audio_buffer.clear":
+            cleared = Reply(self._event({"type": "input_audio_buffer.cleared"}))
+            if not self._buffered_samples:  # nothing to drop: no audio reached the session since the commit
+                return [cleared]
             self._buffered_samples = 0
             self._pending.append(None)
             self._items += 1
-            return [Clear(), Reply(self._event({"type": "input_audio_buffer.cleared"}))]
+            return [Clear(), cleared]
         raise EventError(
             "unsupported_event", f"{str(kind)[:60]!r} is not an event of a transcription session", "type"
         )
