@@ -305,3 +305,40 @@ async def test_over_capacity_streams_get_their_dialects_error_and_1013(nursery: 
         and realtime["error"]["code"] == "capacity_exceeded"
         and realtime_code == 1013
     )
+
+
+async def test_metrics_are_labelled_by_protocol(base_url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path, _ = REAL_DOMAIN[4]
+    samples = read_recording(path)
+    await in_thread(lambda: live(base_url, pcm16(samples), 3200, encoding="linear16", sample_rate=16000))
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Token {KEY}"}) as http:
+        await http.post(f"{base_url}/v1/listen?model=default", content=path.read_bytes())
+        await http.post(f"{base_url}/v1/listen?model=nova-3", content=path.read_bytes())
+        await http.post(
+            f"{base_url}/v1/audio/transcriptions",
+            data={"model": "default"},
+            files={"file": ("a.wav", path.read_bytes())},
+        )
+        exposition = (await http.get(f"{base_url}/metrics")).text
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    seconds = samples.size / 16000
+    requests, audio = "amira_batch_requests_total", "amira_audio_seconds_total"
+    assert values[(requests, (("model", "default"), ("outcome", "ok"), ("protocol", "deepgram")))] == 1
+    assert (
+        values[(requests, (("model", "(unknown)"), ("outcome", "unknown_model"), ("protocol", "deepgram")))]
+        == 1
+    )
+    assert values[(requests, (("model", "default"), ("outcome", "ok"), ("protocol", "openai")))] == 1
+    assert values[
+        (audio, (("mode", "stream"), ("model", "default"), ("protocol", "deepgram")))
+    ] == pytest.approx(seconds)
+    assert values[
+        (audio, (("mode", "batch"), ("model", "default"), ("protocol", "openai")))
+    ] == pytest.approx(seconds)
+    assert values[("amira_errors_total", (("error_type", "unknown_model"), ("protocol", "deepgram")))] == 1
