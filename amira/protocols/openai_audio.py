@@ -31,6 +31,7 @@ from amira.core.errors import (
 from amira.core.subtitles import Cue, cues_from_words, srt, vtt
 from amira.core.transcript import Transcript
 from amira.core.vocabulary import Vocabulary
+from amira.protocols.live import parse_boolean
 from amira.protocols.multipart import FormPart, parse_form_data
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -58,10 +59,10 @@ class TranscriptionRequest:
 
 
 def _boolean(param: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered not in ("true", "false"):
-        raise InvalidField(param, f"{param} must be true or false, got {value[:40]!r}")
-    return lowered == "true"
+    try:
+        return parse_boolean(param, value)
+    except BadRequest as exc:
+        raise InvalidField(param, str(exc)) from exc
 
 
 def _fields(parts: Iterable[FormPart]) -> dict[str, list[str]]:
