@@ -22,11 +22,16 @@ class ReferenceDecoder:
 
     def __call__(self, waveform: np.ndarray) -> tuple[list[int], list[int]]:
         """`(token_ids, token_frames)`: what onnx-asr emits and at which encoder frame."""
+        ids, frames, _ = self.emissions(waveform)
+        return ids, frames
+
+    def emissions(self, waveform: np.ndarray) -> tuple[list[int], list[int], list[float]]:
+        """`(token_ids, token_frames, probabilities)`: onnx-asr's own log-softmax of the token logits."""
         asr = self.adapter.asr
         waveforms = np.asarray(waveform, dtype=np.float32)[None]
         features = asr._preprocessor(waveforms, np.array([waveforms.shape[1]], np.int64))
-        ((ids, frames, _),) = asr._decoding(*asr._encode(*features))
-        return [int(i) for i in ids], [int(t) for t in frames]
+        ((ids, frames, logprobs),) = asr._decoding(*asr._encode(*features), need_logprobs=True)
+        return [int(i) for i in ids], [int(t) for t in frames], [float(np.exp(p)) for p in logprobs]
 
     def text(self, waveform: np.ndarray) -> str:
         """onnx-asr's own transcript."""
