@@ -115,7 +115,7 @@ words_lists = st.lists(
 def test_cues_follow_the_subtitle_rules(spec: list[tuple[str, float, float]], tail: float) -> None:
     words, now = [], 0.0
     for text, gap, length in spec:
-        words.append(Word(text, now + gap, now + gap + length))
+        words.append(Word(text, now + gap, now + gap + length, 1.0))
         now += gap + length
     audio_seconds = now + tail - (0.5 if spec else 0.0)  # sometimes the last word runs past the end
     cues = cues_from_words(words, max(audio_seconds, 0.0))
@@ -133,7 +133,10 @@ def test_cues_follow_the_subtitle_rules(spec: list[tuple[str, float, float]], ta
 
 
 def test_srt_and_vtt_text() -> None:
-    words = [Word("ten", 0.5, 0.9), Word("of", 1.0, 1.2), Word("clubs", 1.3, 1.8), Word("go", 4.0, 4.3)]
+    words = [
+        Word(w, start, end, 1.0)
+        for w, start, end in [("ten", 0.5, 0.9), ("of", 1.0, 1.2), ("clubs", 1.3, 1.8), ("go", 4.0, 4.3)]
+    ]
     cues = cues_from_words(words, 4.5)
     assert (
         srt(cues)

@@ -174,6 +174,17 @@ async def test_prerecorded_files_give_the_batch_transcript(base_url: str) -> Non
             == await batch_transcript(base_url, read_recording(path))
         )
         assert [w.word for w in channel.alternatives[0].words] == spoken.split()
+        async with httpx.AsyncClient(timeout=30) as http:
+            native = await http.post(
+                f"{base_url}/v2/decode/batch/default",
+                content=path.read_bytes() if path.suffix == ".wav" else pcm16(read_recording(path)),
+                headers={"Content-Type": "audio/wav", "Authorization": f"Token {KEY}"},
+            )
+        native_words = native.json()["metadata"]["words"]
+        assert [(w.start, w.end, w.confidence) for w in channel.alternatives[0].words] == [
+            (w["start"], w["end"], w["confidence"]) for w in native_words
+        ]
+        assert 0 < channel.alternatives[0].confidence <= 1
 
 
 async def test_prerecorded_raw_multichannel(base_url: str) -> None:

@@ -90,6 +90,7 @@ async def test_every_response_format_gives_the_batch_transcript(base_url: str) -
         assert [w.word for w in document.words] == expected.split()
         assert all(0 <= w.start <= w.end <= document.duration for w in document.words)
         assert " ".join(s.text for s in document.segments) == expected
+        assert all(s.avg_logprob < 0 for s in document.segments)  # the log of probabilities below 1
         assert [s.id for s in document.segments] == list(range(len(document.segments)))
         for name, cue_separator in (("srt", ","), ("vtt", ".")):
             subtitles = (await in_thread(lambda name=name: create(name))).text

@@ -26,7 +26,7 @@ import numpy as np
 
 from amira.core import g711
 from amira.core.errors import AmiraError, BadRequest, TooLarge, Unauthorized
-from amira.core.transcript import ResultStatus, StreamResult, Word
+from amira.core.transcript import ResultStatus, StreamResult, Word, segment_confidence
 from amira.protocols.live import LiveEvent, PcmFramer, Reply, mix_down, parse_boolean
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
 from amira.protocols.values import parse_sample_rate
@@ -109,17 +109,13 @@ class ModelInfo:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"amira:model-set:{self.name}"))
 
 
-def _confidence(word: Word) -> float:
-    return 1.0
-
-
 def word_documents(words: Sequence[Word]) -> list[dict[str, object]]:
     return [
         {
             "word": w.word,
             "start": round(w.start, 3),
             "end": round(w.end, 3),
-            "confidence": round(_confidence(w), 4),
+            "confidence": round(w.confidence, 4),
             "punctuated_word": w.word,
         }
         for w in words
@@ -127,8 +123,9 @@ def word_documents(words: Sequence[Word]) -> list[dict[str, object]]:
 
 
 def alternative(transcript: str, words: Sequence[Word]) -> dict[str, object]:
-    """`channel.alternatives[0]`: the transcript, its confidence (the mean of its words'), its words."""
-    confidence = sum(_confidence(w) for w in words) / len(words) if words else 0.0
+    """`channel.alternatives[0]`: the transcript, its confidence (`segment_confidence`: the mean of its
+    words'), its words."""
+    confidence = segment_confidence(words)
     return {"transcript": transcript, "confidence": round(confidence, 4), "words": word_documents(words)}
 
 

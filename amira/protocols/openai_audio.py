@@ -14,6 +14,7 @@ file posted to `/v2`. `language`, `prompt`, `temperature` and the other fields o
 from __future__ import annotations
 
 import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -123,13 +124,16 @@ def segment_documents(
 ) -> list[dict[str, object]]:
     """`segments` of `verbose_json`: one per cue, with its vocabulary ids.
 
-    Fields this recogniser has no notion of are constant: `temperature` 0 (greedy decoding),
-    `no_speech_prob` 0, `avg_logprob` 0; `seek` is the start in centiseconds, as Whisper's.
+    `avg_logprob` is the mean natural log of the probability the joint gave each of the segment's
+    tokens; fields this recogniser has no notion of are constant: `temperature` 0 (greedy decoding),
+    `no_speech_prob` 0; `seek` is the start in centiseconds, as Whisper's.
     """
     spans = vocabulary.words(list(transcript.tokens))
     documents: list[dict[str, object]] = []
     for number, cue in enumerate(cues):
-        tokens = transcript.tokens[spans[cue.first][1] : spans[cue.last][2] + 1]
+        first, last = spans[cue.first][1], spans[cue.last][2] + 1
+        tokens = transcript.tokens[first:last]
+        probabilities = transcript.token_probabilities[first:last]
         documents.append(
             {
                 "id": number,
@@ -139,7 +143,9 @@ def segment_documents(
                 "text": cue.text,
                 "tokens": list(tokens),
                 "temperature": 0.0,
-                "avg_logprob": 0.0,
+                "avg_logprob": round(
+                    sum(math.log(max(p, 1e-12)) for p in probabilities) / len(probabilities), 4
+                ),
                 "compression_ratio": _compression_ratio(cue.text),
                 "no_speech_prob": 0.0,
             }
