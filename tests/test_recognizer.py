@@ -13,9 +13,9 @@ from amira.core.model_set import ModelSetError
 from amira.models import shipped_repository
 from amira.settings import Settings
 from amira.testing.recordings import MODEL_SETS, RECORDINGS, read_recording
+from amira.testing.reference import reference_decoder
 from amira.testing.servers import embedded_settings
 from amira.testing.word_times import word_rule_violations
-from tests.reference import reference_decoder
 
 
 def generated_audio() -> dict[str, np.ndarray]:
