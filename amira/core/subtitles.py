@@ -3,7 +3,7 @@
 Cues follow the usual broadcast rules: at most `MAX_LINES` lines of at most `MAX_LINE_CHARS`
 characters, at most `MAX_CUE_SECS` on screen, a new cue after a pause of `PAUSE_SECS` (so that a
 cue never stays up over silence and the next utterance starts fresh), never overlapping the next
-cue and never past the end of the audio. A single word longer than a line gets a line of its own.
+cue and never past the end of the audio. A single word longer than a line gets a cue of its own.
 The OpenAI dialect's `srt`, `vtt` and `verbose_json` segments use them.
 """
 
@@ -61,7 +61,8 @@ def cues_from_words(
         group = groups[-1] if groups else None
         if group is not None:
             texts = [words[i].word for i in group] + [word.word]
-            fits = len(_lines(texts, max_line_chars)) <= max_lines
+            lines = _lines(texts, max_line_chars)
+            fits = len(lines) <= max_lines and all(len(line) <= max_line_chars for line in lines)
             short = word.end - words[group[0]].start <= max_cue_secs
             close = word.start - words[group[-1]].end < pause_secs
             if fits and short and close:
