@@ -6,8 +6,10 @@ tests validate what the server sends against them. Client events: `session.updat
 `transcription_session.update` (`input_audio_format`, `input_audio_transcription`,
 `turn_detection`), `input_audio_buffer.append` (base64 audio), `.commit` and `.clear`. Server
 events: `session.created`/`.updated` (or the beta `transcription_session.*`),
-`input_audio_buffer.committed`/`.cleared`, `conversation.item.input_audio_transcription.delta`
-(append-only: only text the recogniser committed) and `.completed`, and `error`.
+`input_audio_buffer.speech_started`/`.speech_stopped` (server VAD), `.committed`/`.cleared`,
+`conversation.item.input_audio_transcription.delta` (append-only: only text the recogniser
+committed) and `.completed`, and `error`. The stream session's segments are the items: server VAD
+(`turn_detection.silence_duration_ms`) is the session's endpointing, a commit its Finalize.
 
 Mistakes in a client event are answered with an `error` event and the session goes on, as
 OpenAI's server does; only failures of the stream itself (limits, the backend) close it.
