@@ -85,18 +85,20 @@ def sniff_container(data: bytes | bytearray) -> str | None:
 
 
 def from_sound_file(
-    data: bytes | bytearray, max_seconds: float = math.inf, container: str | None = None
+    data: bytes | bytearray, max_seconds: float = math.inf, containers: tuple[str, ...] | None = None
 ) -> npt.NDArray[np.float32]:
     """A sound file's bytes, decoded block by block, mixed down and resampled.
 
-    `container` (`wav`, `flac`, `ogg`: what the request's Content-Type says) must match the file's
-    first bytes; None takes any file libsndfile reads (the command line's local files). Decoding
-    stops with `TooLarge` one block past `max_seconds`, whatever the header claims; channel counts
-    above `MAX_CHANNELS` and rates outside `MIN_SAMPLE_RATE`..`MAX_SAMPLE_RATE` are `BadAudio`.
+    The file's first bytes must show one of `containers` (`wav`, `flac`, `ogg`: the one a request's
+    Content-Type names, or `CONTAINERS`), so that libsndfile's other parsers are never reached; None
+    takes any file libsndfile reads (the command line's local files). Decoding stops with
+    `TooLarge` one block past `max_seconds`, whatever the header claims; channel counts above
+    `MAX_CHANNELS` and rates outside `MIN_SAMPLE_RATE`..`MAX_SAMPLE_RATE` are `BadAudio`.
     """
-    if container is not None and (found := sniff_container(data)) != container:
+    if containers is not None and (found := sniff_container(data)) not in containers:
         what = f"a {found.upper()} file" if found else "not a WAV, FLAC or OGG file"
-        raise BadAudio(f"the body is {what}, but its Content-Type says {container.upper()}")
+        expected = " or ".join(container.upper() for container in containers)
+        raise BadAudio(f"the body is {what}; expected {expected}")
     blocks: list[npt.NDArray[np.float32]] = []
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:

@@ -28,13 +28,17 @@ from amira.protocols.values import DECODER, check_pcm16_length, checked_json, pa
 
 JSON_TYPES = ("application/json",)
 PCM_TYPES = ("application/octet-stream", "audio/l16", "audio/pcm")
-SOUND_FILE_TYPES = {
+SOUND_FILE_CONTAINERS = {
     "audio/wav": "wav",
     "audio/x-wav": "wav",
     "audio/wave": "wav",
     "audio/flac": "flac",
     "audio/ogg": "ogg",
 }
+SOUND_FILE_TYPES = tuple(SOUND_FILE_CONTAINERS)
+# Not a Content-Type the native endpoint takes: what the other dialects parse a sound file as,
+# whose container is known only from its first bytes (WAV, FLAC or OGG).
+ANY_SOUND_FILE = "audio/*"
 NO_OPAQUE = object()
 AUDIO_KEY = "audio_buffer"
 MAX_FIELD_BYTES = 65_536  # each JSON field but audio_buffer (an opaque is echoed back), as UTF-8
@@ -236,6 +240,8 @@ def parse_batch_body(
 ) -> BatchInput:
     """Decode a body by its media type; the duration limit is checked before anything is resampled
     (before anything is decoded, where the length tells)."""
+    if mimetype == ANY_SOUND_FILE:
+        return BatchInput(audio.from_sound_file(body, max_seconds, audio.CONTAINERS))
     mimetype = check_media_type(mimetype)
     if mimetype in JSON_TYPES:
         return parse_json_body(body, max_seconds)
@@ -245,7 +251,7 @@ def parse_batch_body(
         )
         check_duration(len(check_pcm16_length(body)) // 2, rate, max_seconds)
         return BatchInput(audio.from_pcm16(body, rate))
-    return BatchInput(audio.from_sound_file(body, max_seconds, SOUND_FILE_TYPES[mimetype]))
+    return BatchInput(audio.from_sound_file(body, max_seconds, (SOUND_FILE_CONTAINERS[mimetype],)))
 
 
 def word_document(word: Word) -> dict[str, object]:

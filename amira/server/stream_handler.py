@@ -90,7 +90,7 @@ def backend_failure(group: BaseExceptionGroup) -> BackendFailure | None:
     return failure if isinstance(failure, BackendFailure) else None
 
 
-async def _resampled(
+async def resampled(
     resampler: StreamResampler, pcm: bytes, limiter: trio.CapacityLimiter
 ) -> npt.NDArray[np.float32]:
     if resampler.resamples and len(pcm) > THREAD_RESAMPLE_BYTES:
@@ -127,10 +127,10 @@ async def _stop_when_drained(state: ServerState, ending: StreamEnding, reading: 
     reading.cancel()
 
 
-def _waiting_ends(protocol: NativeStream, settings: Settings, opened: float) -> tuple[float, float]:
+def waiting_ends(audio_seconds: float, settings: Settings, opened: float) -> tuple[float, float]:
     """When waiting for the next frame ends: at the inactivity timeout, or when the stream's time
     would run `STREAM_MAX_IDLE_SECS` ahead of its audio (the idle deadline), whichever is first."""
-    idle_deadline = opened + protocol.received_seconds + settings.stream_max_idle_secs
+    idle_deadline = opened + audio_seconds + settings.stream_max_idle_secs
     return min(trio.current_time() + settings.stream_timeout_secs, idle_deadline), idle_deadline
 
 
@@ -142,7 +142,7 @@ async def _read_frames(
     opened = trio.current_time()
     while True:
         await trio.sleep(rate.pause_before_next(trio.current_time()))
-        until, idle_deadline = _waiting_ends(protocol, settings, opened)
+        until, idle_deadline = waiting_ends(protocol.received_seconds, settings, opened)
         with trio.move_on_at(until) as waiting:
             message = await websocket.receive()
         if waiting.cancelled_caught:
@@ -156,7 +156,7 @@ async def _read_frames(
         )
         match event:
             case Audio(pcm):
-                await stream.send_audio(await _resampled(resampler, pcm, state.engine.stream_calls.limiter))
+                await stream.send_audio(await resampled(resampler, pcm, state.engine.stream_calls.limiter))
             case Finalize():
                 await stream.finalize()
             case EndOfStream():
@@ -186,7 +186,7 @@ async def _send(stream: Stream, protocol: NativeStream, state: ServerState, mode
             message = protocol.result_message(result)
         await _send_within(message, state.settings.stream_timeout_secs)
         if result.end_of_stream:
-            state.metrics.audio_seconds.labels(model, "stream").inc(result.audio_seconds)
+            state.metrics.audio_seconds.labels("native", model, "stream").inc(result.audio_seconds)
             return
 
 
@@ -196,7 +196,7 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
     async def close_with_error(
         protocol: NativeStream, exc: AmiraError, stream_id: str, transcription: str = ""
     ) -> None:
-        metrics.errors.labels(exc.error_type).inc()
+        metrics.errors.labels("native", exc.error_type).inc()
         with trio.move_on_after(settings.stream_timeout_secs):  # a client that reads nothing gets no more
             await websocket.send(protocol.error_message(exc, transcription, stream_id))
             await websocket.close(exc.kind.close_code, exc.error_type)
