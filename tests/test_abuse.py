@@ -410,7 +410,14 @@ async def test_row5_slow_uploads_hold_no_batch_slot_and_end_with_408(
     assert len(answers) == 50
     metrics = (await http.get(f"{server.url}/metrics")).text
     assert float(re.search(r'amira_http_responses_total\{status="408"\} (\S+)', metrics)[1]) >= 50
-    assert float(re.search(r'amira_errors_total\{error_type="request_timeout"\} (\S+)', metrics)[1]) >= 50
+    assert (
+        float(
+            re.search(r'amira_errors_total\{error_type="request_timeout",protocol="native"\} (\S+)', metrics)[
+                1
+            ]
+        )
+        >= 50
+    )
     assert server.log.count("answered 408") >= 50
     for hung_up, answer in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
