@@ -26,7 +26,7 @@ from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, Intern
 from amira.protocols.live import Clear, LiveProtocol, Reply
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
 from amira.server.state import ServerState
-from amira.server.stream_handler import ClientNotReading, FrameRate, _send_within
+from amira.server.stream_handler import ClientNotReading, FrameRate, send_within
 from amira.stream_session import Stream
 
 log = logging.getLogger("amira.live")
@@ -137,7 +137,7 @@ class LiveStream:
 async def _sender(messages: trio.MemoryReceiveChannel[str], patience: float) -> None:
     async with messages:
         async for message in messages:
-            await _send_within(message, patience)
+            await send_within(message, patience)
 
 
 async def _close_with_error(state: ServerState, dialect: str, error: AmiraError, message: str | None) -> None:
