@@ -147,7 +147,9 @@ async def test_models_and_errors_in_openai_shape(base_url: str) -> None:
     assert sorted(m.id for m in listed.data) == ["default", "rnnt", "tdt"]
     assert Model.model_validate(listed.data[0].model_dump()).owned_by == "amira"
     assert (await in_thread(lambda: sdk.models.retrieve("tdt"))).id == "tdt"
-    raw = await in_thread(lambda: sdk.models.with_raw_response.list(extra_headers={"X-Request-Id": "trace-7"}))
+    raw = await in_thread(
+        lambda: sdk.models.with_raw_response.list(extra_headers={"X-Request-Id": "trace-7"})
+    )
     assert raw.headers["x-request-id"] == "trace-7"  # the client's own, echoed
     audio = wav(REAL_DOMAIN[0][0])
     with pytest.raises(openai.AuthenticationError) as wrong_key:
