@@ -22,7 +22,7 @@ from amira.core.transcript import ResultStatus, SegmentEnd, SegmentSpan, StreamR
 from amira.protocols.deepgram import DeepgramLive, ListenOptions, ModelInfo
 from amira.protocols.live import ChannelAudio, Clear, Reply
 from amira.protocols.multipart import parse_form_data
-from amira.protocols.native_stream import Audio, Finalize
+from amira.protocols.native_stream import Audio, EndOfStream, Finalize
 from amira.protocols.openai_audio import InvalidField, parse_transcription_form
 from amira.protocols.openai_realtime import RealtimeTranscription
 from amira.protocols.wav_header import read_wav_header
@@ -358,3 +358,6 @@ def test_a_stream_without_encoding_reads_its_wav_header_first() -> None:
     assert json.loads(live.closing_messages()[0])["duration"] == 0.2
     with pytest.raises(BadAudio, match="Ogg"):
         deepgram_live().receive_bytes(b"OggS" + bytes(100))
+    ended = deepgram_live()  # the legacy end of stream before the header was whole
+    assert ended.receive_bytes(b"RIFF") == [] and isinstance(ended.receive_bytes(b"")[0], EndOfStream)
+    assert json.loads(ended.closing_messages()[0])["duration"] == 0.0

@@ -277,20 +277,15 @@ class DeepgramLive:
         return []
 
     def receive_bytes(self, frame: bytes) -> list[LiveEvent]:
-        if self.phase is LivePhase.HEADER and frame:
-            return self._receive_header(frame)
         self._expect_receiving()
         if not frame:  # Deepgram's legacy end of stream: an empty binary message
             return [self._end()]
         if len(frame) > self.max_frame_bytes:
             raise TooLarge(f"frame of {len(frame)} bytes; the limit is {self.max_frame_bytes}")
         self._sha256.update(frame)
-        return self._audio(frame)
+        return self._receive_header(frame) if self.phase is LivePhase.HEADER else self._audio(frame)
 
     def _receive_header(self, frame: bytes) -> list[LiveEvent]:
-        if len(frame) > self.max_frame_bytes:
-            raise TooLarge(f"frame of {len(frame)} bytes; the limit is {self.max_frame_bytes}")
-        self._sha256.update(frame)
         self._header += frame
         header = read_wav_header(self._header)
         if header is None:
@@ -320,8 +315,7 @@ class DeepgramLive:
         ]
 
     def receive_text(self, text: str) -> list[LiveEvent]:
-        if self.phase is not LivePhase.HEADER:
-            self._expect_receiving()
+        self._expect_receiving()
         try:
             message = json.loads(text)
         except (json.JSONDecodeError, RecursionError):
@@ -366,7 +360,7 @@ class DeepgramLive:
             self.phase = LivePhase.ENDING
 
     def _expect_receiving(self) -> None:
-        if self.phase is not LivePhase.RECEIVING:
+        if self.phase not in (LivePhase.HEADER, LivePhase.RECEIVING):
             raise BadRequest(f"a message after the end of the stream ({self.phase.value})")
 
     @property
