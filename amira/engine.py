@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -22,6 +23,7 @@ import numpy.typing as npt
 import trio
 
 from amira.backends.base import Backend
+from amira.backends.triton_pool import TritonPool
 from amira.core.decoding import GreedyDecoder
 from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
@@ -68,10 +70,16 @@ class LoadedModelSet:
 
 
 def create_backend(settings: Settings) -> Backend:
-    if settings.triton_endpoint:
-        from amira.backends.triton import TritonBackend
-
-        return TritonBackend(settings.triton_endpoint, inference_timeout=settings.inference_timeout_secs)
+    """The embedded backend, or a pool of the Triton endpoints (one or more) that the settings name;
+    a pool must run (`Engine.run`) to serve."""
+    if settings.triton_endpoints:
+        return TritonPool(
+            settings.triton_endpoints,
+            {model for config in settings.model_set_configs().values() for model in config.models.values()},
+            inference_timeout=settings.inference_timeout_secs,
+            max_calls_per_endpoint=settings.max_calls_per_endpoint,
+            max_queued_calls=settings.max_queued_calls,
+        )
     from amira.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(settings.model_repository)
@@ -104,6 +112,55 @@ class Engine:
         self.batch_calls = CallPolicy(trio.CapacityLimiter(settings.max_concurrent_batches))
         self.calls: Counter[str] = Counter()
         self.on_call: Callable[[str, str, float], None] | None = None
+        self._running = False
+
+    @property
+    def pool(self) -> TritonPool | None:
+        """The Triton endpoints, when the backend is Triton's."""
+        return self.backend if isinstance(self.backend, TritonPool) else None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """What the engine runs while it serves, until cancelled: the Triton endpoints' watchers.
+        Started once every endpoint has been probed, so that loading the model sets right after
+        finds the healthy ones; `serve` and `open_recognizer` run it."""
+        if self._running:
+            raise RuntimeError("the engine is running already")
+        self._running = True
+        try:
+            if self.pool is None:
+                task_status.started()
+                await trio.sleep_forever()
+            else:
+                await self.pool.run(task_status=task_status)
+        finally:
+            self._running = False
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Run the engine (`run`) for the body of an `async with`. An exception of the body leaves
+        as itself, not inside the exception group of the nursery that runs the engine."""
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    def check_admission(self) -> None:
+        """Load shedding: refuse new work at once when no Triton endpoint is healthy
+        (`backend_unavailable`, 1013) or more calls wait for one than `MAX_QUEUED_CALLS`
+        (`capacity_exceeded`). The embedded backend queues no calls."""
+        if self.pool is not None:
+            self.pool.check_admission()
 
     def load_vocabularies(self) -> None:
         """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""

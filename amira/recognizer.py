@@ -80,8 +80,9 @@ async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Rec
     backend = create_backend(settings)
     try:
         engine = Engine(backend, settings)
-        await engine.load()
-        yield Recognizer(engine)
+        async with engine.serving():
+            await engine.load()
+            yield Recognizer(engine)
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()

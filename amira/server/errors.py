@@ -9,8 +9,9 @@ from amira.core.errors import ERROR_TABLE, RETRY_AFTER_SECS, AmiraError
 
 def error_response(error_type: str, message: str, status: int | None = None) -> Response:
     response = jsonify({"error": message, "error_type": error_type})
-    response.status_code = status or ERROR_TABLE[error_type].http_status
-    if error_type == "capacity_exceeded":
+    kind = ERROR_TABLE[error_type]
+    response.status_code = status or kind.http_status
+    if kind.retry_after:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECS)
     return response
 
