@@ -129,6 +129,7 @@ class TritonPool:
         self.probe_timeout = min(PROBE_TIMEOUT, inference_timeout)
         self.on_call: Callable[[str, float], None] | None = None  # (endpoint url, seconds) per answered call
         self._reference: dict[str, ModelMetadata] = {}  # each model's tensors, as the first endpoint has them
+        self.failovers = 0  # calls retried on another endpoint after theirs failed
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._picks = itertools.count(1)
         self._running = False
@@ -316,6 +317,8 @@ class TritonPool:
                 if failure is None:
                     raise
                 raise failure from None
+            if failure is not None:
+                self.failovers += 1
             started = time.perf_counter()
             try:
                 result = await call(endpoint.backend)

@@ -56,6 +56,11 @@ class _Endpoints(Collector):
         yield GaugeMetricFamily(
             "amira_backend_queued_calls", "Calls waiting for a free Triton endpoint", value=self._pool.queued
         )
+        yield CounterMetricFamily(
+            "amira_backend_failovers",
+            "Calls retried at once on another endpoint after theirs became unavailable",
+            value=self._pool.failovers,
+        )
 
 
 class Metrics:

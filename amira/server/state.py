@@ -109,7 +109,11 @@ class ServerState:
         self.drain_expired.set()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Backend and model readiness, cached for a second so that probes stay cheap."""
+        """Backend and model readiness, cached for a second so that probes stay cheap; with Triton,
+        no healthy endpoint is known at once from the endpoints' watchers."""
+        pool = self.engine.pool
+        if pool is not None and not pool.healthy:
+            return False, f"no Triton endpoint is healthy: {pool.describe()}"
         now = trio.current_time()
         if now - self._ready_at >= READY_CACHE_SECS:
             self._ready = await self._check_ready()
@@ -126,6 +130,4 @@ class ServerState:
                 ready = await self.engine.ready()
         except (BackendFailure, trio.TooSlowError) as exc:
             return False, f"the {self.engine.backend.kind} backend does not answer: {exc}"
-        if not ready and self.engine.pool is not None:
-            return False, f"no Triton endpoint is healthy: {self.engine.pool.describe()}"
         return (True, "ready") if ready else (False, "a model of a configured model set is not ready")
