@@ -381,3 +381,42 @@ async def test_a_long_call_queue_sheds_new_work_at_once(
     assert await metric(http, base, "amira_backend_queued_calls") == 0
     response = await batch(http, base, BATCH_AUDIO[0])
     assert response.status_code == 200 and response.json()["transcription"] == references.batch[0]
+
+
+async def test_an_endpoint_without_every_model_or_with_other_models_gets_no_calls(
+    nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path,
+    references: References,
+) -> None:  # fmt: skip
+    """On the second endpoint's port, a Triton that lacks a model of a model set, then one whose
+    `encoder` is another model (other tensors): each stays out, `/ready` says why, and every call
+    goes to the first endpoint."""
+    from amira.tooling.triton_repository import build_repository, write_model
+
+    base = await start_server(nursery, pool_settings(tritons, tmp_path))
+    second = tritons[1]
+    await second.akill()
+    lacking = build_repository(
+        shipped_repository(), tmp_path / "lacking", "cpu", models=SETS["default"], instance_count=1
+    )
+    other = build_repository(
+        shipped_repository(), tmp_path / "other", "cpu", models=SETS["default"], instance_count=1
+    )
+    for name in ("encoder", "encoder_slow"):  # the random-weight TDT encoder: 128 channels, not 256
+        write_model(model_file(shipped_repository(), "encoder_tdt"), other, name, "cpu", instance_count=1)
+    for repository, why in ((lacking, "models not ready: encoder_slow"), (other, "other tensors")):
+        impostor = TritonProcess(repository, http_port=second.http_port, log_path=tmp_path / "impostor.log")
+        await impostor.astart()
+        try:
+
+            async def explained(why: str = why) -> bool:
+                endpoint = (await http.get(f"{base}/ready")).json()["endpoints"][1]
+                return endpoint["state"] == "down" and why in endpoint["reason"]
+
+            await wait_until(explained, within=5)
+            for samples, expected in zip(BATCH_AUDIO, references.batch, strict=True):
+                response = await batch(http, base, samples)
+                assert response.status_code == 200 and response.json()["transcription"] == expected
+            assert await inference_count(http, impostor, "preprocessor") == 0
+        finally:
+            with trio.CancelScope(shield=True):
+                await impostor.astop()
