@@ -9,6 +9,8 @@ new work at once. The settings that name the endpoints are checked first (no Tri
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,3 +422,33 @@ async def test_an_endpoint_without_every_model_or_with_other_models_gets_no_call
         finally:
             with trio.CancelScope(shield=True):
                 await impostor.astop()
+
+
+async def test_a_hung_triton_fails_its_probe_and_is_taken_out(
+    nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path,
+    references: References,
+) -> None:  # fmt: skip
+    """A Triton that stops answering (SIGSTOP: its sockets stay open) fails its readiness probe and
+    gets no calls; when it answers again, it is taken back."""
+    base = await start_server(nursery, pool_settings(tritons, tmp_path))
+    hung = tritons[0]
+    assert hung.pid is not None
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+
+        async def taken_out() -> bool:
+            endpoint = (await http.get(f"{base}/ready")).json()["endpoints"][0]
+            return endpoint["state"] == "down" and "no answer to the readiness probe" in endpoint["reason"]
+
+        took = await wait_until(taken_out, within=10)
+        assert took < 4.0  # a probe every second, each given 2 s
+        for samples, expected in zip(BATCH_AUDIO, references.batch, strict=True):
+            response = await batch(http, base, samples)
+            assert response.status_code == 200 and response.json()["transcription"] == expected
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+
+    async def back() -> bool:
+        return (await endpoint_states(http, base))[hung.url] == "healthy"
+
+    await wait_until(back, within=5)
