@@ -23,9 +23,12 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from amira import open_recognizer
+from amira.backends.embedded import EmbeddedBackend
+from amira.backends.triton_pool import EndpointState, TritonPool
 from amira.client import StreamError, open_stream_client
+from amira.core.joint import JOINT_OUTPUTS
 from amira.models import model_file, shipped_repository
-from amira.settings import Settings, SettingsError
+from amira.settings import Settings, SettingsError, TritonDecodeModel
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
@@ -122,6 +125,15 @@ def two_tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Trito
         "cpu",
         instance_count=2,
         parameters={"delay_seconds": str(SLOW_DELAY)},
+    )
+    write_model(
+        model_file(shipped_repository(), "decoder_joint"),
+        repository,
+        "decoder_joint_slow",
+        "cpu",
+        instance_count=1,
+        parameters={"delay_seconds": str(SLOW_DELAY)},
+        decode_model=False,
     )
     tritons = [
         TritonProcess(repository, log_path=root / f"triton-{i}.log", startup_timeout=180) for i in range(2)
@@ -243,14 +255,17 @@ async def test_calls_spread_over_both_tritons(
     assert await metric(http, base, "amira_backend_failovers_total") == 0
 
 
+@pytest.mark.parametrize("decode", [TritonDecodeModel.AUTO, TritonDecodeModel.OFF])
 async def test_a_triton_killed_under_load_loses_nothing_and_comes_back(
     nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path,
-    references: References,
+    references: References, decode: TritonDecodeModel,
 ) -> None:  # fmt: skip
     """5 streams in real time and 5 batch requests, on the slowed encoder; the Triton with calls in
     flight is killed: each stream and request completes with the transcript it has without the
-    failure. Started again, that Triton takes calls within seconds."""
-    base = await start_server(nursery, pool_settings(tritons, tmp_path))
+    failure. Started again, that Triton takes calls within seconds. Both ways of decoding on Triton:
+    a span per call of the decode model (from trio), and `decoder_joint` calls batched by the
+    scheduler's worker thread (`infer_blocking`)."""
+    base = await start_server(nursery, pool_settings(tritons, tmp_path, triton_decode_model=decode))
     finals: dict[int, dict] = {}
     answers: dict[int, httpx.Response] = {}
 
@@ -285,6 +300,8 @@ async def test_a_triton_killed_under_load_loses_nothing_and_comes_back(
         assert finals[i]["metadata"]["tokens"] == references.streams[i], i
         assert answers[i].status_code == 200, answers[i].text
         assert answers[i].json()["transcription"] == references.batch[i], i
+    decode_calls = await metric(http, base, "amira_backend_calls_total", role="decode")
+    assert (decode_calls > 0) == (decode is TritonDecodeModel.AUTO), decode_calls
     assert await metric(http, base, "amira_backend_failovers_total") >= 1  # calls in flight were retried
     assert await metric(http, base, "amira_backend_endpoint_outages_total", endpoint=victim[0].url) == 1
     states = await endpoint_states(http, base)
@@ -452,3 +469,47 @@ async def test_a_hung_triton_fails_its_probe_and_is_taken_out(
         return (await endpoint_states(http, base))[hung.url] == "healthy"
 
     await wait_until(back, within=5)
+
+
+async def test_calls_from_a_worker_thread_fail_over_too(tritons: list[TritonProcess]) -> None:
+    """The pool on its own: a worker thread making calls one after another (as a span's thread or a
+    batching scheduler's does, `infer_blocking`) goes on when the Triton its call is on is killed;
+    every answer is the embedded backend's."""
+    pool = TritonPool([t.url for t in tritons], ["decoder_joint_slow"], inference_timeout=10.0)
+    rng = np.random.default_rng(0)
+    inputs = {
+        "encoder_outputs": rng.standard_normal((1, 256, 4)).astype(np.float32),
+        "targets": np.array([[3]], np.int32),
+        "target_length": np.array([1], np.int32),
+        "input_states_1": rng.standard_normal((1, 1, 128)).astype(np.float32),
+        "input_states_2": rng.standard_normal((1, 1, 128)).astype(np.float32),
+    }
+    embedded = EmbeddedBackend(shipped_repository())
+    expected = await embedded.infer("decoder_joint", inputs, JOINT_OUTPUTS, trio.CapacityLimiter(1))
+    answers: list[dict[str, np.ndarray]] = []
+
+    def work() -> None:
+        for _ in range(8):
+            answers.append(pool.infer_blocking("decoder_joint_slow", inputs, JOINT_OUTPUTS))
+
+    async def one_in_flight() -> bool:
+        return any(endpoint.in_flight for endpoint in pool.endpoints)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            async with trio.open_nursery() as calls:
+                calls.start_soon(pool.run_blocking, work, trio.CapacityLimiter(1))
+                await wait_until(one_in_flight, within=10, step=0.01)
+                [victim] = [i for i, endpoint in enumerate(pool.endpoints) if endpoint.in_flight]
+                await tritons[victim].akill()
+            nursery.cancel_scope.cancel()
+    finally:
+        await pool.aclose()
+    assert len(answers) == 8
+    for answer in answers:
+        for name in JOINT_OUTPUTS:
+            np.testing.assert_allclose(answer[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert pool.failovers == 1
+    assert pool.endpoints[victim].state is EndpointState.DOWN
+    assert sum(endpoint.calls for endpoint in pool.endpoints) == 8  # answered: the failed one was retried

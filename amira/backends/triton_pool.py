@@ -21,14 +21,21 @@ decoder state lives in AMIRA, the models keep none), so any endpoint can answer 
   (the call's time is spent; a hung endpoint fails its next probe) and an error that Triton answered
   is not either (any endpoint would answer the same).
 
-All of the pool's state lives on the trio thread: the worker threads run only `TritonBackend` calls.
+Threads. Calls come from trio (`infer`, each in a worker thread of its own) and from worker threads
+that make many calls in a row (`infer_blocking`: a span's thread, a batching scheduler's thread).
+The endpoints' bookkeeping (calls in flight, health) is kept under one lock, so that a worker thread
+takes a free endpoint, gives it back and takes a failed one out without a hand-off to the event
+loop; only waiting for a free endpoint (the queue, trio events) and waking a watcher happen on the
+trio thread (`trio.from_thread`, or `run_sync_soon` when nothing waits for the answer).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -130,8 +137,10 @@ class TritonPool:
         self.on_call: Callable[[str, float], None] | None = None  # (endpoint url, seconds) per answered call
         self._reference: dict[str, ModelMetadata] = {}  # each model's tensors, as the first endpoint has them
         self.failovers = 0  # calls retried on another endpoint after theirs failed
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._lock = threading.Lock()  # over the endpoints' state, in flight counts and `failovers`
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # the trio thread's only
         self._picks = itertools.count(1)
+        self._token: trio.lowlevel.TrioToken | None = None  # set while running
         self._running = False
         self._closed = False
 
@@ -149,6 +158,11 @@ class TritonPool:
     def health(self) -> list[dict[str, Any]]:
         return [endpoint.health() for endpoint in self.endpoints]
 
+    def require(self, model: str) -> None:
+        """From now on, `model` too must be ready on an endpoint for it to take calls (the engine
+        found it on every healthy endpoint, and uses it: a Triton decode model)."""
+        self.models = self.models | {model}
+
     def check_admission(self) -> None:
         """Refuse new work at once when no endpoint is healthy or the queue is over its bound."""
         if not self.healthy:
@@ -165,6 +179,7 @@ class TritonPool:
         if self._running:
             raise RuntimeError("the Triton pool is running already")
         self._running = True
+        self._token = trio.lowlevel.current_trio_token()
         try:
             async with trio.open_nursery() as nursery:
                 async with trio.open_nursery() as starting:
@@ -226,19 +241,36 @@ class TritonPool:
         return None
 
     def _bring_in(self, endpoint: Endpoint) -> None:
-        if endpoint.state is not EndpointState.HEALTHY:
+        with self._lock:
+            if endpoint.state is EndpointState.HEALTHY:
+                return
             endpoint.state, endpoint.reason = EndpointState.HEALTHY, ""
-            self._dispatch()
+        self._dispatch()
+
+    def _mark_down(self, endpoint: Endpoint, reason: str) -> None:
+        """Stop sending calls to `endpoint` (any thread); its watcher probes it back."""
+        with self._lock:
+            endpoint.reason = reason
+            if endpoint.state is EndpointState.DOWN:
+                return
+            if endpoint.state is EndpointState.HEALTHY:
+                endpoint.failures += 1
+            endpoint.state = EndpointState.DOWN
+            endpoint.generation += 1
 
     def _take_out(self, endpoint: Endpoint, reason: str) -> None:
-        """Stop sending calls to `endpoint`; its watcher probes it back."""
-        endpoint.reason = reason
-        if endpoint.state is EndpointState.DOWN:
-            return
-        if endpoint.state is EndpointState.HEALTHY:
-            endpoint.failures += 1
-        endpoint.state = EndpointState.DOWN
-        endpoint.generation += 1
+        self._mark_down(endpoint, reason)
+        self._dispatch()
+
+    def _failed(self, endpoint: Endpoint, reason: str) -> None:
+        """A call found `endpoint` unavailable: out at once."""
+        self._mark_down(endpoint, reason)
+        self._after_failure(endpoint)
+
+    def _after_failure(self, endpoint: Endpoint) -> None:
+        """(trio thread) Its backoff starts now, not at its next periodic probe; waiting calls learn
+        whether any endpoint is left."""
+        endpoint.wake.set()
         self._dispatch()
 
     # -- routing -------------------------------------------------------------------------------------
@@ -249,21 +281,31 @@ class TritonPool:
             f"{e.url}: {e.state.value}" + (f" ({e.reason})" if e.reason else "") for e in self.endpoints
         )
 
-    def _free(self) -> Endpoint | None:
-        """The healthy endpoint with the fewest calls in flight (and a free slot), least recently picked."""
-        free = [e for e in self.healthy if e.in_flight < self.max_calls_per_endpoint]
-        return min(free, key=lambda e: (e.in_flight, e.last_pick), default=None)
+    def _take_free(self) -> Endpoint | None:
+        """A slot on the healthy endpoint with the fewest calls in flight (ties: the one picked least
+        recently), or None when none has a free slot."""
+        with self._lock:
+            free = [
+                e
+                for e in self.endpoints
+                if e.state is EndpointState.HEALTHY and e.in_flight < self.max_calls_per_endpoint
+            ]
+            endpoint = min(free, key=lambda e: (e.in_flight, e.last_pick), default=None)
+            if endpoint is not None:
+                endpoint.in_flight += 1
+                endpoint.last_pick = next(self._picks)
+            return endpoint
 
-    def _take(self, endpoint: Endpoint) -> Endpoint:
-        endpoint.in_flight += 1
-        endpoint.last_pick = next(self._picks)
-        return endpoint
+    def _give_back(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            endpoint.in_flight -= 1
 
     def _dispatch(self) -> None:
-        """Hand free endpoints to waiting calls, in order; fail them all when no endpoint is healthy."""
-        while self._waiters and (endpoint := self._free()) is not None:
+        """(trio thread) Hand free endpoints to waiting calls, in order; fail them all when no
+        endpoint is healthy."""
+        while self._waiters and (endpoint := self._take_free()) is not None:
             waiter = self._waiters.popleft()
-            waiter.endpoint = self._take(endpoint)
+            waiter.endpoint = endpoint
             waiter.ready.set()
         if self._waiters and not (self._running and self.healthy):
             failure = f"no Triton endpoint is healthy ({self.describe()})"
@@ -273,17 +315,27 @@ class TritonPool:
                 waiter.ready.set()
 
     def _release(self, endpoint: Endpoint) -> None:
-        endpoint.in_flight -= 1
+        self._give_back(endpoint)
         self._dispatch()
 
-    async def _acquire(self, what: str) -> Endpoint:
-        """A slot on the best endpoint: at once when one is free, else after the calls queued before."""
+    def _soon(self, action: Callable[..., object], *args: object) -> None:
+        """From a worker thread: run `action` on the trio thread, without waiting for it."""
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):  # the engine stopped: nothing to tell
+                self._token.run_sync_soon(action, *args)
+
+    def _check_open(self, what: str) -> None:
         if self._closed:
             raise BackendUnavailable(f"{what}: the Triton backend is closed")
         if not self._running:
             raise BackendUnavailable(f"{what}: the Triton pool is not running (Engine.run)")
-        if not self._waiters and (endpoint := self._free()) is not None:
-            return self._take(endpoint)
+
+    async def _acquire(self, what: str) -> Endpoint:
+        """(trio thread) A slot on the best endpoint: at once when one is free, else after the calls
+        queued before."""
+        self._check_open(what)
+        if not self._waiters and (endpoint := self._take_free()) is not None:
+            return endpoint
         if not self.healthy:
             raise BackendUnavailable(f"{what}: no Triton endpoint is healthy ({self.describe()})")
         waiter = _Waiter()
@@ -301,6 +353,13 @@ class TritonPool:
             raise BackendUnavailable(f"{what}: {waiter.failure}")
         return waiter.endpoint
 
+    def _acquire_blocking(self, what: str) -> Endpoint:
+        """(worker thread) `_acquire`, without a hand-off to the event loop when a slot is free."""
+        self._check_open(what)
+        if not self._waiters and (endpoint := self._take_free()) is not None:
+            return endpoint
+        return trio.from_thread.run(self._acquire, what)
+
     def _abandon(self, waiter: _Waiter) -> None:
         if not waiter.ready.is_set():
             self._waiters.remove(waiter)
@@ -308,7 +367,8 @@ class TritonPool:
             self._release(waiter.endpoint)
 
     async def _routed(self, what: str, call: Callable[[TritonBackend], Awaitable[T]]) -> T:
-        """`call` on the best endpoint; on another at once when that one turns out unavailable."""
+        """(trio thread) `call` on the best endpoint; on another at once when that one turns out
+        unavailable."""
         failure: BackendUnavailable | None = None
         for _ in self.endpoints:
             try:
@@ -317,14 +377,12 @@ class TritonPool:
                 if failure is None:
                     raise
                 raise failure from None
-            if failure is not None:
-                self.failovers += 1
+            self._count_failover(failure)
             started = time.perf_counter()
             try:
                 result = await call(endpoint.backend)
             except BackendUnavailable as exc:
-                self._take_out(endpoint, str(exc))
-                endpoint.wake.set()  # its backoff starts now, not at its next periodic probe
+                self._failed(endpoint, str(exc))
                 failure = exc
                 continue
             except BackendTimeout:
@@ -337,10 +395,49 @@ class TritonPool:
         assert failure is not None
         raise failure
 
+    def _routed_blocking(self, what: str, call: Callable[[TritonBackend], T]) -> T:
+        """(worker thread) `_routed`, the call made in this thread."""
+        failure: BackendUnavailable | None = None
+        for _ in self.endpoints:
+            try:
+                endpoint = self._acquire_blocking(what)
+            except BackendUnavailable:
+                if failure is None:
+                    raise
+                raise failure from None
+            self._count_failover(failure)
+            started = time.perf_counter()
+            try:
+                result = call(endpoint.backend)
+            except BackendUnavailable as exc:
+                self._mark_down(endpoint, str(exc))
+                self._soon(self._after_failure, endpoint)
+                failure = exc
+                continue
+            except BackendTimeout:
+                self._soon(endpoint.wake.set)
+                raise
+            finally:
+                self._give_back(endpoint)
+                if self._waiters:
+                    self._soon(self._dispatch)
+            self._answered(endpoint, time.perf_counter() - started)
+            return result
+        assert failure is not None
+        raise failure
+
+    def _count_failover(self, failure: BackendUnavailable | None) -> None:
+        if failure is not None:
+            with self._lock:
+                self.failovers += 1
+
     def _answered(self, endpoint: Endpoint, seconds: float) -> None:
-        endpoint.calls += 1
-        previous = endpoint.latency
-        endpoint.latency = seconds if previous is None else previous + LATENCY_WEIGHT * (seconds - previous)
+        with self._lock:
+            endpoint.calls += 1
+            previous = endpoint.latency
+            endpoint.latency = (
+                seconds if previous is None else previous + LATENCY_WEIGHT * (seconds - previous)
+            )
         if self.on_call is not None:
             self.on_call(endpoint.url, seconds)
 
@@ -367,6 +464,20 @@ class TritonPool:
         return await self._routed(
             f"inference on {model!r}", lambda backend: backend.infer(model, inputs, outputs, limiter)
         )
+
+    def infer_blocking(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """One call from a trio worker thread (`run_blocking`'s, or a batching scheduler's)."""
+        return self._routed_blocking(
+            f"inference on {model!r}", lambda backend: backend.infer_blocking(model, inputs, outputs)
+        )
+
+    async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+        """`work` in one worker thread, never abandoned (see `TritonBackend.run_blocking`); its calls
+        (`infer_blocking`) are routed one by one."""
+        self._check_open("a span of calls")
+        return await trio.to_thread.run_sync(work, limiter=limiter)
 
     async def aclose(self) -> None:
         self._closed = True
