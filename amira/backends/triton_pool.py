@@ -35,6 +35,7 @@ import collections
 import contextlib
 import enum
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -55,6 +56,7 @@ from amira.core.errors import (
 from amira.core.tensors import ModelMetadata
 
 T = TypeVar("T")
+log = logging.getLogger("amira.backends.triton_pool")
 
 FIRST_BACKOFF = 0.25  # seconds before the first probe of an endpoint that was taken out
 PROBE_TIMEOUT = 2.0  # a probe slower than this (or than the inference timeout) fails
@@ -166,7 +168,9 @@ class TritonPool:
     def check_admission(self) -> None:
         """Refuse new work at once when no endpoint is healthy or the queue is over its bound."""
         if not self.healthy:
-            raise NoHealthyEndpoint(f"no Triton endpoint is healthy ({self.describe()}); retry shortly")
+            raise NoHealthyEndpoint(
+                f"no Triton endpoint is healthy (0 of {len(self.endpoints)}; /ready says why); retry shortly"
+            )
         if self.queued > self.max_queued_calls:
             raise CapacityExceeded(
                 f"{self.queued} inference calls are queued (more than {self.max_queued_calls}); retry shortly"
@@ -245,6 +249,7 @@ class TritonPool:
             if endpoint.state is EndpointState.HEALTHY:
                 return
             endpoint.state, endpoint.reason = EndpointState.HEALTHY, ""
+        log.info("Triton endpoint %s is healthy: it takes calls", endpoint.url)
         self._dispatch()
 
     def _mark_down(self, endpoint: Endpoint, reason: str) -> None:
@@ -253,10 +258,17 @@ class TritonPool:
             endpoint.reason = reason
             if endpoint.state is EndpointState.DOWN:
                 return
-            if endpoint.state is EndpointState.HEALTHY:
+            was = endpoint.state
+            if was is EndpointState.HEALTHY:
                 endpoint.failures += 1
             endpoint.state = EndpointState.DOWN
             endpoint.generation += 1
+        log.warning(
+            "Triton endpoint %s is %s: %s",
+            endpoint.url,
+            "taken out" if was is EndpointState.HEALTHY else "down",
+            reason,
+        )
 
     def _take_out(self, endpoint: Endpoint, reason: str) -> None:
         self._mark_down(endpoint, reason)
