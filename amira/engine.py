@@ -42,6 +42,7 @@ from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
 T = TypeVar("T")
 OUTAGE_RETRY_SECS = 0.25
+STATES_PER_STREAM = 3  # a stream's committed state, a scratch copy for tails, a checkpoint before each window
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
 
 
@@ -231,7 +232,7 @@ class Engine:
                 model_set.decoding.blank,
                 model_set.state_layers,
                 model_set.state_hidden,
-                2 * settings.max_concurrent_streams + settings.max_concurrent_batches,
+                STATES_PER_STREAM * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
             await self._find_decode_model(model_set)
             self.model_sets[name] = LoadedModelSet(model_set, streaming, states)
