@@ -22,7 +22,7 @@ from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch
 from amira.server.deepgram_routes import add_deepgram_routes
 from amira.server.errors import dialect_error_response
 from amira.server.openai_routes import add_openai_routes
-from amira.server.state import ServerState, new_id
+from amira.server.state import ServerState, request_id
 from amira.server.stream_handler import add_stream_route
 from amira.server.web import add_web_routes
 
@@ -82,12 +82,12 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()
+        batch_id = request_id(request.headers.get("X-Request-Id"))
         response = await _batch(model, started)
-        response.headers["X-Request-Id"] = request_id
+        response.headers["X-Request-Id"] = batch_id
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
-            request_id,
+            batch_id,
             model if model in engine.configs else UNKNOWN,
             response.status_code,
             time.perf_counter() - started,

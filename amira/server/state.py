@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,11 +17,21 @@ from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 READY_CACHE_SECS = 1.0
+REQUEST_ID_MAX = 64
+REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 def new_id() -> str:
     """A short random id for a request or stream, for logs and error messages."""
     return secrets.token_hex(5)
+
+
+def request_id(offered: str | None) -> str:
+    """The client's `X-Request-Id` when it is a plain token (letters, digits, `-_.:`, at most 64
+    characters), so that it can be logged and echoed safely; else a new id."""
+    if offered and len(offered) <= REQUEST_ID_MAX and REQUEST_ID_CHARS.fullmatch(offered):
+        return offered
+    return new_id()
 
 
 @attrs.frozen
