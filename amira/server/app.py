@@ -71,10 +71,12 @@ def create_app(state: ServerState) -> Quart:
     @app.get("/ready")
     async def ready() -> Response | tuple[Response, int]:
         is_ready, message = await state.readiness()
-        if is_ready:
-            return jsonify({"status": "ready", "models": sorted(engine.configs)})
-        body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
-        return jsonify(body), 503
+        body: dict[str, object] = {"status": "ready", "models": sorted(engine.configs)}
+        if not is_ready:
+            body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
+        if engine.pool is not None:
+            body["endpoints"] = engine.pool.health()
+        return jsonify(body), 200 if is_ready else 503
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
 import trio
 
-from amira.core.errors import BackendFailure, CapacityExceeded
+from amira.core.errors import AmiraError, BackendFailure, CapacityExceeded
 from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.metrics import Metrics
@@ -28,17 +28,26 @@ class Admission:
     """The cap on one kind of work (`batch`, `stream`): admitted at once, or refused at once.
 
     Work never queues for a slot: past the cap the client is told `capacity_exceeded` (503 with
-    `Retry-After`, close 1013) and retries, which keeps latency bounded under overload.
+    `Retry-After`, close 1013) and retries, which keeps latency bounded under overload. Before the
+    cap, `shed` may refuse it for the backend's sake (`Engine.check_admission`: no healthy Triton
+    endpoint, or too many calls queued), answered the same way.
     """
 
     kind: str
     description: str  # "batch requests", "streams": for the refusal's message
     limiter: trio.CapacityLimiter
     metrics: Metrics
+    shed: Callable[[], None]
 
     @contextmanager
     def admit(self) -> Iterator[None]:
-        """Hold a slot for the `with` block; `CapacityExceeded` when none is free."""
+        """Hold a slot for the `with` block; `CapacityExceeded` (or the `shed` check's error) when
+        the work cannot be taken now."""
+        try:
+            self.shed()
+        except AmiraError:
+            self.metrics.rejected.labels(self.kind).inc()
+            raise
         try:
             self.limiter.acquire_nowait()
         except trio.WouldBlock:
@@ -167,14 +176,17 @@ class ServerState:
         engine = recognizer.engine
         metrics = Metrics(lambda: dict(engine.calls))
         engine.on_call = metrics.observe_backend_call
+        if engine.pool is not None:
+            metrics.watch_endpoints(engine.pool)
         batch_limit = trio.CapacityLimiter(settings.max_concurrent_batches)
         stream_limit = trio.CapacityLimiter(settings.max_concurrent_streams)
+        shed = engine.check_admission
         return cls(
             recognizer,
             settings,
             metrics,
-            Admission("batch", "batch requests", batch_limit, metrics),
-            Admission("stream", "streams", stream_limit, metrics),
+            Admission("batch", "batch requests", batch_limit, metrics, shed),
+            Admission("stream", "streams", stream_limit, metrics, shed),
             BodyBudget(settings.body_budget, metrics),
             PerKeyLimit(settings.max_streams_per_key, metrics),
         )
@@ -191,16 +203,20 @@ class ServerState:
 
     async def readiness(self) -> tuple[bool, str]:
         """Backend and model readiness, cached for a second so that probes stay cheap; not ready
-        from the moment shutdown begins."""
+        from the moment shutdown begins; with Triton, no healthy endpoint is known at once from the
+        endpoints' watchers."""
+        if self.shutting_down.is_set():
+            return False, "the server is shutting down"
+        pool = self.engine.pool
+        if pool is not None and not pool.healthy:
+            return False, f"no Triton endpoint is healthy: {pool.describe()}"
         now = trio.current_time()
-        if self.shutting_down.is_set() or now - self._ready_at >= READY_CACHE_SECS:
+        if now - self._ready_at >= READY_CACHE_SECS:
             self._ready = await self._check_ready()
             self._ready_at = now
         return self._ready
 
     async def _check_ready(self) -> tuple[bool, str]:
-        if self.shutting_down.is_set():
-            return False, "the server is shutting down"
         if self.load_error is not None:
             return False, self.load_error
         if not self.engine.loaded:
