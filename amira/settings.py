@@ -15,8 +15,13 @@ from typing import Any
 
 import attrs
 
+from amira.core import segments
+from amira.core.endpoints import parse_endpoint_list
 from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
+
+BODY_LIMIT_FRAMES = 16  # the batch body limit, in units of MAX_FRAME_BYTES
+BODY_BUFFER_BODIES = 3  # the default BODY_BUFFER_BYTES, in batch body limits
 
 
 class SettingsError(ValueError):
@@ -63,6 +68,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -75,6 +87,30 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
     return value
+
+
+def _endpointing_ms(text: str) -> int | None:
+    if text.strip().lower() == "false":
+        return None
+    value = int(text)
+    low, high = segments.MIN_ENDPOINTING_MS, segments.MAX_ENDPOINTING_MS
+    if not low <= value <= high:
+        raise ValueError(f"must be false or milliseconds from {low} to {high}")
+    return value
+
+
+def _max_segment_secs(text: str) -> float:
+    value = float(text)
+    if not segments.MIN_SEGMENT_SECS <= value <= segments.MAX_SEGMENT_SECS:
+        raise ValueError(
+            f"must be from {segments.MIN_SEGMENT_SECS:g} to {segments.MAX_SEGMENT_SECS:g} seconds"
+        )
+    return value
+
+
+def _interim_secs(text: str) -> float | None:
+    value = _non_negative_float(text)
+    return value or None
 
 
 def _milliseconds(text: str) -> float:
@@ -91,13 +127,19 @@ def _port(text: str) -> int:
     return value
 
 
-def _endpoint(text: str) -> str | None:
-    text = text.strip()
-    if not text:
+def _endpoints(text: str) -> str | None:
+    """One or more Triton HTTP URLs, comma-separated, normalised; None for none (the embedded backend)."""
+    return ",".join(parse_endpoint_list(text)) or None
+
+
+def _checked_endpoints(value: str | None) -> str | None:
+    """The `triton_endpoint` field's converter: settings made in code or from flags are checked too."""
+    if value is None:
         return None
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must be the http://host:port URL of Triton's HTTP endpoint")
-    return text.rstrip("/")
+    try:
+        return _endpoints(value)
+    except ValueError as exc:
+        raise SettingsError(f"TRITON_ENDPOINT={value!r}: {exc}") from None
 
 
 def _existing_dir(text: str) -> Path:
@@ -162,7 +204,8 @@ def _boolean(text: str) -> bool:
 
 @attrs.frozen
 class Settings:
-    triton_endpoint: str | None = None
+    # comma-separated Triton HTTP URLs (`triton_endpoints` splits them); None: the embedded backend
+    triton_endpoint: str | None = attrs.field(default=None, converter=_checked_endpoints)
     model_repository: Path = attrs.field(factory=shipped_repository)
     vocabulary_path: Path | None = None
     model_sets_file: Path | None = None
@@ -187,12 +230,45 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
+    max_connections: int = 1000
+    keep_alive_timeout_secs: float = 5.0
+    body_timeout_secs: float = 60.0
+    body_buffer_bytes: int | None = None
+    stream_max_idle_secs: float = 300.0
+    max_streams_per_key: int | None = None
+    stream_endpointing_ms: int | None = segments.DEFAULT_ENDPOINTING_MS
+    stream_max_segment_secs: float = segments.DEFAULT_MAX_SEGMENT_SECS
+    stream_interim_secs: float | None = segments.DEFAULT_INTERIM_SECS
     decode_mode: DecodeMode = DecodeMode.BATCHED
     decoder_batch_window_ms: float = 0.0
     triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
+    max_calls_per_endpoint: int = 32
+    max_queued_calls: int = 100
     # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
     # behind Triton (production), where an operator turns it on with WEB_UI=true.
     web_ui: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
+            raise SettingsError(
+                f"BODY_BUFFER_BYTES={self.body_buffer_bytes}: must be at least the batch body limit, "
+                f"{BODY_LIMIT_FRAMES} x MAX_FRAME_BYTES = {self.max_body_bytes}"
+            )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest batch request body."""
+        return BODY_LIMIT_FRAMES * self.max_frame_bytes
+
+    @property
+    def body_budget(self) -> int:
+        """Bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`)."""
+        return self.body_buffer_bytes or BODY_BUFFER_BODIES * self.max_body_bytes
+
+    @property
+    def triton_endpoints(self) -> tuple[str, ...]:
+        """The Triton endpoints calls are spread over; empty for the embedded backend."""
+        return tuple(self.triton_endpoint.split(",")) if self.triton_endpoint else ()
 
     @property
     def web_ui_enabled(self) -> bool:
@@ -202,17 +278,30 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
         environ = os.environ if environ is None else environ
+        both = [environ.get(name) for name in ("TRITON_ENDPOINT", "TRITON_ENDPOINTS")]
+        if all(value is not None and value.strip() for value in both) and both[0] != both[1]:
+            raise SettingsError("TRITON_ENDPOINT and TRITON_ENDPOINTS are both set and differ: set one")
         values: dict[str, Any] = {}  # field -> value of the field's type, as its ENVIRONMENT parser makes it
         for variable, (field, parse) in ENVIRONMENT.items():
             text = environ.get(variable)
             if text is None:
                 continue
             try:
-                values[field] = parse(text)
+                value = parse(text)
             except ValueError as exc:
                 raise SettingsError(f"{variable}={text!r}: {exc}") from exc
+            if value is not None or values.get(field) is None:  # an empty alias does not unset
+                values[field] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def segment_options(self) -> segments.SegmentOptions:
+        """The streams' segment options unless a stream's query says otherwise."""
+        return segments.SegmentOptions(
+            endpointing_ms=self.stream_endpointing_ms,
+            max_segment_secs=self.stream_max_segment_secs,
+            interim_secs=self.stream_interim_secs,
+        )
 
     def model_set_configs(self) -> dict[str, ModelSetConfig]:
         """The model sets to serve: those of `MODEL_SETS_FILE`, else one set named `default`."""
@@ -231,7 +320,8 @@ class Settings:
 
 
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
-    "TRITON_ENDPOINT": ("triton_endpoint", _endpoint),
+    "TRITON_ENDPOINT": ("triton_endpoint", _endpoints),
+    "TRITON_ENDPOINTS": ("triton_endpoint", _endpoints),
     "MODEL_REPOSITORY": ("model_repository", _existing_dir),
     "VOCABULARY_PATH": ("vocabulary_path", _existing_file),
     "MODEL_SETS_FILE": ("model_sets_file", _existing_file),
@@ -256,8 +346,19 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
+    "MAX_CONNECTIONS": ("max_connections", _positive_int),
+    "KEEP_ALIVE_TIMEOUT_SECS": ("keep_alive_timeout_secs", _positive_float),
+    "BODY_TIMEOUT_SECS": ("body_timeout_secs", _positive_float),
+    "BODY_BUFFER_BYTES": ("body_buffer_bytes", _positive_int),
+    "STREAM_MAX_IDLE_SECS": ("stream_max_idle_secs", _positive_float),
+    "MAX_STREAMS_PER_KEY": ("max_streams_per_key", _positive_int),
+    "STREAM_ENDPOINTING_MS": ("stream_endpointing_ms", _endpointing_ms),
+    "STREAM_MAX_SEGMENT_SECS": ("stream_max_segment_secs", _max_segment_secs),
+    "STREAM_INTERIM_SECS": ("stream_interim_secs", _interim_secs),
     "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
     "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
     "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
     "WEB_UI": ("web_ui", _boolean),
+    "MAX_CALLS_PER_ENDPOINT": ("max_calls_per_endpoint", _positive_int),
+    "MAX_QUEUED_CALLS": ("max_queued_calls", _non_negative_int),
 }

@@ -11,23 +11,31 @@ from amira.testing.ws_protocol import ProtocolViolation, WireChecker, expect_com
 
 pytestmark = pytest.mark.timeout(10)
 
-FINAL_METADATA = {"tokens": [1], "words": [], "audio_seconds": 1.0}
+SEGMENT = {"id": 0, "start": 0.0, "end": 1.0}
 
 
 def active(committed: str, transcription: str | None = None, is_final: bool = False) -> dict:
-    document = {"status": "ACTIVE", "is_final": is_final, "committed": committed}
-    document["transcription"] = committed if transcription is None else transcription
-    document["metadata"] = FINAL_METADATA if is_final else {"audio_seconds": 1.0}
+    document = {"status": "ACTIVE", "is_final": is_final, "speech_final": is_final, "from_finalize": False}
+    document |= {
+        "committed": committed,
+        "transcription": committed if transcription is None else transcription,
+    }
+    document["segment"] = SEGMENT
+    document["metadata"] = {"audio_seconds": 1.0} | ({"tokens": [1], "words": []} if is_final else {})
     return document
 
 
-def complete(committed: str = "a b") -> dict:
+def complete(text: str = "") -> dict:
+    """The COMPLETE of a stream whose only segment final said `text` (none when `text` is empty)."""
+    segments = [SEGMENT | {"text": text, "confidence": 1.0}] if text else []
     return {
         "status": "COMPLETE",
         "is_final": True,
-        "committed": committed,
-        "transcription": committed,
-        "metadata": FINAL_METADATA,
+        "speech_final": False,
+        "from_finalize": False,
+        "committed": text,
+        "transcription": text,
+        "metadata": {"audio_seconds": 1.0, "tokens": [1] if text else [], "words": [], "segments": segments},
     }
 
 
@@ -43,7 +51,7 @@ def replay(messages: list[dict], code: int | None):
 
 
 def test_a_well_formed_stream_passes() -> None:
-    record = replay([active("a", "a b"), active("a", "a", is_final=True), complete()], 1000)
+    record = replay([active("a", "a b"), active("a b", is_final=True), complete("a b")], 1000)
     assert expect_complete(record)["committed"] == "a b"
     assert expect_error(replay([active("a"), error()], 1008), "bad_request")["error_type"] == "bad_request"
     assert expect_complete(replay([complete()], 1001), close_code=1001)
@@ -62,7 +70,8 @@ def test_a_well_formed_stream_passes() -> None:
         ([error("too_large")], 1008, "expected 1009"),
         ([error("made_up")], 1008, "undocumented error_type"),
         ([{**error(), "message": "Traceback (most recent call last)"}], 1008, "clean message"),
-        ([active("a b"), active("a")], 1000, "committed text changed"),
+        ([active("a b"), active("a"), active("a", is_final=True), complete("a")], 1000, "segment rules"),
+        ([active("a", is_final=True), complete("b")], 1000, "segment rules"),
         ([active("a b", "a c")], 1000, "does not start with committed"),
         ([{**complete(), "is_final": False}], 1000, "is_final: true"),
         ([{**complete(), "metadata": {}}], 1000, "without tokens"),

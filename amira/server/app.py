@@ -2,48 +2,67 @@
 
 The app is a thin shell: request bodies are read and answers written by the sans-IO protocol
 (`amira.protocols.native_batch`), recognition is the `Recognizer`'s, and every failure leaves as a
-JSON error from the API's table, never a 500.
+JSON error from the API's table, never a 500. Every batch request, whatever its dialect, goes
+through `amira.server.batch_requests.answer_batch`: its body arrives before it takes a slot, and is
+parsed in a worker thread.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 import amira
-from amira.core.errors import AmiraError, InternalError
-from amira.protocols.native_batch import batch_document, parse_batch_body
+from amira.core.errors import BadRequest, InternalError, TooLarge
+from amira.protocols.native_batch import BatchInput, batch_document, check_media_type, parse_batch_body
+from amira.protocols.values import parse_request_id
 from amira.server import security
-from amira.server.errors import error_response, exception_response
+from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch
+from amira.server.deepgram_routes import add_deepgram_routes
+from amira.server.errors import dialect_error_response, dialect_of
+from amira.server.openai_routes import add_openai_routes
 from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
 from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
-BODY_LIMIT_FRAMES = 16
-
 
 def create_app(state: ServerState) -> Quart:
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = BODY_LIMIT_FRAMES * state.settings.max_frame_bytes
     recognizer, engine, settings, metrics = state.recognizer, state.engine, state.settings, state.metrics
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = None  # `answer_batch` has its own, answered with `request_timeout`
+
+    @app.before_request
+    async def name_request() -> None:
+        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or new_id()
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id") or new_id()
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            return error_response("too_large", f"the request body is larger than {limit} bytes")
-        return error_response("bad_request", f"{exc.name}: {exc.description}", exc.code or 400)
+            limit = settings.max_body_bytes
+            return dialect_error_response(
+                request.path, TooLarge(f"the request body is larger than {limit} bytes")
+            )
+        error = BadRequest(f"{exc.name}: {exc.description}")
+        return dialect_error_response(request.path, error, exc.code or 400)
 
     @app.errorhandler(Exception)
     async def unexpected_error(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return exception_response(InternalError("internal error; see the server log"))
+        metrics.errors.labels(dialect_of(request.path), "internal").inc()
+        return dialect_error_response(request.path, InternalError("internal error; see the server log"))
 
     @app.get("/health")
     async def health() -> Response:
@@ -52,10 +71,12 @@ def create_app(state: ServerState) -> Quart:
     @app.get("/ready")
     async def ready() -> Response | tuple[Response, int]:
         is_ready, message = await state.readiness()
-        if is_ready:
-            return jsonify({"status": "ready", "models": sorted(engine.configs)})
-        body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
-        return jsonify(body), 503
+        body: dict[str, object] = {"status": "ready", "models": sorted(engine.configs)}
+        if not is_ready:
+            body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
+        if engine.pool is not None:
+            body["endpoints"] = engine.pool.health()
+        return jsonify(body), 200 if is_ready else 503
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -74,43 +95,37 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()
         response = await _batch(model, started)
-        response.headers["X-Request-Id"] = request_id
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
-            request_id,
-            model if model in engine.configs else "(unknown)",
+            g.request_id,
+            model if model in engine.configs else UNKNOWN,
             response.status_code,
             time.perf_counter() - started,
         )
         return response
 
     async def _batch(model: str, started: float) -> Response:
-        label = model if model in engine.configs else "(unknown)"
-        try:
-            engine.check_known(model)
-            with state.batches.admit():
-                response = await _transcribe_request(model, started)
-        except AmiraError as exc:
-            metrics.requests.labels(label, exc.error_type).inc()
-            metrics.errors.labels(exc.error_type).inc()
-            return exception_response(exc)
-        metrics.requests.labels(model, "ok").inc()
-        metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
-        return response
+        mimetype = request.mimetype
+        parse = partial(
+            parse_batch_body, mimetype, query_sample_rate=request.args.get("sample_rate"),
+            max_seconds=settings.max_batch_audio_secs,
+        )  # fmt: skip
 
-    async def _transcribe_request(model: str, started: float) -> Response:
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        parsed = parse_batch_body(
-            request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
+        async def transcribe(call: BatchCall, parsed: BatchInput) -> Response:
+            transcript = await recognizer.transcribe(parsed.samples, model)
+            call.audio_seconds = transcript.audio_seconds
+            processing_ms = (time.perf_counter() - started) * 1000
+            return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
+
+        call = BatchCall(state, "native")
+        return await answer_batch(
+            call, request.path, parse, transcribe, model, check=lambda: check_media_type(mimetype)
         )
-        transcript = await recognizer.transcribe(parsed.samples, model)
-        metrics.audio_seconds.labels(model, "batch").inc(transcript.audio_seconds)
-        processing_ms = (time.perf_counter() - started) * 1000
-        return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
 
-    security.install(app, settings)
+    security.install(app, settings, metrics)
     add_stream_route(app, state)
+    add_openai_routes(app, state)
+    add_deepgram_routes(app, state)
     add_web_routes(app, state)
     return app

@@ -6,17 +6,18 @@ WebSocket until the server closes it and feeds every message to `WireChecker`, a
 machine that holds the rules spanning messages:
 
 * every message is one JSON object with `status` `ACTIVE`, `COMPLETE` or `ERROR`;
-* `committed` only grows and `transcription` starts with it; finals carry tokens and words;
+* `transcription` starts with `committed`; finals carry tokens and words;
 * exactly one `COMPLETE` (`is_final: true`) ends a stream that ends normally, and nothing follows
-  it but the close, with 1000 (or 1001 when the server shuts down);
+  it but the close, with 1000 (or 1001 when the server shuts down); the stream's results then
+  keep the segment rules of `api.md` (`amira.testing.conversation.check_segment_rules`: ids,
+  `committed` growing within a segment, one final per segment, the `COMPLETE` made of them);
 * an `ERROR` (a documented `error_type`, a message) is the last message, no `COMPLETE` comes
   before or after it, and the close code is the one `ERROR_TABLE` gives its `error_type`;
 * a close with neither, or an unknown close code, is a violation.
 
 Tests and benchmarks share it (`expect_complete`, `expect_error`); `check_results` runs the same
-machine over an in-process stream's results. The segment rules of `api.md` (partials of the open
-segment, one segment final per segment, `metadata.segments` in the `COMPLETE`) belong in
-`WireChecker._active` and `_complete`: the phase enum gains no flags, only the per-segment state.
+machine over an in-process stream's results. Rules for single messages live in `WireChecker`'s
+handlers, rules across a stream's segments in the one function it calls at the `COMPLETE`'s close.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ERROR_TABLE
 from amira.core.transcript import StreamResult
 from amira.protocols.native_stream import result_document
+from amira.testing.conversation import check_segment_rules
 
 READ_TIMEOUT_SECS = 60.0
 
@@ -85,7 +87,6 @@ class WireChecker:
 
     phase: WirePhase = WirePhase.STREAMING
     messages: list[dict[str, Any]] = attrs.field(factory=list)
-    committed: str = ""
     close_code: int | None = None
 
     def feed(self, message: str | bytes) -> dict[str, Any]:
@@ -124,6 +125,11 @@ class WireChecker:
                 self._violation(f"closed with {code} before a COMPLETE or an ERROR")
             case WirePhase.COMPLETE if code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
                 self._violation(f"closed with {code} after the COMPLETE; expected 1000 or 1001")
+            case WirePhase.COMPLETE:
+                try:
+                    check_segment_rules(self.messages)
+                except (AssertionError, KeyError) as broken:
+                    self._violation(f"the segment rules are broken: {broken!r:.500}")
             case WirePhase.FAILED:
                 error_type = self.messages[-1]["error_type"]
                 expected = ERROR_TABLE[error_type].close_code
@@ -164,11 +170,8 @@ class WireChecker:
         committed, transcription = document.get("committed"), document.get("transcription")
         if not isinstance(committed, str) or not isinstance(transcription, str):
             self._violation("a result without committed and transcription strings")
-        if not committed.startswith(self.committed):
-            self._violation(f"committed text changed: {self.committed!r} -> {committed!r}")
         if not transcription.startswith(committed):
             self._violation(f"transcription {transcription!r} does not start with committed {committed!r}")
-        self.committed = committed
 
     def _final_metadata(self, document: dict[str, Any]) -> None:
         metadata = document.get("metadata")
