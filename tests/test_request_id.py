@@ -45,15 +45,16 @@ async def test_without_one_each_response_gets_a_fresh_id(http: httpx.AsyncClient
     assert len(ids) == 3
 
 
-async def test_a_long_request_id_is_cut_to_64_characters(http: httpx.AsyncClient, base: str) -> None:
-    headers = PCM_HEADERS | {"X-Request-Id": "x" * 200}
-    response = await http.post(f"{base}/v2/decode/batch/default", content=PCM, headers=headers)
-    assert response.headers["X-Request-Id"] == "x" * 64
-
-
-async def test_a_request_id_is_sanitised_before_it_is_echoed_or_logged(
-    http: httpx.AsyncClient, base: str
+@pytest.mark.parametrize("presented", ["x" * 65, 'id with spaces, "quotes" and <markup>', "a/b", "a:b", ""])
+async def test_an_id_outside_the_rule_is_replaced_by_a_fresh_one(
+    http: httpx.AsyncClient, base: str, presented: str
 ) -> None:
-    headers = PCM_HEADERS | {"X-Request-Id": 'id with spaces, "quotes" and <markup>'}
+    """README: the client's id is echoed when it is 1 to 64 of `[A-Za-z0-9._-]`; any other (too long,
+    spaces, quotes, markup, non-ASCII, empty) is replaced, never cut or echoed into headers and logs."""
+    headers = PCM_HEADERS | {"X-Request-Id": presented}
     response = await http.post(f"{base}/v2/decode/batch/default", content=PCM, headers=headers)
-    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", response.headers["X-Request-Id"])
+    assert response.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{10}", response.headers["X-Request-Id"])
+    exact = PCM_HEADERS | {"X-Request-Id": "A.b-c_" + "9" * 58}  # 64: the longest kept
+    kept = await http.post(f"{base}/v2/decode/batch/default", content=PCM, headers=exact)
+    assert kept.headers["X-Request-Id"] == exact["X-Request-Id"]
