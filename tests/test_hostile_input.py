@@ -230,6 +230,165 @@ def test_stream_endpoint_answers_every_frame_sequence_as_documented(
     )
 
 
+form_fields = st.dictionaries(
+    st.sampled_from(["model", "response_format", "timestamp_granularities[]", "stream", "language", "x"]),
+    st.one_of(
+        st.sampled_from(["default", "nope", "json", "srt", "verbose_json", "word", "true", "1"]),
+        st.text(max_size=8),
+    ),
+    max_size=5,
+)
+form_files = st.one_of(st.none(), st.binary(max_size=300), wav_like, st.just(PCM[:6000]))
+
+
+def multipart(fields: dict, file: bytes | None) -> tuple[str, bytes]:
+    files = {"file" if file is not None else "other": ("a.wav", file or b"", "audio/wav")}
+    request = httpx.Request("POST", "http://x/", data=fields, files=files)
+    return request.headers["Content-Type"], request.read()
+
+
+def check_dialect_error(response: httpx.Response, keys: set[str]) -> None:
+    """Never a 500; every error a JSON document of the dialect's shape, without a traceback."""
+    assert response.status_code != 500, response.text
+    if response.status_code == 200:
+        return
+    document = response.json()
+    error = document.get("error", document)
+    assert set(error) == keys, document
+    assert "Traceback" not in response.text
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(fields=form_fields, file=form_files, raw=st.one_of(st.none(), bodies), content_type=content_types)
+def test_openai_transcriptions_answer_every_form_in_openai_shape(
+    served: tuple,
+    expected_tokens: list[int],
+    fields: dict,
+    file: bytes | None,
+    raw: bytes | None,
+    content_type: str,
+) -> None:
+    form_type, body = multipart(fields, file)
+    if raw is not None:  # not a form at all
+        form_type, body = content_type, raw
+    response = httpx.post(
+        f"{served[1]}/v1/audio/transcriptions", content=body, headers={"Content-Type": form_type}, timeout=30
+    )
+    check_dialect_error(response, {"message", "type", "param", "code"})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    body=bodies,
+    content_type=content_types,
+    query=st.dictionaries(
+        st.sampled_from(["model", "encoding", "sample_rate", "channels", "multichannel", "callback"]),
+        st.sampled_from(["default", "nova-3", "linear16", "mulaw", "opus", "8000", "0", "2", "true", "x"]),
+        max_size=4,
+    ),
+)
+def test_deepgram_prerecorded_answers_every_body_in_deepgram_shape(
+    served: tuple, expected_tokens: list[int], body: bytes, content_type: str, query: dict
+) -> None:
+    response = httpx.post(
+        f"{served[1]}/v1/listen",
+        content=body,
+        params=query,
+        headers={"Content-Type": content_type},
+        timeout=30,
+    )
+    check_dialect_error(response, {"err_code", "err_msg", "request_id"})
+
+
+async def fuzz_live(url: str, messages: list, types: set[str], end: str | bytes | None) -> None:
+    """Send the messages; every answer is a JSON message of the dialect, every close code documented."""
+    async with open_websocket_url(url) as ws:
+        for message in messages:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                break
+        with contextlib.suppress(ConnectionClosed):
+            if end is not None:
+                await ws.send_message(end)
+        with trio.fail_after(20):
+            try:
+                while True:
+                    document = json.loads(await ws.get_message())
+                    assert document["type"] in types, document
+                    if end is None and document["type"] != "error":
+                        continue
+                    if end is None:
+                        return  # a Realtime session stays open after an error event
+            except ConnectionClosed as closed:
+                assert closed.reason.code in (1000, *WS_CLOSE.values()), closed.reason
+
+
+live_frames = st.lists(
+    st.one_of(
+        st.binary(min_size=0, max_size=9),
+        st.binary(min_size=2, max_size=3200),
+        st.sampled_from([bytes(MAX_FRAME + 2)]),
+        st.text(max_size=30),
+        st.sampled_from(
+            ['{"type": "KeepAlive"}', '{"type": "Finalize"}', '{"type": "Configure"}', "{}", "null"]
+        ),
+    ),
+    max_size=8,
+)
+REALTIME_EVENT_TYPES = [
+    "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear", "session.update",
+    "transcription_session.update", "response.create", "x",
+]  # fmt: skip
+realtime_events = st.lists(
+    st.one_of(
+        st.text(max_size=30),
+        st.binary(max_size=20),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(REALTIME_EVENT_TYPES)},
+            optional={
+                "audio": st.one_of(st.text(max_size=20), st.just("AAAA" * 800), st.integers()),
+                "session": st.one_of(st.none(), st.text(max_size=5), st.fixed_dictionaries({}, optional={
+                    "type": st.sampled_from(["transcription", "realtime", 3]),
+                    "input_audio_format": st.sampled_from(["pcm16", "g711_ulaw", "wav"]),
+                    "audio": st.just({"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None}}),
+                })),
+            },
+        ).map(json.dumps),
+    ),
+    max_size=8,
+)  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    messages=live_frames,
+    query=st.sampled_from(
+        ["encoding=linear16&sample_rate=16000", "encoding=mulaw&sample_rate=8000&interim_results=true",
+         "encoding=linear16&sample_rate=16000&channels=2", "encoding=alaw", "model=nova-3", "sample_rate=x"]
+    ),
+)  # fmt: skip
+def test_deepgram_live_answers_every_frame_sequence_in_deepgram_shape(
+    served: tuple, expected_tokens: list[int], messages: list, query: str
+) -> None:
+    url = served[1].replace("http://", "ws://") + "/v1/listen?" + query
+    types = {"Results", "Metadata", "Error", "ConfigureFailure"}
+    trio.run(fuzz_live, url, messages, types, '{"type": "CloseStream"}')
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(events=realtime_events)
+def test_realtime_answers_every_event_sequence_in_openai_shape(
+    served: tuple, expected_tokens: list[int], events: list
+) -> None:
+    url = served[1].replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    types = {"session.created", "session.updated", "transcription_session.updated", "error",
+             "input_audio_buffer.committed", "input_audio_buffer.cleared",
+             "conversation.item.input_audio_transcription.delta",
+             "conversation.item.input_audio_transcription.completed"}  # fmt: skip
+    trio.run(fuzz_live, url, [*events, '{"type": "nope"}'], types, None)
+
+
 def resident_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024

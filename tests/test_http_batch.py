@@ -202,6 +202,14 @@ async def test_metrics_count_requests_and_errors(http: httpx.AsyncClient, embedd
         for family in text_string_to_metric_families((await http.get(f"{embedded_url}/metrics")).text)
         for s in family.samples
     }
-    assert samples[("amira_batch_requests_total", (("model", "default"), ("outcome", "ok")))] == 1
-    assert samples[("amira_errors_total", (("error_type", "unsupported_media_type"),))] == 1
+    assert (
+        samples[
+            ("amira_batch_requests_total", (("model", "default"), ("outcome", "ok"), ("protocol", "native")))
+        ]
+        == 1
+    )
+    assert (
+        samples[("amira_errors_total", (("error_type", "unsupported_media_type"), ("protocol", "native")))]
+        == 1
+    )
     assert samples[("amira_backend_calls_total", (("role", "encoder"),))] >= 1

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.client import open_stream_client, to_pcm16
 from amira.models import shipped_repository
@@ -98,3 +100,57 @@ async def test_sigterm_finalises_every_stream_with_1001_and_exits_within_the_dra
         # everything sent before the signal, plus what arrived during the drain, is in the final
         assert final["metadata"]["audio_seconds"] >= sent_before_signal[index] + DRAIN_SECS - 0.5
     assert len(finals) == 3
+
+
+async def test_sigterm_ends_the_dialects_live_streams_with_their_last_messages(served: tuple) -> None:
+    """Deepgram: the last final `Results` and `Metadata`; Realtime: the open item's `completed`;
+    both after the drain, then close 1001."""
+    process, url = served
+    pcm = to_pcm16(np.concatenate([read_recording(p) for p in LIBRIVOX[:2]]))
+    received: dict[str, list[dict]] = {"deepgram": [], "openai": []}
+    codes: dict[str, int] = {}
+    streaming = trio.Semaphore(0)
+
+    async def stream(dialect: str, path: str, frame: Callable[[bytes], str | bytes]) -> None:
+        async with open_websocket_url(f"{url}{path}") as ws:
+
+            async def send() -> None:
+                for number, offset in enumerate(range(0, len(pcm), 3200)):
+                    await trio.sleep(0.1)
+                    if number == 10:
+                        streaming.release()
+                    try:
+                        await ws.send_message(frame(pcm[offset : offset + 3200]))
+                    except ConnectionClosed:
+                        return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                try:
+                    while True:
+                        received[dialect].append(json.loads(await ws.get_message()))
+                except ConnectionClosed as closed:
+                    codes[dialect] = closed.reason.code
+                nursery.cancel_scope.cancel()
+
+    def append(pcm: bytes) -> str:  # 16 kHz sent as Realtime's 24 kHz: the words do not matter here
+        return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            stream, "deepgram", "/v1/listen?model=tdt&encoding=linear16&sample_rate=16000", bytes
+        )
+        nursery.start_soon(stream, "openai", "/v1/realtime?intent=transcription", append)
+        with trio.fail_after(30):
+            await streaming.acquire()
+            await streaming.acquire()
+        process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await process.wait() == 0
+    assert codes == {"deepgram": 1001, "openai": 1001}
+    deepgram = received["deepgram"]
+    assert deepgram[-1]["type"] == "Metadata" and deepgram[-1]["duration"] >= 1.0 + DRAIN_SECS - 0.5
+    assert deepgram[-2]["type"] == "Results" and deepgram[-2]["is_final"]
+    realtime = received["openai"]
+    assert realtime[-1]["type"] == "conversation.item.input_audio_transcription.completed"
+    assert realtime[-1]["transcript"]

@@ -169,7 +169,7 @@ async def test_concurrent_batches_are_capped(
             wave.start_soon(one, time.monotonic())
     assert [r.status_code for _, r in results] == [200, 200]
     metrics = (await http.get(f"{url}/metrics")).text
-    assert 'amira_errors_total{error_type="capacity_exceeded"} 4.0' in metrics
+    assert 'amira_errors_total{protocol="native",error_type="capacity_exceeded"} 4.0' in metrics
 
 
 async def wait_for_status(http: httpx.AsyncClient, url: str, status: int, within: float) -> float:

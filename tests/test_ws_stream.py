@@ -302,9 +302,9 @@ async def test_stream_metrics_move(server: tuple[str, Recognizer]) -> None:
             while True:
                 await ws.get_message()
     after = await samples()
-    audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "tdt")))
+    audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "tdt"), ("protocol", "native")))
     assert after[audio] - before.get(audio, 0) == pytest.approx(SHORT.size / 16_000, abs=0.01)
-    errors = ("amira_errors_total", (("error_type", "bad_request"),))
+    errors = ("amira_errors_total", (("error_type", "bad_request"), ("protocol", "native")))
     assert after[errors] - before.get(errors, 0) == 1
     calls = ("amira_backend_call_seconds_count", (("model", "tdt"), ("role", "decoder_joint")))
     assert after[calls] > before.get(calls, 0)

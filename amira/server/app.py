@@ -15,10 +15,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 import amira
-from amira.core.errors import AmiraError, InternalError
+from amira.core.errors import BadRequest, InternalError, TooLarge
 from amira.protocols.native_batch import batch_document, parse_batch_body
 from amira.server import security
-from amira.server.errors import error_response, exception_response
+from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch
+from amira.server.deepgram_routes import add_deepgram_routes
+from amira.server.errors import dialect_error_response
+from amira.server.openai_routes import add_openai_routes
 from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
 from amira.server.web import add_web_routes
@@ -37,13 +40,16 @@ def create_app(state: ServerState) -> Quart:
     async def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
             limit = app.config["MAX_CONTENT_LENGTH"]
-            return error_response("too_large", f"the request body is larger than {limit} bytes")
-        return error_response("bad_request", f"{exc.name}: {exc.description}", exc.code or 400)
+            return dialect_error_response(
+                request.path, TooLarge(f"the request body is larger than {limit} bytes")
+            )
+        error = BadRequest(f"{exc.name}: {exc.description}")
+        return dialect_error_response(request.path, error, exc.code or 400)
 
     @app.errorhandler(Exception)
     async def unexpected_error(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return exception_response(InternalError("internal error; see the server log"))
+        return dialect_error_response(request.path, InternalError("internal error; see the server log"))
 
     @app.get("/health")
     async def health() -> Response:
@@ -80,37 +86,28 @@ def create_app(state: ServerState) -> Quart:
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
             request_id,
-            model if model in engine.configs else "(unknown)",
+            model if model in engine.configs else UNKNOWN,
             response.status_code,
             time.perf_counter() - started,
         )
         return response
 
     async def _batch(model: str, started: float) -> Response:
-        label = model if model in engine.configs else "(unknown)"
-        try:
-            engine.check_known(model)
-            with state.batches.admit():
-                response = await _transcribe_request(model, started)
-        except AmiraError as exc:
-            metrics.requests.labels(label, exc.error_type).inc()
-            metrics.errors.labels(exc.error_type).inc()
-            return exception_response(exc)
-        metrics.requests.labels(model, "ok").inc()
-        metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
-        return response
+        async def transcribe(call: BatchCall) -> Response:
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            parsed = parse_batch_body(
+                request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
+            )
+            transcript = await recognizer.transcribe(parsed.samples, model)
+            call.audio_seconds = transcript.audio_seconds
+            processing_ms = (time.perf_counter() - started) * 1000
+            return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
 
-    async def _transcribe_request(model: str, started: float) -> Response:
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        parsed = parse_batch_body(
-            request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
-        )
-        transcript = await recognizer.transcribe(parsed.samples, model)
-        metrics.audio_seconds.labels(model, "batch").inc(transcript.audio_seconds)
-        processing_ms = (time.perf_counter() - started) * 1000
-        return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
+        return await answer_batch(BatchCall(state, "native"), request.path, transcribe, model)
 
     security.install(app, settings)
     add_stream_route(app, state)
+    add_openai_routes(app, state)
+    add_deepgram_routes(app, state)
     add_web_routes(app, state)
     return app

@@ -1,5 +1,8 @@
 """Prometheus metrics of one server instance, in a registry of its own so that tests and embedded
-servers do not share counters."""
+servers do not share counters.
+
+Requests, audio seconds and errors are labelled by `protocol`: `native` (`/v2`), `openai`,
+`deepgram`."""
 
 from __future__ import annotations
 
@@ -30,22 +33,28 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "amira_batch_requests",
-            "Batch requests by model and outcome",
-            ["model", "outcome"],
+            "Batch requests by protocol, model and outcome",
+            ["protocol", "model", "outcome"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
             "amira_batch_request_seconds",
             "Batch request latency",
-            ["model"],
+            ["protocol", "model"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.audio_seconds = Counter(
-            "amira_audio_seconds", "Audio seconds transcribed", ["model", "mode"], registry=self.registry
+            "amira_audio_seconds",
+            "Audio seconds transcribed",
+            ["protocol", "model", "mode"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "amira_errors", "Errors answered, by error_type", ["error_type"], registry=self.registry
+            "amira_errors",
+            "Errors answered, by protocol and error_type",
+            ["protocol", "error_type"],
+            registry=self.registry,
         )
         self.active_batches = Gauge(
             "amira_active_batches", "Batch requests in progress", registry=self.registry

@@ -1,7 +1,9 @@
 """API keys and CORS: the checks every request passes before it reaches a handler.
 
-Keys come in `Authorization: Bearer <key>`, `X-API-Key: <key>`, or, for browsers, which cannot
-set headers on a WebSocket, the query parameter `api_key`. They are compared in constant time, and
+Keys come in `Authorization: Bearer <key>`, `Authorization: Token <key>` (as Deepgram's SDKs send
+them), `X-API-Key: <key>`, or, for browsers, which cannot set headers on a WebSocket, the query
+parameter `api_key` or a WebSocket subprotocol: Deepgram's `token, <key>` or OpenAI's
+`openai-insecure-api-key.<key>`. They are compared in constant time, and
 against every configured key, so that timing tells nothing about which key nearly matched.
 `/health` stays open for liveness probes, and so do views marked `public` (the browser page: static
 files that hold no data, which must load from an address bar); everything else, `/metrics`
@@ -24,7 +26,7 @@ from quart import Quart, Response, request, websocket
 from werkzeug.datastructures import Headers
 
 from amira.core.errors import Unauthorized
-from amira.server.errors import error_response, exception_response
+from amira.server.errors import dialect_error_response
 from amira.settings import Settings
 
 OPEN_PATHS = ("/health",)
@@ -44,12 +46,27 @@ def same_origin(origin: str, host: str | None) -> bool:
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
+OPENAI_KEY_SUBPROTOCOL = "openai-insecure-api-key."
+DEEPGRAM_KEY_SUBPROTOCOL = "token"
+
+
+def subprotocol_key(headers: Headers) -> str | None:
+    """A key in `Sec-WebSocket-Protocol`: `token, <key>` (Deepgram) or `openai-insecure-api-key.<key>`."""
+    offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    for index, protocol in enumerate(offered):
+        if protocol.startswith(OPENAI_KEY_SUBPROTOCOL):
+            return protocol.removeprefix(OPENAI_KEY_SUBPROTOCOL) or None
+        if protocol == DEEPGRAM_KEY_SUBPROTOCOL and index + 1 < len(offered):
+            return offered[index + 1] or None
+    return None
+
+
 def presented_key(headers: Headers, args: Mapping[str, str]) -> str | None:
     authorization = headers.get("Authorization", "")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
+    if scheme.lower() in ("bearer", "token") and token.strip():
         return token.strip()
-    return headers.get("X-API-Key") or args.get("api_key")
+    return headers.get("X-API-Key") or args.get("api_key") or subprotocol_key(headers)
 
 
 def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
@@ -76,8 +93,8 @@ def install(app: Quart, settings: Settings) -> None:
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):
             return None
-        response = exception_response(
-            Unauthorized("a valid API key is required (Authorization: Bearer, X-API-Key)")
+        response = dialect_error_response(
+            path, Unauthorized("a valid API key is required (Authorization: Bearer or Token, X-API-Key)")
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="amira"'
         return response
@@ -93,7 +110,8 @@ def install(app: Quart, settings: Settings) -> None:
         origin = websocket.headers.get("Origin")
         host = websocket.headers.get("Host")
         if origin is not None and not (same_origin(origin, host) or origin_allowed(origin, settings)):
-            return error_response("unauthorized", f"origin {origin!r} may not open streams", 403)
+            refused = Unauthorized(f"origin {origin!r} may not open streams")
+            return dialect_error_response(websocket.path, refused, 403)
         return refusal(websocket.path, websocket.headers, websocket.args, websocket.endpoint)
 
     @app.after_request

@@ -147,7 +147,7 @@ async def _send(stream: Stream, protocol: NativeStream, state: ServerState, mode
             message = protocol.result_message(result)
         await _send_within(message, state.settings.stream_timeout_secs)
         if result.end_of_stream:
-            state.metrics.audio_seconds.labels(model, "stream").inc(result.audio_seconds)
+            state.metrics.audio_seconds.labels("native", model, "stream").inc(result.audio_seconds)
             return
 
 
@@ -157,7 +157,7 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
     async def close_with_error(
         protocol: NativeStream, exc: AmiraError, stream_id: str, transcription: str = ""
     ) -> None:
-        metrics.errors.labels(exc.error_type).inc()
+        metrics.errors.labels("native", exc.error_type).inc()
         with trio.move_on_after(settings.stream_timeout_secs):  # a client that reads nothing gets no more
             await websocket.send(protocol.error_message(exc, transcription, stream_id))
             await websocket.close(exc.kind.close_code, exc.error_type)

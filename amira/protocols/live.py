@@ -1,0 +1,103 @@
+"""What the live dialects (Deepgram's `WS /v1/listen`, OpenAI's Realtime transcription) share, sans-IO.
+
+Each dialect turns a client's frames into the native stream events (`native_stream.Audio`,
+`Finalize`, `EndOfStream`, `KeepAlive`) plus `Reply` (a message to send back at once: an
+acknowledgement, or an error that leaves the stream open), and the session's results into its own
+messages. `LiveProtocol` is what the server's live-stream shell (`amira.server.live`) drives.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import numpy as np
+
+from amira.core.errors import AmiraError, BadRequest
+from amira.core.transcript import StreamResult
+from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
+
+
+@attrs.frozen
+class Reply:
+    """A message for the client, sent at once, in order with the results."""
+
+    text: str
+
+
+@attrs.frozen
+class Clear:
+    """Drop what was received since the last commit: finalise it without telling the client."""
+
+
+LiveEvent = Audio | Finalize | EndOfStream | KeepAlive | Reply | Clear
+
+
+class LiveProtocol(Protocol):
+    """One live stream's wire state, as the shell sees it."""
+
+    @property
+    def model(self) -> str:
+        """The model set the stream session is opened on (at the first audio)."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the s16le PCM of `Audio` events."""
+        ...
+
+    def opening_messages(self) -> list[str]: ...
+
+    def receive_bytes(self, frame: bytes) -> list[LiveEvent]: ...
+
+    def receive_text(self, text: str) -> list[LiveEvent]: ...
+
+    def end_input(self) -> None:
+        """The input ends: the client's end of stream, inactivity or the server's shutdown."""
+        ...
+
+    def result_messages(self, result: StreamResult) -> list[str]: ...
+
+    def closing_messages(self) -> list[str]:
+        """The last messages, after the last result (or when no audio ever came)."""
+        ...
+
+    def error_message(self, error: AmiraError, stream_id: str) -> str | None:
+        """The message that precedes the close frame of a failed stream (None: the close alone)."""
+        ...
+
+
+class PcmFramer:
+    """Bytes of interleaved samples, in pieces of any size, to whole frames mixed down to mono.
+
+    Clients of the dialects write audio as a byte stream: a message may end in the middle of a
+    sample or of a multichannel frame; the remainder is kept for the next message.
+    """
+
+    def __init__(self, bytes_per_sample: int, channels: int) -> None:
+        self.frame_bytes = bytes_per_sample * channels
+        self.channels = channels
+        self._rest = b""
+
+    def frames(self, data: bytes) -> bytes:
+        """The whole frames of what came so far (the caller decodes them), keeping the remainder."""
+        data = self._rest + data
+        whole = len(data) - len(data) % self.frame_bytes
+        self._rest = data[whole:]
+        return data[:whole]
+
+
+def mix_down(pcm: bytes, channels: int) -> bytes:
+    """Interleaved s16le frames to mono s16le (the mean of the channels)."""
+    if channels == 1:
+        return pcm
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).astype(np.int32)
+    mixed: bytes = samples.mean(axis=1).round().astype("<i2").tobytes()
+    return mixed
+
+
+def parse_boolean(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false, got {value[:40]!r}")
+    return lowered == "true"

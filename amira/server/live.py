@@ -1,0 +1,196 @@
+"""The shell of the live dialects (`WS /v1/listen`, `WS /v1/realtime`): one trio nursery per stream.
+
+The dialect's sans-IO protocol (`amira.protocols.live.LiveProtocol`) reads frames and writes
+messages; this module moves them between the socket, the protocol and the stream session, with
+the native stream's rules: one capacity slot per stream, bounded channels everywhere (a slow model
+or a slow reader pushes back on the client), the inactivity timeout, the frame-rate cap, and the
+graceful shutdown (the drain, then the last results, then close 1001). Three tasks:
+
+* **receive** (the nursery's body): frames to protocol events; the session is opened at the first
+  audio, on the model set the protocol names then (a Realtime client chooses it by `session.update`);
+* **session**: the stream session's results to the dialect's messages;
+* **send**: the one task that writes to the socket, so that replies to client events and results
+  go out in order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+from quart import websocket
+
+from amira.core.audio import StreamResampler
+from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, InternalError
+from amira.protocols.live import Clear, LiveProtocol, Reply
+from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
+from amira.server.state import ServerState
+from amira.server.stream_handler import ClientNotReading, FrameRate, _send_within
+from amira.stream_session import Stream
+
+log = logging.getLogger("amira.live")
+
+OUTGOING_CAPACITY = 16
+
+
+def amira_error(group: BaseExceptionGroup) -> AmiraError | None:
+    """The first AMIRA error inside a nursery's exception group."""
+    matched, _ = group.split(AmiraError)
+    error: BaseException | None = matched
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error if isinstance(error, AmiraError) else None
+
+
+@attrs.define
+class LiveStream:
+    """One live stream's shell state: the protocol, the session (once opened) and the channels."""
+
+    protocol: LiveProtocol
+    state: ServerState
+    dialect: str
+    stream_id: str
+    outgoing: trio.MemorySendChannel[str]
+    stream: Stream | None = None
+    resampler: StreamResampler | None = None
+    session_done: trio.Event = attrs.field(factory=trio.Event)
+    shutdown: bool = False
+
+    async def run_session(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session task: results to messages until the stream's last result."""
+        model = self.protocol.model
+        try:
+            async with self.state.recognizer.open_stream(model) as stream, self.outgoing.clone() as outgoing:
+                self.stream, self.resampler = stream, StreamResampler(self.protocol.sample_rate)
+                task_status.started()
+                async for result in stream:
+                    for message in self.protocol.result_messages(result):
+                        await outgoing.send(message)
+                    if result.end_of_stream:
+                        metrics = self.state.metrics
+                        metrics.audio_seconds.labels(self.dialect, model, "stream").inc(result.audio_seconds)
+                        return
+        finally:
+            self.session_done.set()
+
+    async def receive(self, nursery: trio.Nursery) -> None:
+        """Frames in until the stream ends (the client, inactivity, the shutdown drain); then the last
+        audio is flushed and the session's last results and the dialect's closing messages follow."""
+        async with trio.open_nursery() as watch:
+            watch.start_soon(self._stop_when_drained, watch.cancel_scope)
+            await self._read_frames(nursery)
+            watch.cancel_scope.cancel()
+        self.protocol.end_input()
+        if self.stream is not None and self.resampler is not None:
+            await self.stream.send_audio(self.resampler.flush())
+            await self.stream.end()
+            await self.session_done.wait()
+        async with self.outgoing:
+            for message in self.protocol.closing_messages():
+                await self.outgoing.send(message)
+
+    async def _stop_when_drained(self, reading: trio.CancelScope) -> None:
+        await self.state.drain_expired.wait()
+        self.shutdown = True
+        reading.cancel()
+
+    async def _read_frames(self, nursery: trio.Nursery) -> None:
+        settings = self.state.settings
+        rate = FrameRate(settings.max_frames_per_sec)
+        while True:
+            await trio.sleep(rate.pause_before_next(trio.current_time()))
+            with trio.move_on_after(settings.stream_timeout_secs) as idle:
+                message = await websocket.receive()
+            if idle.cancelled_caught:
+                log.info(
+                    "stream %s inactive for %.0f s: finalising", self.stream_id, settings.stream_timeout_secs
+                )
+                return
+            protocol = self.protocol
+            events = (
+                protocol.receive_text(message)
+                if isinstance(message, str)
+                else protocol.receive_bytes(message)
+            )
+            for event in events:
+                match event:
+                    case Audio(pcm):
+                        if self.stream is None:
+                            await nursery.start(self.run_session)
+                        assert self.stream is not None and self.resampler is not None
+                        await self.stream.send_audio(self.resampler.push(pcm))
+                    case Finalize() | Clear():
+                        if self.stream is not None:
+                            await self.stream.finalize()
+                    case Reply(text):
+                        await self.outgoing.send(text)
+                    case EndOfStream():
+                        return
+                    case KeepAlive():
+                        pass
+
+
+async def _sender(messages: trio.MemoryReceiveChannel[str], patience: float) -> None:
+    async with messages:
+        async for message in messages:
+            await _send_within(message, patience)
+
+
+async def _close_with_error(state: ServerState, dialect: str, error: AmiraError, message: str | None) -> None:
+    """The dialect's error message, if it has one, then the close code of the error's type."""
+    state.metrics.errors.labels(dialect, error.error_type).inc()
+    with trio.move_on_after(state.settings.stream_timeout_secs):  # a client that reads nothing gets no more
+        if message is not None:
+            await websocket.send(message)
+        await websocket.close(error.kind.close_code, error.error_type)
+
+
+async def refuse_live(
+    state: ServerState, dialect: str, error: AmiraError, message: str | None, subprotocol: str | None = None
+) -> None:
+    """Refuse a stream whose request is wrong (query, model): accept the upgrade, so that the client
+    can read why, then the error message and its close code."""
+    await websocket.accept(subprotocol=subprotocol)
+    await _close_with_error(state, dialect, error, message)
+
+
+async def serve_live(
+    protocol: LiveProtocol, state: ServerState, dialect: str, stream_id: str, subprotocol: str | None = None
+) -> None:
+    """Accept the upgrade and run one live stream to its end, whatever ends it."""
+    settings = state.settings
+    await websocket.accept(subprotocol=subprotocol)
+
+    async def close_with_error(error: AmiraError) -> None:
+        await _close_with_error(state, dialect, error, protocol.error_message(error, stream_id))
+
+    outgoing, messages = trio.open_memory_channel[str](OUTGOING_CAPACITY)
+    live = LiveStream(protocol, state, dialect, stream_id, outgoing)
+    try:
+        with state.streams.admit():
+            log.info("stream stream_id=%s dialect=%s opened", stream_id, dialect)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sender, messages, settings.stream_timeout_secs)
+                for message in protocol.opening_messages():
+                    await outgoing.send(message)
+                await live.receive(nursery)
+    except AmiraError as exc:
+        await close_with_error(exc)
+        return
+    except BaseExceptionGroup as group:
+        if group.subgroup(ClientNotReading) is not None:
+            log.warning("stream %s: the client stopped reading; dropping the connection", stream_id)
+            return
+        error = amira_error(group)
+        if error is None:
+            if group.subgroup(Exception) is None:  # cancelled: the client went away
+                raise
+            log.exception("stream %s failed", stream_id)
+            error = InternalError("internal error; see the server log")
+        await close_with_error(error)
+        return
+    finally:
+        log.info("stream stream_id=%s dialect=%s ended", stream_id, dialect)
+    with trio.move_on_after(settings.stream_timeout_secs):
+        await websocket.close(CLOSE_GOING_AWAY if live.shutdown else CLOSE_NORMAL)
