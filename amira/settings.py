@@ -200,8 +200,12 @@ class Settings:
     max_concurrent_streams: int = 10
     max_concurrent_batches: int = 50
     stream_timeout_secs: float = 30.0
-    max_batch_audio_secs: float = 30.0
+    max_batch_audio_secs: float = 4 * 3600.0
+    max_batch_body_bytes: int = 256 * 1_048_576
     max_frame_bytes: int = 1_048_576
+    batch_chunk_secs: float = 22.4
+    batch_left_context_secs: float = 4.0
+    batch_right_context_secs: float = 3.6
     stream_chunk_secs: float = 1.6
     stream_left_context_secs: float = 4.0
     stream_right_context_secs: float = 1.2
@@ -281,7 +285,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", _positive_int),
     "STREAM_TIMEOUT_SECS": ("stream_timeout_secs", _positive_float),
     "MAX_BATCH_AUDIO_SECS": ("max_batch_audio_secs", _positive_float),
+    "MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _positive_int),
     "MAX_FRAME_BYTES": ("max_frame_bytes", _positive_int),
+    "BATCH_CHUNK_SECS": ("batch_chunk_secs", _positive_float),
+    "BATCH_LEFT_CONTEXT_SECS": ("batch_left_context_secs", _non_negative_float),
+    "BATCH_RIGHT_CONTEXT_SECS": ("batch_right_context_secs", _non_negative_float),
     "STREAM_CHUNK_SECS": ("stream_chunk_secs", _positive_float),
     "STREAM_LEFT_CONTEXT_SECS": ("stream_left_context_secs", _non_negative_float),
     "STREAM_RIGHT_CONTEXT_SECS": ("stream_right_context_secs", _non_negative_float),

@@ -1,11 +1,13 @@
 """Audio in: s16le PCM, float arrays and sound files, to 16 kHz mono float32 in [-1, 1).
 
-The models want 16 kHz mono; everything else is converted here, once, at the edge.
+The models want 16 kHz mono; everything else is converted here, once, at the edge. Multi-channel
+audio is mixed down, or kept as one array per channel where a request asks for channels separately.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -13,12 +15,14 @@ import numpy.typing as npt
 import soundfile
 import soxr
 
-from amira.core.errors import BadAudio
+from amira.core.errors import BadAudio, TooLarge
 
 MODEL_SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 PCM16_SCALE = 32768.0
+MAX_CHANNELS = 8
+SOUND_FILE_BLOCK_FRAMES = 65_536  # frames decoded at a time (at most 2 MiB of float32 for 8 channels)
 
 
 def check_sample_rate(rate: int) -> int:
@@ -68,12 +72,70 @@ def from_pcm16(data: bytes, rate: int = MODEL_SAMPLE_RATE) -> npt.NDArray[np.flo
 
 
 def from_sound_file(data: bytes) -> npt.NDArray[np.float32]:
-    """A WAV, FLAC or OGG file's bytes, decoded, mixed down and resampled."""
+    """A sound file's bytes, decoded, mixed down and resampled."""
+    (samples,) = sound_file_channels(data)
+    return samples
+
+
+def _too_long(seconds: float, max_seconds: float) -> TooLarge:
+    return TooLarge(f"the audio lasts more than {seconds:.2f} s; the limit is {max_seconds:g} s")
+
+
+def sound_file_channels(
+    data: bytes, max_seconds: float = math.inf, multichannel: bool = False
+) -> list[npt.NDArray[np.float32]]:
+    """A sound file (any format the installed libsndfile reads: WAV with PCM, float, µ-law or A-law
+    samples, FLAC, OGG, MP3, AU...) as 16 kHz float32, mixed down or one array per channel.
+
+    The file is read block by block and refused with `TooLarge` one block past `max_seconds`: its
+    header's frame count is not trusted (an MP3 has none, a small FLAC can claim days), and no more
+    than the limit is ever decoded. A file that turns out corrupt half-way is `BadAudio`.
+    """
+    blocks: list[npt.NDArray[np.float32]] = []
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            rate, channels = check_sample_rate(sound.samplerate), sound.channels
+            if not 1 <= channels <= MAX_CHANNELS:
+                raise BadAudio(f"{channels} channels; at most {MAX_CHANNELS} are supported")
+            kept = channels if multichannel else 1
+            resampler = None
+            if rate != MODEL_SAMPLE_RATE:  # block by block: only 16 kHz samples are ever held
+                resampler = soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, kept, "float32", quality="HQ")
+            frames = 0
+            while len(block := sound.read(SOUND_FILE_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+                frames += len(block)
+                if frames > max_seconds * rate:
+                    raise _too_long(frames / rate, max_seconds)
+                if not np.all(np.isfinite(block)):
+                    raise BadAudio("audio contains NaN or infinite samples")
+                block = block if multichannel else to_mono(block)[:, None]
+                blocks.append(block if resampler is None else resampler.resample_chunk(block))
+            if resampler is not None:
+                blocks.append(resampler.resample_chunk(np.zeros((0, kept), np.float32), last=True))
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise BadAudio(f"cannot read the sound file: {exc}") from exc
-    return from_float(samples, rate)
+    resampled = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    del blocks
+    return [require_audio(np.ascontiguousarray(resampled[:, c])) for c in range(resampled.shape[1])]
+
+
+def pcm_channels(
+    pcm: bytes, rate: int, channels: int, max_seconds: float = math.inf, multichannel: bool = False
+) -> list[npt.NDArray[np.float32]]:
+    """Interleaved s16le PCM of `channels` channels, mixed down or one 16 kHz array per channel;
+    the duration is checked from the length before anything is converted."""
+    rate = check_sample_rate(rate)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadAudio(f"{channels} channels; at most {MAX_CHANNELS} are supported")
+    if len(pcm) % (2 * channels):
+        raise BadAudio(f"the body is not a whole number of {channels}-channel 16-bit frames")
+    frames = len(pcm) // (2 * channels)
+    if frames > max_seconds * rate:
+        raise _too_long(frames / rate, max_seconds)
+    interleaved = pcm16_to_float(pcm).reshape(frames, channels)
+    if not multichannel:
+        return [from_float(interleaved, rate)]
+    return [from_float(np.ascontiguousarray(interleaved[:, c]), rate) for c in range(channels)]
 
 
 def require_audio(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

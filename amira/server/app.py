@@ -10,15 +10,23 @@ from __future__ import annotations
 import logging
 import time
 
+import trio
 from quart import Quart, Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 import amira
 from amira.core.errors import BadRequest, InternalError, TooLarge
-from amira.protocols.native_batch import batch_document, parse_batch_body
+from amira.protocols.native_batch import (
+    TEXT_TYPES,
+    BatchOptions,
+    batch_document,
+    multichannel_document,
+    parse_batch_body,
+    text_body,
+)
 from amira.server import security
-from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch
+from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch, transcribe_channels
 from amira.server.deepgram_routes import add_deepgram_routes
 from amira.server.errors import dialect_error_response
 from amira.server.openai_routes import add_openai_routes
@@ -28,12 +36,10 @@ from amira.server.web import add_web_routes
 
 log = logging.getLogger("amira.server")
 
-BODY_LIMIT_FRAMES = 16
-
 
 def create_app(state: ServerState) -> Quart:
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = BODY_LIMIT_FRAMES * state.settings.max_frame_bytes
+    app.config["MAX_CONTENT_LENGTH"] = state.settings.max_batch_body_bytes
     recognizer, engine, settings, metrics = state.recognizer, state.engine, state.settings, state.metrics
 
     @app.errorhandler(HTTPException)
@@ -94,14 +100,23 @@ def create_app(state: ServerState) -> Quart:
 
     async def _batch(model: str, started: float) -> Response:
         async def transcribe(call: BatchCall) -> Response:
+            options = BatchOptions.from_query(request.args)
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            parsed = parse_batch_body(
-                request.mimetype, body, request.args.get("sample_rate"), settings.max_batch_audio_secs
+            parsed = await trio.to_thread.run_sync(
+                parse_batch_body, request.mimetype, body, options, settings.max_batch_audio_secs
             )
-            transcript = await recognizer.transcribe(parsed.samples, model)
-            call.audio_seconds = transcript.audio_seconds
+            del body
+            transcripts = await transcribe_channels(recognizer, parsed.channels, model)
+            call.audio_seconds = sum(t.audio_seconds for t in transcripts)
             processing_ms = (time.perf_counter() - started) * 1000
-            return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
+            if options.format in TEXT_TYPES:
+                text = await trio.to_thread.run_sync(
+                    text_body, transcripts, options.format, options.multichannel
+                )
+                return Response(text, content_type=TEXT_TYPES[options.format] + "; charset=utf-8")
+            if options.multichannel:
+                return jsonify(multichannel_document(transcripts, model, processing_ms, parsed.opaque))
+            return jsonify(batch_document(transcripts[0], model, processing_ms, parsed.opaque))
 
         return await answer_batch(BatchCall(state, "native"), request.path, transcribe, model)
 

@@ -12,12 +12,21 @@ import hashlib
 import json
 import uuid
 
+import numpy as np
+import numpy.typing as npt
+import trio
 from quart import Quart, Response, jsonify, request, websocket
 
 import amira
 from amira.core.errors import AmiraError, BadRequest
 from amira.protocols import deepgram
-from amira.protocols.native_batch import JSON_TYPES, PCM_TYPES, SOUND_FILE_TYPES, parse_batch_body
+from amira.protocols.native_batch import (
+    JSON_TYPES,
+    PCM_TYPES,
+    SOUND_FILE_TYPES,
+    BatchOptions,
+    parse_batch_body,
+)
 from amira.server.batch_requests import BatchCall, answer_batch
 from amira.server.live import refuse_live, serve_live
 from amira.server.security import DEEPGRAM_KEY_SUBPROTOCOL
@@ -35,6 +44,12 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
         loaded = engine.model_set(model)
         return deepgram.ModelInfo(model, amira.__version__, loaded.model_set.kind)
 
+    async def read_audio(mimetype: str, body: bytes, options: BatchOptions) -> npt.NDArray[np.float32]:
+        parsed = await trio.to_thread.run_sync(
+            parse_batch_body, mimetype, body, options, settings.max_batch_audio_secs
+        )
+        return parsed.samples
+
     @app.post("/v1/listen")
     async def deepgram_listen() -> Response:
         request_id = str(uuid.uuid4())
@@ -48,15 +63,11 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
             if options.encoding is None and options.multichannel:
                 raise BadRequest("multichannel=true needs raw audio: set encoding, sample_rate and channels")
             if options.encoding is None:
-                channels = [
-                    parse_batch_body(SOUND_FILE_TYPES[0], body, None, settings.max_batch_audio_secs).samples
-                ]
+                channels = [await read_audio(SOUND_FILE_TYPES[0], body, BatchOptions())]
             else:
+                raw = BatchOptions(sample_rate=options.sample_rate)
                 channels = [
-                    parse_batch_body(
-                        PCM_TYPES[0], pcm, str(options.sample_rate), settings.max_batch_audio_secs
-                    ).samples
-                    for pcm in deepgram.raw_channels(body, options)
+                    await read_audio(PCM_TYPES[0], pcm, raw) for pcm in deepgram.raw_channels(body, options)
                 ]
             results = []
             for samples in channels:

@@ -2,18 +2,21 @@
 `WS /v1/realtime?intent=transcription`.
 
 The wire is `amira.protocols.openai_audio`'s and `openai_realtime`'s; the audio file goes through
-the native batch parser and `Recognizer.transcribe`, the live sessions through `amira.server.live`.
+the native batch parser (in a worker thread) and `Recognizer.transcribe` (the long-batch path for
+recordings longer than a window, so that `srt`/`vtt` are the native endpoint's), the live
+sessions through `amira.server.live`.
 """
 
 from __future__ import annotations
 
 import time
 
+import trio
 from quart import Quart, Response, jsonify, request, websocket
 
 from amira.core.errors import BadRequest, UnknownModel
 from amira.protocols import openai_audio
-from amira.protocols.native_batch import SOUND_FILE_TYPES, parse_batch_body
+from amira.protocols.native_batch import SOUND_FILE_TYPES, BatchOptions, parse_batch_body
 from amira.protocols.openai_realtime import RealtimeTranscription
 from amira.server.batch_requests import BatchCall, answer_batch
 from amira.server.errors import dialect_error_response
@@ -45,9 +48,14 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
             form = openai_audio.parse_transcription_form(request.headers.get("Content-Type", ""), body)
             call.use_model(form.model)
-            samples = parse_batch_body(
-                SOUND_FILE_TYPES[0], form.audio, None, settings.max_batch_audio_secs
-            ).samples
+            parsed = await trio.to_thread.run_sync(
+                parse_batch_body,
+                SOUND_FILE_TYPES[0],
+                form.audio,
+                BatchOptions(),
+                settings.max_batch_audio_secs,
+            )
+            samples = parsed.samples
             transcript = await state.recognizer.transcribe(samples, form.model)
             call.audio_seconds = transcript.audio_seconds
             if form.stream:
