@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from amira.core import g711
 from amira.core.errors import BadRequest
 from amira.core.subtitles import cues_from_words, srt, vtt
-from amira.core.transcript import ResultStatus, StreamResult, Word
+from amira.core.transcript import ResultStatus, SegmentEnd, SegmentSpan, StreamResult, Word
 from amira.protocols.live import Clear, Reply
 from amira.protocols.multipart import parse_form_data
 from amira.protocols.native_stream import Audio, Finalize
@@ -148,39 +148,52 @@ def test_srt_and_vtt_text() -> None:
     )
 
 
-def result(status: ResultStatus, transcription: str, committed: str, seconds: float) -> StreamResult:
-    return StreamResult(status, transcription, committed, (), (), (), seconds, 1.0)
+def result(
+    status: ResultStatus,
+    text: str,
+    committed: str,
+    span: tuple[int, float, float],
+    ended_by: SegmentEnd | None = None,
+) -> StreamResult:
+    return StreamResult(status, text, committed, (), (), (), span[2], 1.0, SegmentSpan(*span), ended_by)
 
 
-def test_realtime_deltas_are_append_only_and_join_to_each_item() -> None:
+def test_realtime_items_are_segments_and_their_deltas_are_append_only() -> None:
     realtime = RealtimeTranscription("s", frozenset({"default"}), 65536, 60.0)
     assert json.loads(realtime.opening_messages()[0])["type"] == "session.created"
+    assert realtime.segment_options.endpointing_ms == 500  # server VAD, OpenAI's default
     audio = {"type": "input_audio_buffer.append", "audio": "AAAA" * 2000}
     assert isinstance(realtime.receive_text(json.dumps(audio))[0], Audio)
-    events = realtime.receive_text('{"type": "input_audio_buffer.commit"}')
-    assert (
-        isinstance(events[0], Finalize)
-        and json.loads(events[1].text)["type"] == "input_audio_buffer.committed"
+    sent = realtime.result_messages(result(ResultStatus.PARTIAL, "king of cl", "king o", (0, 0.5, 2.0)))
+    sent += realtime.result_messages(
+        result(ResultStatus.PARTIAL, "king of clubs", "king of clubs", (0, 0.5, 2.5))
     )
-    sent = [*realtime.result_messages(result(ResultStatus.PARTIAL, "king of cl", "king o", 2.0))]
-    sent += realtime.result_messages(result(ResultStatus.FINAL, "king of clubs", "king of clubs", 3.0))
+    sent += realtime.result_messages(
+        result(ResultStatus.FINAL, "king of clubs", "king of clubs", (0, 0.5, 3.0), SegmentEnd.ENDPOINT)
+    )
     realtime.receive_text(json.dumps(audio))
-    realtime.receive_text('{"type": "input_audio_buffer.commit"}')
+    events = realtime.receive_text('{"type": "input_audio_buffer.commit"}')  # a commit in the next utterance
+    assert isinstance(events[0], Finalize)
+    sent += [events[1].text]
+    sent += realtime.result_messages(result(ResultStatus.PARTIAL, "go", "go", (1, 4.0, 4.5)))
     sent += realtime.result_messages(
-        result(ResultStatus.PARTIAL, "king of clubs go", "king of clubs go", 4.0)
-    )
-    sent += realtime.result_messages(
-        result(ResultStatus.FINAL, "king of clubs go forward", "king of clubs go forward", 5.0)
+        result(ResultStatus.FINAL, "go forward", "go forward", (1, 4.0, 5.0), SegmentEnd.FINALIZE)
     )
     events = [json.loads(m) for m in sent]
-    items: dict[str, str] = {}
-    for event in events:
-        if event["type"].endswith(".delta"):
-            items[event["item_id"]] = items.get(event["item_id"], "") + event["delta"]
+    assert [e["type"].removeprefix("conversation.item.input_audio_transcription.") for e in events] == [
+        "input_audio_buffer.speech_started", "delta", "delta", "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed", "completed", "input_audio_buffer.committed",
+        "input_audio_buffer.speech_started", "delta", "delta", "completed",
+    ]  # fmt: skip
     completed = [e for e in events if e["type"].endswith(".completed")]
     assert [c["transcript"] for c in completed] == ["king of clubs", "go forward"]
-    assert [items[c["item_id"]] for c in completed] == ["king of clubs", "go forward"]
-    assert completed[1]["usage"] == {"type": "duration", "seconds": 2.0}
+    for item in completed:
+        deltas = [
+            e["delta"] for e in events if e["type"].endswith(".delta") and e["item_id"] == item["item_id"]
+        ]
+        assert "".join(deltas) == item["transcript"]
+    assert completed[1]["usage"] == {"type": "duration", "seconds": 1.0}
+    assert events[0]["audio_start_ms"] == 500 and events[3]["audio_end_ms"] == 3000
 
 
 def test_realtime_clear_drops_the_buffer_and_mistakes_leave_the_session_open() -> None:
@@ -192,8 +205,9 @@ def test_realtime_clear_drops_the_buffer_and_mistakes_leave_the_session_open() -
     realtime.receive_text(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 2000}))
     events = realtime.receive_text('{"type": "input_audio_buffer.clear"}')
     assert isinstance(events[0], Clear) and json.loads(events[1].text)["type"] == "input_audio_buffer.cleared"
-    assert realtime.result_messages(result(ResultStatus.PARTIAL, "noise", "noise", 1.0)) == []
-    assert realtime.result_messages(result(ResultStatus.FINAL, "noise", "noise", 1.0)) == []
+    assert realtime.result_messages(result(ResultStatus.PARTIAL, "noise", "noise", (0, 0.0, 1.0))) == []
+    dropped = result(ResultStatus.FINAL, "noise", "noise", (0, 0.0, 1.0), SegmentEnd.FINALIZE)
+    assert realtime.result_messages(dropped) == []
     for message, code in [
         ("{", "invalid_json"),
         ('{"type": "input_audio_buffer.commit"}', "input_audio_buffer_commit_empty"),

@@ -17,7 +17,13 @@ import websockets.sync.client
 from deepgram import DeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
-from deepgram.listen.v1.types import ListenV1Error, ListenV1Metadata, ListenV1Results
+from deepgram.listen.v1.types import (
+    ListenV1Error,
+    ListenV1Metadata,
+    ListenV1Results,
+    ListenV1SpeechStarted,
+    ListenV1UtteranceEnd,
+)
 from deepgram.types import ListenV1Response
 from websockets.exceptions import InvalidStatus
 
@@ -25,10 +31,14 @@ from amira.testing.codecs import encode_g711
 from amira.testing.long_audio import joined
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server
+from amira.testing.text import levenshtein
 
 KEY = "dg-amira-test"
 T = TypeVar("T")
-MESSAGE_TYPES = {"Results": ListenV1Results, "Metadata": ListenV1Metadata, "Error": ListenV1Error}
+MESSAGE_TYPES = {
+    "Results": ListenV1Results, "Metadata": ListenV1Metadata, "Error": ListenV1Error,
+    "SpeechStarted": ListenV1SpeechStarted, "UtteranceEnd": ListenV1UtteranceEnd,
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -95,7 +105,14 @@ async def test_live_results_join_to_the_batch_transcript(base_url: str) -> None:
     expected = await batch_transcript(base_url, samples)
     messages = await in_thread(
         lambda: live(
-            base_url, pcm16(samples), 3200, encoding="linear16", sample_rate=16000, interim_results=True
+            base_url,
+            pcm16(samples),
+            3200,
+            encoding="linear16",
+            sample_rate=16000,
+            interim_results=True,
+            vad_events=True,
+            utterance_end_ms=1000,
         )
     )
     assert messages[-1]["type"] == "Metadata" and messages[-1]["duration"] == pytest.approx(
@@ -104,11 +121,21 @@ async def test_live_results_join_to_the_batch_transcript(base_url: str) -> None:
     interim = [m for m in messages if m["type"] == "Results" and not m["is_final"]]
     assert interim and all(m["channel"]["alternatives"][0]["transcript"] for m in interim)
     assert text_of(messages) == expected
+    spoken = [m for m in finals(messages) if m["channel"]["alternatives"][0]["transcript"]]
+    assert [m["channel"]["alternatives"][0]["transcript"] for m in spoken] == [t for _, t in REAL_DOMAIN[3:5]]
+    assert spoken[0]["speech_final"] is True  # the pause between the two utterances is an endpoint
+    kinds = [m["type"] for m in messages]
+    assert kinds.count("SpeechStarted") == 2 and kinds.count("UtteranceEnd") >= 1
+    started = [m for m in messages if m["type"] == "SpeechStarted"]
+    assert started[1]["timestamp"] >= spoken[0]["start"] + spoken[0]["duration"] - 1e-3
+    utterance_end = messages[kinds.index("UtteranceEnd")]
+    assert utterance_end["last_word_end"] == spoken[0]["channel"]["alternatives"][0]["words"][-1]["end"]
+    assert kinds.index("UtteranceEnd") == kinds.index("Results", messages.index(spoken[0])) + 1
     words = [w for m in finals(messages) for w in m["channel"]["alternatives"][0]["words"]]
     assert [w["word"] for w in words] == expected.split()
     assert all(0 <= w["start"] <= w["end"] <= samples.size / 16000 for w in words)
     spans = [(m["start"], m["start"] + m["duration"]) for m in finals(messages)]
-    assert all(a[1] == pytest.approx(b[0], abs=1e-3) for a, b in itertools.pairwise(spans))
+    assert all(a[1] <= b[0] + 1e-3 for a, b in itertools.pairwise(spans))  # in order, never overlapping
 
 
 async def test_finalize_keepalive_and_close_stream_behave_as_documented(base_url: str) -> None:
@@ -127,10 +154,11 @@ async def test_finalize_keepalive_and_close_stream_behave_as_documented(base_url
     assert [m["type"] for m in messages] == ["Results", "Results", "Metadata"]  # no interim results asked for
     first, last = finals(messages)
     assert first["from_finalize"] is True and last["from_finalize"] is False
-    assert first["channel"]["alternatives"][0]["transcript"] and last["start"] == pytest.approx(
-        first["start"] + first["duration"]
-    )
-    assert text_of(messages).split() == (await batch_transcript(base_url, samples)).split()
+    assert first["channel"]["alternatives"][0]["transcript"]
+    assert last["start"] >= first["start"] + first["duration"] - 1e-3
+    # the Finalize cut the utterance in two, each decoded on its own: the words at the cut may differ
+    batch = (await batch_transcript(base_url, samples)).split()
+    assert levenshtein(text_of(messages).split(), batch) <= 3, (text_of(messages), batch)
 
 
 async def test_mulaw_at_8_khz_gives_the_words_of_the_16_khz_original(base_url: str) -> None:

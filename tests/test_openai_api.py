@@ -26,6 +26,7 @@ from openai.types.audio import (
 )
 from openai.types.realtime import RealtimeServerEvent
 
+from amira.testing.long_audio import joined
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server
 
@@ -308,7 +309,8 @@ async def test_realtime_clear_drops_the_uncommitted_audio(base_url: str) -> None
         events = []
         with client(base_url).realtime.connect(extra_query={"intent": "transcription"}) as connection:
             connection.recv()
-            connection.send({"type": "session.update", "session": {"type": "transcription"}})
+            manual = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+            connection.send({"type": "session.update", "session": manual})
             connection.recv()
             for pcm, last in ((dropped, "input_audio_buffer.clear"), (kept, "input_audio_buffer.commit")):
                 for offset in range(0, len(pcm), 9600):
@@ -332,3 +334,50 @@ async def test_realtime_clear_drops_the_uncommitted_audio(base_url: str) -> None
     deltas = [e for e in events[cleared:] if e["type"].endswith(".delta")]  # before it, the dropped item's
     assert {e["item_id"] for e in deltas} == {events[-1]["item_id"]}
     assert "".join(e["delta"] for e in deltas) == REAL_DOMAIN[4][1]
+
+
+async def test_realtime_server_vad_gives_one_item_per_utterance(base_url: str) -> None:
+    """No commits: server VAD ends each utterance at its pause (`speech_started`, `speech_stopped`,
+    `committed`, deltas, `completed`), each transcript the batch transcript of that utterance."""
+    paths = [path for path, _ in REAL_DOMAIN[2:]]
+    expected = [await native_transcript(base_url, wav(path)) for path in paths]
+    audio = pcm16(soxr.resample(joined(paths), 16_000, 24_000))
+    audio += bytes(2 * 24_000 * 2)  # 2 s of silence after the last utterance
+
+    def session() -> list[dict]:
+        events = []
+        with client(base_url).realtime.connect(extra_query={"intent": "transcription"}) as connection:
+            connection.recv()
+            vad = {"type": "server_vad", "silence_duration_ms": 500}
+            update = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+            connection.send({"type": "session.update", "session": update})
+            assert (
+                json.loads(connection.recv_bytes())["session"]["audio"]["input"]["turn_detection"]["type"]
+                == "server_vad"
+            )
+            piece = 24_000 * 2 * 60 // 1000  # 60 ms
+            for offset in range(0, len(audio), piece):
+                connection.input_audio_buffer.append(
+                    audio=base64.b64encode(audio[offset : offset + piece]).decode()
+                )
+            while sum(e["type"].endswith(".completed") for e in events) < len(paths):
+                raw = connection.recv_bytes()
+                SERVER_EVENT.validate_json(raw)
+                events.append(json.loads(raw))
+                assert events[-1]["type"] != "error", events[-1]
+        return events
+
+    events = await in_thread(session)
+    completed = [e for e in events if e["type"].endswith(".completed")]
+    assert [c["transcript"] for c in completed] == expected
+    for item in completed:
+        own = [e["type"] for e in events if e.get("item_id") == item["item_id"]]
+        assert own[0] == "input_audio_buffer.speech_started" and own[-1] == item["type"]
+        assert own.index("input_audio_buffer.speech_stopped") < own.index("input_audio_buffer.committed")
+        deltas = [
+            e["delta"] for e in events if e["type"].endswith(".delta") and e["item_id"] == item["item_id"]
+        ]
+        assert "".join(deltas) == item["transcript"]
+    started = [e["audio_start_ms"] for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    stopped = [e["audio_end_ms"] for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert all(a < b for a, b in zip(started, stopped, strict=True))

@@ -26,10 +26,11 @@ import numpy as np
 
 from amira.core import g711
 from amira.core.errors import AmiraError, BadRequest, TooLarge, Unauthorized
+from amira.core.segments import SegmentOptions
 from amira.core.transcript import ResultStatus, StreamResult, Word, segment_confidence
 from amira.protocols.live import LiveEvent, PcmFramer, Reply, mix_down, parse_boolean
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
-from amira.protocols.values import parse_sample_rate
+from amira.protocols.values import parse_endpointing, parse_sample_rate
 
 ENCODINGS = {"linear16": 2, "mulaw": 1, "alaw": 1}  # bytes per sample
 MAX_CHANNELS = 8
@@ -53,7 +54,7 @@ class ListenOptions:
     channels: int = 1
     multichannel: bool = False
     interim_results: bool = False
-    endpointing_ms: int | None = 10
+    endpointing: str | None = None  # as sent; None: the server's STREAM_ENDPOINTING_MS
     utterance_end_ms: int | None = None
     vad_events: bool = False
 
@@ -76,7 +77,9 @@ class ListenOptions:
         rate = query.get("sample_rate")
         if encoding is not None and rate is None:
             raise BadRequest("sample_rate is required with encoding")
-        endpointing = query.get("endpointing", "10")
+        endpointing = query.get("endpointing")
+        if endpointing is not None:
+            parse_endpointing(endpointing.lower())
         utterance_end = query.get("utterance_end_ms")
         return cls(
             model=query.get("model", "default").strip() or "default",
@@ -85,9 +88,7 @@ class ListenOptions:
             channels=_whole_number("channels", query.get("channels", "1"), 1, MAX_CHANNELS),
             multichannel=parse_boolean("multichannel", query.get("multichannel", "false")),
             interim_results=parse_boolean("interim_results", query.get("interim_results", "false")),
-            endpointing_ms=None
-            if endpointing.strip().lower() == "false"
-            else _whole_number("endpointing", endpointing, 0, 60_000),
+            endpointing=endpointing,
             utterance_end_ms=None
             if utterance_end is None
             else _whole_number("utterance_end_ms", utterance_end, 1000, 60_000),
@@ -188,10 +189,13 @@ class LivePhase(enum.Enum):
 @attrs.define
 class DeepgramLive:
     """One `WS /v1/listen` stream: binary audio and JSON control messages in; `Results`,
-    `Metadata` and `Error` messages out.
+    `SpeechStarted`, `UtteranceEnd`, `Metadata` and `Error` messages out.
 
-    The session's results are for the whole stream; Deepgram's are for the audio since the last
-    final, so the words already sent in finals are remembered (`_sent_words`, `_final_end`).
+    The session's segments are Deepgram's utterances: a partial is an interim `Results` of the open
+    segment, a segment final a final `Results` (`speech_final` when an endpoint ended it,
+    `from_finalize` when a `Finalize` did), with the span of audio it covers. With `vad_events`, a
+    segment's first result is preceded by `SpeechStarted` (at the segment's start); with
+    `utterance_end_ms`, an endpoint's final is followed by `UtteranceEnd` (at its last word's end).
     """
 
     options: ListenOptions
@@ -200,14 +204,12 @@ class DeepgramLive:
     created: str
     max_frame_bytes: int
     max_audio_secs: float
+    defaults: SegmentOptions = attrs.field(factory=SegmentOptions)
     phase: LivePhase = LivePhase.RECEIVING
     _framer: PcmFramer = attrs.field(init=False)
     _sha256: hashlib._Hash = attrs.field(init=False, factory=hashlib.sha256)
     _samples: int = 0
-    _sent_words: int = 0
-    _final_end: float = 0.0
-    _last_interim: str | None = None
-    _audio_seconds: float = 0.0
+    _speech_segment: int | None = None  # the segment SpeechStarted was sent for
 
     def __attrs_post_init__(self) -> None:
         assert self.options.encoding is not None
@@ -290,38 +292,70 @@ class DeepgramLive:
         if self.phase is not LivePhase.RECEIVING:
             raise BadRequest(f"a message after the end of the stream ({self.phase.value})")
 
+    @property
+    def segment_options(self) -> SegmentOptions:
+        """The server's segment options, with the stream's `interim_results` and `endpointing`."""
+        options = attrs.evolve(self.defaults, interim_results=self.options.interim_results)
+        if self.options.endpointing is not None:
+            options = attrs.evolve(
+                options, endpointing_ms=parse_endpointing(self.options.endpointing.lower())
+            )
+        return options
+
     def result_messages(self, result: StreamResult) -> list[str]:
-        self._audio_seconds = result.audio_seconds
-        if result.status is ResultStatus.PARTIAL:
-            if not self.options.interim_results:
-                return []
-            transcript = " ".join(result.transcription.split()[self._sent_words :])
-            if transcript == self._last_interim:
-                return []
-            self._last_interim = transcript
-            return [self._results(transcript, (), result.audio_seconds, is_final=False, from_finalize=False)]
-        words = result.words[self._sent_words :]
-        message = self._results(
-            " ".join(w.word for w in words),
-            words,
-            result.audio_seconds,
-            is_final=True,
-            from_finalize=result.status is ResultStatus.FINAL,
+        span = result.segment
+        if result.status is ResultStatus.COMPLETE or span is None:  # every segment had its final already
+            return []
+        messages: list[str] = []
+        if (
+            self.options.vad_events
+            and span.id != self._speech_segment
+            and (result.transcription or result.words)
+        ):
+            self._speech_segment = span.id
+            messages.append(
+                json.dumps({"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(span.start, 3)})
+            )
+        final = result.status is ResultStatus.FINAL
+        words = result.words if final else ()
+        messages.append(
+            self._results(
+                result.transcription,
+                words,
+                span.start,
+                span.end,
+                is_final=final,
+                speech_final=result.speech_final,
+                from_finalize=result.from_finalize,
+            )
         )
-        self._sent_words, self._final_end, self._last_interim = len(result.words), result.audio_seconds, None
-        return [message]
+        if final and result.speech_final and words and self.options.utterance_end_ms is not None:
+            messages.append(
+                json.dumps(
+                    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": round(words[-1].end, 3)}
+                )
+            )
+        return messages
 
     def _results(
-        self, transcript: str, words: Sequence[Word], end: float, *, is_final: bool, from_finalize: bool
+        self,
+        transcript: str,
+        words: Sequence[Word],
+        start: float,
+        end: float,
+        *,
+        is_final: bool,
+        speech_final: bool,
+        from_finalize: bool,
     ) -> str:
         return json.dumps(
             {
                 "type": "Results",
                 "channel_index": [0, 1],
-                "duration": round(max(end - self._final_end, 0.0), 3),
-                "start": round(self._final_end, 3),
+                "duration": round(max(end - start, 0.0), 3),
+                "start": round(start, 3),
                 "is_final": is_final,
-                "speech_final": False,
+                "speech_final": speech_final,
                 "from_finalize": from_finalize,
                 "channel": {"alternatives": [alternative(transcript, words)]},
                 "metadata": {

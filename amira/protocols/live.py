@@ -13,9 +13,11 @@ from typing import Protocol
 import attrs
 import numpy as np
 
-from amira.core.errors import AmiraError, BadRequest
+from amira.core.errors import AmiraError
+from amira.core.segments import SegmentOptions
 from amira.core.transcript import StreamResult
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
+from amira.protocols.values import parse_bool
 
 
 @attrs.frozen
@@ -44,6 +46,11 @@ class LiveProtocol(Protocol):
     @property
     def sample_rate(self) -> int:
         """The rate of the s16le PCM of `Audio` events."""
+        ...
+
+    @property
+    def segment_options(self) -> SegmentOptions:
+        """How the session cuts the stream into segments (endpointing, interim results)."""
         ...
 
     def opening_messages(self) -> list[str]: ...
@@ -97,7 +104,5 @@ def mix_down(pcm: bytes, channels: int) -> bytes:
 
 
 def parse_boolean(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered not in ("true", "false"):
-        raise BadRequest(f"{name} must be true or false, got {value[:40]!r}")
-    return lowered == "true"
+    """`true` or `false`, in any case (the dialects' clients write `True` as often as `true`)."""
+    return parse_bool(name, value[:40].lower())

@@ -6,8 +6,10 @@ tests validate what the server sends against them. Client events: `session.updat
 `transcription_session.update` (`input_audio_format`, `input_audio_transcription`,
 `turn_detection`), `input_audio_buffer.append` (base64 audio), `.commit` and `.clear`. Server
 events: `session.created`/`.updated` (or the beta `transcription_session.*`),
-`input_audio_buffer.committed`/`.cleared`, `conversation.item.input_audio_transcription.delta`
-(append-only: only text the recogniser committed) and `.completed`, and `error`.
+`input_audio_buffer.speech_started`/`.speech_stopped` (server VAD), `.committed`/`.cleared`,
+`conversation.item.input_audio_transcription.delta` (append-only: only text the recogniser
+committed) and `.completed`, and `error`. The stream session's segments are the items: server VAD
+(`turn_detection.silence_duration_ms`) is the session's endpointing, a commit its Finalize.
 
 Mistakes in a client event are answered with an `error` event and the session goes on, as
 OpenAI's server does; only failures of the stream itself (limits, the backend) close it.
@@ -26,7 +28,8 @@ import attrs
 
 from amira.core import g711
 from amira.core.errors import AmiraError, BadRequest, RequestError, TooLarge, UnknownModel
-from amira.core.transcript import ResultStatus, StreamResult
+from amira.core.segments import SegmentOptions
+from amira.core.transcript import ResultStatus, SegmentEnd, StreamResult
 from amira.protocols.live import Clear, LiveEvent, PcmFramer, Reply
 from amira.protocols.native_stream import Audio, Finalize
 
@@ -39,6 +42,13 @@ FORMATS = {
 }
 BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
+SERVER_VAD: dict[str, object] = {  # OpenAI's defaults
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+}
+MIN_SILENCE_MS, MAX_SILENCE_MS = 80, 10_000
 
 
 class EventError(RequestError):
@@ -57,7 +67,41 @@ class SessionConfig:
     model: str = "default"
     language: str | None = None
     prompt: str | None = None
-    turn_detection: Mapping[str, object] | None = None
+    turn_detection: Mapping[str, object] | None = attrs.field(factory=lambda: dict(SERVER_VAD))
+
+    @property
+    def silence_ms(self) -> int | None:
+        """The endpointing of server VAD (`silence_duration_ms`); None when the client commits."""
+        if self.turn_detection is None:
+            return None
+        return int(str(self.turn_detection["silence_duration_ms"]))
+
+
+def _turn_detection(value: object, param: str) -> Mapping[str, object] | None:
+    """`turn_detection`: null (the client commits) or `server_vad`, whose `silence_duration_ms` is the
+    endpointing; `threshold` and `prefix_padding_ms` are echoed and ignored (the recogniser's own
+    speech detection decides). `semantic_vad` is refused."""
+    if value is None:
+        return None
+    fields = _object(value, param)
+    if fields.get("type", "server_vad") != "server_vad":
+        raise EventError("unsupported_value", "turn_detection must be null or server_vad", f"{param}.type")
+    silence = fields.get("silence_duration_ms", SERVER_VAD["silence_duration_ms"])
+    if (
+        not isinstance(silence, int)
+        or isinstance(silence, bool)
+        or not MIN_SILENCE_MS <= silence <= MAX_SILENCE_MS
+    ):
+        raise EventError(
+            "invalid_value",
+            f"silence_duration_ms must be whole milliseconds from {MIN_SILENCE_MS} to {MAX_SILENCE_MS}",
+            f"{param}.silence_duration_ms",
+        )
+    return {
+        **SERVER_VAD,
+        **{k: v for k, v in fields.items() if k in SERVER_VAD},
+        "silence_duration_ms": silence,
+    }
 
 
 class RealtimePhase(enum.Enum):
@@ -90,6 +134,7 @@ class RealtimeTranscription:
     max_frame_bytes: int
     max_audio_secs: float
     beta: bool = False
+    defaults: SegmentOptions = attrs.field(factory=SegmentOptions)
     config: SessionConfig = SessionConfig()
     phase: RealtimePhase = RealtimePhase.RECEIVING
     _events: int = 0
@@ -100,9 +145,9 @@ class RealtimeTranscription:
     _buffered_samples: int = 0
     _samples: int = 0
     _pending: collections.deque[str | None] = attrs.field(factory=collections.deque)
-    _item_start_chars: int = 0
+    _open_item: str | None = None
     _sent_chars: int = 0
-    _item_start_seconds: float = 0.0
+    _speaking: bool = False
 
     @property
     def model(self) -> str:
@@ -201,7 +246,6 @@ class RealtimeTranscription:
                 return [cleared]
             self._buffered_samples = 0
             self._pending.append(None)
-            self._items += 1
             return [Clear(), cleared]
         raise EventError(
             "unsupported_event", f"{str(kind)[:60]!r} is not an event of a transcription session", "type"
@@ -254,18 +298,21 @@ class RealtimeTranscription:
                 language=_optional_text(fields.get("language"), f"{param}.transcription.language"),
                 prompt=_optional_text(fields.get("prompt"), f"{param}.transcription.prompt"),
             )
-        if turn_detection is not None:
-            turn_detection = _object(turn_detection, f"{param}.turn_detection")
+        config = attrs.evolve(
+            config, turn_detection=_turn_detection(turn_detection, f"{param}.turn_detection")
+        )
+        fixed = (config.format, config.model, config.turn_detection)
+        if self._audio_started and fixed != (
+            self.config.format,
+            self.config.model,
+            self.config.turn_detection,
+        ):
             raise EventError(
-                "unsupported_value",
-                "turn_detection is not supported yet: set it to null and commit the audio buffer",
-                f"{param}.turn_detection",
+                "invalid_value",
+                "the audio format, model and turn detection cannot change once audio was appended",
+                param,
             )
-        if self._audio_started and (config.format, config.model) != (self.config.format, self.config.model):
-            raise EventError(
-                "invalid_value", "the audio format and model cannot change once audio was appended", param
-            )
-        self.config = attrs.evolve(config, turn_detection=turn_detection)
+        self.config = config
 
     @staticmethod
     def _format(document: Mapping[str, object]) -> str:
@@ -307,7 +354,7 @@ class RealtimeTranscription:
         return [Audio(pcm)] if pcm else []
 
     def _commit(self) -> list[LiveEvent]:
-        item_id = self.item_id
+        item_id = self._open_item_id()
         committed = self._event(
             {
                 "type": "input_audio_buffer.committed",
@@ -317,73 +364,123 @@ class RealtimeTranscription:
         )
         self._previous_item, self._buffered_samples = item_id, 0
         self._pending.append(item_id)
-        self._items += 1
         return [Finalize(), Reply(committed)]
 
     def end_input(self) -> None:
         if self.phase is RealtimePhase.RECEIVING:
             self.phase = RealtimePhase.ENDING
 
+    @property
+    def segment_options(self) -> SegmentOptions:
+        """The server's segment options, with server VAD's `silence_duration_ms` as the endpointing."""
+        return attrs.evolve(self.defaults, endpointing_ms=self.config.silence_ms, interim_results=True)
+
+    def _open_item_id(self) -> str:
+        """The item of the open segment, allocated at its first result (or at a commit)."""
+        if self._open_item is None:
+            self._open_item = self.item_id
+            self._items += 1
+        return self._open_item
+
     def result_messages(self, result: StreamResult) -> list[str]:
-        if result.status is ResultStatus.PARTIAL:
-            owner = self._pending[0] if self._pending else self.item_id
-            if owner is None:  # audio that a clear dropped: its text is never sent
-                return []
-            delta = self._delta(result.committed, owner)
-            return [delta] if delta else []
+        """Segments are items. A partial brings the open item's new committed text as a delta (and,
+        with server VAD, `speech_started` first); a segment final completes it: by an endpoint
+        (`speech_stopped` and `committed` first), by the client's commit (`committed` was sent at
+        the commit), by a clear (nothing is sent), by its maximum length or the end of the stream."""
+        span = result.segment
+        if result.status is ResultStatus.COMPLETE or span is None:
+            return []
+        if self._pending and self._pending[0] is None and result.ended_by is not SegmentEnd.ENDPOINT:
+            if result.status is ResultStatus.FINAL:  # the final of the audio a clear dropped
+                self._pending.popleft()
+                self._end_item()
+            return []
         messages: list[str] = []
-        if result.status is ResultStatus.FINAL:
-            item_id = self._pending.popleft() if self._pending else None
-        else:  # the end of the stream: what was not committed yet becomes one last item
-            item_id = None
-            if result.transcription[self._item_start_chars :].strip():
-                item_id = self.item_id
+        if result.status is ResultStatus.PARTIAL:
+            item_id = self._open_item_id()
+            messages += self._speech_started(span.start)
+            messages += self._delta(result.committed, item_id)
+            return messages
+        manual = result.ended_by is SegmentEnd.FINALIZE or (
+            self._open_item is not None and self._open_item in self._pending
+        )
+        if manual:
+            committed = self._pending.popleft() if self._pending else None
+            if committed is None:  # a commit the segment ended before: its final was sent with the endpoint's
+                self._end_item()
+                return []
+            item_id = committed
+        else:
+            if not (result.transcription or self._open_item):
+                self._end_item()
+                return []  # a segment without words nor partials: nobody heard of it
+            item_id = self._open_item_id()
+            messages += self._speech_started(span.start)
+            if result.speech_final and self.config.turn_detection is not None:
                 messages.append(
                     self._event(
                         {
-                            "type": "input_audio_buffer.committed",
+                            "type": "input_audio_buffer.speech_stopped",
+                            "audio_end_ms": round(span.end * 1000),
                             "item_id": item_id,
-                            "previous_item_id": self._previous_item,
                         }
                     )
                 )
-        if item_id is not None:
-            delta = self._delta(result.transcription, item_id)
-            messages += [delta] if delta else []
+                self._buffered_samples = 0
             messages.append(
                 self._event(
                     {
-                        "type": "conversation.item.input_audio_transcription.completed",
+                        "type": "input_audio_buffer.committed",
                         "item_id": item_id,
-                        "content_index": 0,
-                        "transcript": result.transcription[self._item_start_chars :].strip(),
-                        "usage": {
-                            "type": "duration",
-                            "seconds": round(result.audio_seconds - self._item_start_seconds, 3),
-                        },
+                        "previous_item_id": self._previous_item,
                     }
                 )
             )
-        self._item_start_chars = self._sent_chars = len(result.transcription)
-        self._item_start_seconds = result.audio_seconds
+            self._previous_item = item_id
+        messages += self._delta(result.transcription, item_id)
+        messages.append(
+            self._event(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": result.transcription,
+                    "usage": {"type": "duration", "seconds": round(span.end - span.start, 3)},
+                }
+            )
+        )
+        self._end_item()
         return messages
 
-    def _delta(self, text: str, item_id: str) -> str | None:
-        """The text committed since the last delta, as an append-only delta of the current item."""
+    def _end_item(self) -> None:
+        self._open_item, self._sent_chars, self._speaking = None, 0, False
+
+    def _speech_started(self, start: float) -> list[str]:
+        if self._speaking or self.config.turn_detection is None:
+            return []
+        self._speaking = True
+        event = {
+            "type": "input_audio_buffer.speech_started",
+            "audio_start_ms": round(start * 1000),
+            "item_id": self._open_item_id(),
+        }
+        return [self._event(event)]
+
+    def _delta(self, text: str, item_id: str) -> list[str]:
+        """The segment's text committed since the last delta, as an append-only delta of its item."""
         new = text[self._sent_chars :]
-        if self._sent_chars == self._item_start_chars:
+        if not self._sent_chars:
             new = new.lstrip()
         self._sent_chars = len(text)
         if not new:
-            return None
-        return self._event(
-            {
-                "type": "conversation.item.input_audio_transcription.delta",
-                "item_id": item_id,
-                "content_index": 0,
-                "delta": new,
-            }
-        )
+            return []
+        delta = {
+            "type": "conversation.item.input_audio_transcription.delta",
+            "item_id": item_id,
+            "content_index": 0,
+            "delta": new,
+        }
+        return [self._event(delta)]
 
     def closing_messages(self) -> list[str]:
         return []

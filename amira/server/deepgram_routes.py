@@ -108,6 +108,7 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
             now_iso(),
             settings.max_frame_bytes,
             settings.max_stream_audio_secs,
+            settings.segment_options(),
         )
         await serve_live(protocol, state, "deepgram", stream_id, subprotocol)
 

@@ -59,9 +59,12 @@ class LiveStream:
 
     async def run_session(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The session task: results to messages until the stream's last result."""
-        model = self.protocol.model
+        model, options = self.protocol.model, self.protocol.segment_options
         try:
-            async with self.state.recognizer.open_stream(model) as stream, self.outgoing.clone() as outgoing:
+            async with (
+                self.state.recognizer.open_stream(model, options=options) as stream,
+                self.outgoing.clone() as outgoing,
+            ):
                 self.stream, self.resampler = stream, StreamResampler(self.protocol.sample_rate)
                 task_status.started()
                 async for result in stream:

@@ -84,6 +84,7 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
             settings.max_frame_bytes,
             settings.max_stream_audio_secs,
             beta=websocket.headers.get("OpenAI-Beta", "").strip().lower() == "realtime=v1",
+            defaults=settings.segment_options(),
         )
         subprotocol = (
             REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in websocket.requested_subprotocols else None
