@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from amira.recognizer import open_recognizer
@@ -30,7 +31,7 @@ from amira.testing.servers import embedded_settings
 RATE = 16_000
 
 
-def audio_of(minutes: float) -> np.ndarray:
+def audio_of(minutes: float) -> npt.NDArray[np.float32]:
     pattern = joined(DOMAIN)
     repeats = int(np.ceil(minutes * 60 * RATE / pattern.size))
     return np.tile(pattern, repeats)[: int(minutes * 60 * RATE)]
