@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
     serve.add_argument("--host", dest="server_host")
     serve.add_argument("--port", dest="server_port", type=int)
-    serve.add_argument("--triton", dest="triton_endpoint", help="Triton HTTP URL (default: $TRITON_ENDPOINT)")
+    serve.add_argument(
+        "--triton",
+        dest="triton_endpoint",
+        help="Triton HTTP URL(s), comma-separated (default: $TRITON_ENDPOINT)",
+    )
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--model-sets", dest="model_sets_file", type=Path)
 

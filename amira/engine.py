@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -27,6 +28,7 @@ import numpy.typing as npt
 import trio
 
 from amira.backends.base import Backend
+from amira.backends.triton_pool import TritonPool
 from amira.batching import JointScheduler
 from amira.core.decode_model import DECODE_OUTPUTS, apply_response, decode_model_name, span_request
 from amira.core.decoding import GreedyDecoder
@@ -78,10 +80,16 @@ class LoadedModelSet:
 
 
 def create_backend(settings: Settings) -> Backend:
-    if settings.triton_endpoint:
-        from amira.backends.triton import TritonBackend
-
-        return TritonBackend(settings.triton_endpoint, inference_timeout=settings.inference_timeout_secs)
+    """The embedded backend, or a pool of the Triton endpoints (one or more) that the settings name;
+    a pool must run (`Engine.run`) to serve."""
+    if settings.triton_endpoints:
+        return TritonPool(
+            settings.triton_endpoints,
+            {model for config in settings.model_set_configs().values() for model in config.models.values()},
+            inference_timeout=settings.inference_timeout_secs,
+            max_calls_per_endpoint=settings.max_calls_per_endpoint,
+            max_queued_calls=settings.max_queued_calls,
+        )
     from amira.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(settings.model_repository)
@@ -119,25 +127,58 @@ class Engine:
         self._nursery: trio.Nursery | None = None
 
     @property
+    def pool(self) -> TritonPool | None:
+        """The Triton endpoints, when the backend is Triton's."""
+        return self.backend if isinstance(self.backend, TritonPool) else None
+
+    @property
     def running(self) -> bool:
         return self._nursery is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the batching schedulers (`DECODE_MODE=batched`) until cancelled.
+        """Run, until cancelled, the Triton endpoints' watchers and the batching schedulers
+        (`DECODE_MODE=batched`).
 
-        `serve` and `open_recognizer` run it; an engine that is not running decodes each span in a
-        worker thread of its own instead.
+        `serve` and `open_recognizer` run it (`serving`). It is started once every Triton endpoint
+        has been probed, so that loading the model sets right after finds the healthy ones. An
+        engine that is not running decodes each span in a worker thread of its own instead, and a
+        Triton pool that is not running refuses calls.
         """
         if self.running:
             raise RuntimeError("the engine is running already")
         try:
             async with trio.open_nursery() as nursery:
+                if self.pool is not None:
+                    await nursery.start(self.pool.run)
                 self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
             self.schedulers.clear()
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Run the engine (`run`) for the body of an `async with`. An exception of the body leaves
+        as itself, not inside the exception group of the nursery that runs the engine."""
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    def check_admission(self) -> None:
+        """Load shedding: refuse new work at once when no Triton endpoint is healthy
+        (`backend_unavailable`, 1013) or more calls wait for one than `MAX_QUEUED_CALLS`
+        (`capacity_exceeded`). The embedded backend queues no calls."""
+        if self.pool is not None:
+            self.pool.check_admission()
 
     def _scheduler(self, model_set: ModelSet) -> JointScheduler | None:
         """The set's batching scheduler, started on first use; None when spans are not batched."""
@@ -206,12 +247,15 @@ class Engine:
             self.model_sets[name] = LoadedModelSet(model_set, streaming, states, batch_windows)
 
     async def _find_decode_model(self, model_set: ModelSet) -> None:
-        """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it ready."""
+        """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it
+        ready (every healthy endpoint, with several)."""
         if self.backend.kind != "triton" or self.settings.triton_decode_model is TritonDecodeModel.OFF:
             return
         name = decode_model_name(model_set.config.decoder_joint)
         if await self.backend.is_model_ready(name):
             self.decode_models[model_set.name] = name
+            if self.pool is not None:  # an endpoint without it can no longer serve the set
+                self.pool.require(name)
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""

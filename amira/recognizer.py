@@ -182,13 +182,9 @@ async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Rec
     backend = create_backend(settings)
     try:
         engine = Engine(backend, settings)
-        await engine.load()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(engine.run)
-            try:
-                yield Recognizer(engine)
-            finally:
-                nursery.cancel_scope.cancel()
+        async with engine.serving():
+            await engine.load()
+            yield Recognizer(engine)
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()

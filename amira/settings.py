@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from amira.core import segments
+from amira.core.endpoints import parse_endpoint_list
 from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
@@ -61,6 +62,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
     return value
 
 
@@ -116,13 +124,19 @@ def _port(text: str) -> int:
     return value
 
 
-def _endpoint(text: str) -> str | None:
-    text = text.strip()
-    if not text:
+def _endpoints(text: str) -> str | None:
+    """One or more Triton HTTP URLs, comma-separated, normalised; None for none (the embedded backend)."""
+    return ",".join(parse_endpoint_list(text)) or None
+
+
+def _checked_endpoints(value: str | None) -> str | None:
+    """The `triton_endpoint` field's converter: settings made in code or from flags are checked too."""
+    if value is None:
         return None
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must be the http://host:port URL of Triton's HTTP endpoint")
-    return text.rstrip("/")
+    try:
+        return _endpoints(value)
+    except ValueError as exc:
+        raise SettingsError(f"TRITON_ENDPOINT={value!r}: {exc}") from None
 
 
 def _existing_dir(text: str) -> Path:
@@ -187,7 +201,8 @@ def _boolean(text: str) -> bool:
 
 @attrs.frozen
 class Settings:
-    triton_endpoint: str | None = None
+    # comma-separated Triton HTTP URLs (`triton_endpoints` splits them); None: the embedded backend
+    triton_endpoint: str | None = attrs.field(default=None, converter=_checked_endpoints)
     model_repository: Path = attrs.field(factory=shipped_repository)
     vocabulary_path: Path | None = None
     model_sets_file: Path | None = None
@@ -222,9 +237,16 @@ class Settings:
     decode_mode: DecodeMode = DecodeMode.BATCHED
     decoder_batch_window_ms: float = 0.0
     triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
+    max_calls_per_endpoint: int = 32
+    max_queued_calls: int = 100
     # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
     # behind Triton (production), where an operator turns it on with WEB_UI=true.
     web_ui: bool | None = None
+
+    @property
+    def triton_endpoints(self) -> tuple[str, ...]:
+        """The Triton endpoints calls are spread over; empty for the embedded backend."""
+        return tuple(self.triton_endpoint.split(",")) if self.triton_endpoint else ()
 
     @property
     def web_ui_enabled(self) -> bool:
@@ -234,15 +256,20 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every known variable that is set; `overrides` (e.g. command-line flags) win."""
         environ = os.environ if environ is None else environ
+        both = [environ.get(name) for name in ("TRITON_ENDPOINT", "TRITON_ENDPOINTS")]
+        if all(value is not None and value.strip() for value in both) and both[0] != both[1]:
+            raise SettingsError("TRITON_ENDPOINT and TRITON_ENDPOINTS are both set and differ: set one")
         values: dict[str, Any] = {}  # field -> value of the field's type, as its ENVIRONMENT parser makes it
         for variable, (field, parse) in ENVIRONMENT.items():
             text = environ.get(variable)
             if text is None:
                 continue
             try:
-                values[field] = parse(text)
+                value = parse(text)
             except ValueError as exc:
                 raise SettingsError(f"{variable}={text!r}: {exc}") from exc
+            if value is not None or values.get(field) is None:  # an empty alias does not unset
+                values[field] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -271,7 +298,8 @@ class Settings:
 
 
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
-    "TRITON_ENDPOINT": ("triton_endpoint", _endpoint),
+    "TRITON_ENDPOINT": ("triton_endpoint", _endpoints),
+    "TRITON_ENDPOINTS": ("triton_endpoint", _endpoints),
     "MODEL_REPOSITORY": ("model_repository", _existing_dir),
     "VOCABULARY_PATH": ("vocabulary_path", _existing_file),
     "MODEL_SETS_FILE": ("model_sets_file", _existing_file),
@@ -307,4 +335,6 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
     "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
     "WEB_UI": ("web_ui", _boolean),
+    "MAX_CALLS_PER_ENDPOINT": ("max_calls_per_endpoint", _positive_int),
+    "MAX_QUEUED_CALLS": ("max_queued_calls", _non_negative_int),
 }

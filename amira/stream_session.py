@@ -126,6 +126,20 @@ class Stream:
         """The whole stream's text so far: what an error message shows as "so far"."""
         return join_texts([*(segment.text for segment in self._finished), self._open_text])
 
+    @property
+    def settled_seconds(self) -> float | None:
+        """The stream position before which no result still to come can hold a word: the open
+        segment's start or, between segments, where the search for speech stands (the next segment
+        starts there or later). None while results wait to be read, which may hold such words.
+
+        A dialect that times silences by words (Deepgram's `UtteranceEnd`) reads it between results:
+        no result comes while the session skips a pause."""
+        if self._results_receive.statistics().current_buffer_used:
+            return None
+        current = self._current
+        sample = current.position if isinstance(current, SpeechOnset) else current.start_sample
+        return sample / MODEL_SAMPLE_RATE
+
     async def send_audio(self, samples: npt.NDArray[Any]) -> None:
         """Queue 16 kHz mono samples (copied); waits while the infer task is behind."""
         samples = np.array(samples, dtype=np.float32)
@@ -318,6 +332,14 @@ class Stream:
         if not snapshot.changed:
             return
         self._open_text = snapshot.transcription
+        model_set = self._model_set
+        frame_samples = model_set.frame_samples
+        words = words_from_emissions(  # the open segment's only: bounded by the segment's length
+            model_set.vocabulary,
+            snapshot.emissions,
+            model_set.frame_seconds,
+            -(-segment.tail_end // frame_samples),
+        )
         await self._results_send.send(
             StreamResult(
                 status=ResultStatus.PARTIAL,
@@ -325,7 +347,7 @@ class Stream:
                 committed=snapshot.committed,
                 tokens=tuple(e.token for e in snapshot.emissions),
                 token_frames=tuple(segment.frame_offset + e.frame for e in snapshot.emissions),
-                words=(),
+                words=shift_words(words, segment.start_sample / MODEL_SAMPLE_RATE),
                 audio_seconds=self._received / MODEL_SAMPLE_RATE,
                 processing_time_ms=(time.perf_counter() - started) * 1000,
                 segment=segment.span(segment.tail_end, MODEL_SAMPLE_RATE),

@@ -15,12 +15,13 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -33,15 +34,19 @@ from amira.testing.recordings import LIBRIVOX, RECORDINGS, pcm16, read_recording
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root, where `python -m bench.worker` runs
 
-BACKENDS = ("embedded", "triton")
-MODELS = ("small", "parakeet")
-# The random-weight TDT set (of the shipped repository, or generated with Parakeet-TDT sizes), served as
-# the server's default model set: benchmarks measure the machinery, not what the model hears.
-TRITON_MODELS = ("preprocessor", "encoder_tdt", "decoder_joint_tdt")
-MODEL_ENV = {
-    "PREPROCESSOR_MODEL_NAME": "preprocessor",
-    "ENCODER_MODEL_NAME": "encoder_tdt",
-    "DECODER_JOINT_MODEL_NAME": "decoder_joint_tdt",
+BACKENDS = ("embedded", "triton")  # what `--backend both` runs
+# `triton2`: two Triton processes on the same repository, both named in TRITON_ENDPOINT
+EXTRA_BACKENDS = ("triton2",)
+MODELS = ("small", "parakeet")  # what `--model both` runs
+EXTRA_MODELS = ("demo",)
+# Served as the server's default model set: (preprocessor, encoder, decoder_joint, vocabulary). By
+# default the random-weight TDT set (of the shipped repository, or generated with Parakeet-TDT
+# sizes): benchmarks measure the machinery, not what the model hears; `demo` is the shipped demo
+# model (RNN-T, fewer tokens per second of speech, as a trained model emits).
+MODEL_FILES = {
+    "small": ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt"),
+    "parakeet": ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt"),
+    "demo": ("preprocessor", "encoder", "decoder_joint", "vocab.txt"),
 }
 SAMPLE_RATE = 16_000
 STARTUP_TIMEOUT = 180.0
@@ -55,8 +60,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    result.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
-    result.add_argument("--model", choices=(*MODELS, "both"), default="both")
+    result.add_argument("--backend", choices=(*BACKENDS, *EXTRA_BACKENDS, "both"), default="both")
+    result.add_argument("--model", choices=(*MODELS, *EXTRA_MODELS, "both"), default="both")
     result.add_argument("--json", type=Path, help="write every figure to this file")
     result.add_argument("--quick", action="store_true", help="a few seconds per subject, for development")
     result.add_argument("--repeat", type=int, help="runs per figure (the median is reported)")
@@ -111,7 +116,7 @@ class Subject:
     backend: str
     model: str
     env: dict[str, str]  # the server settings that select the backend and model
-    triton_pid: int | None = None
+    triton_pids: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
@@ -119,7 +124,7 @@ class Subject:
 
 
 def source_repository(model: str, workdir: Path) -> Path:
-    if model == "small":
+    if model in ("small", "demo"):
         return shipped_repository()
     from amira.tooling.test_models import PARAKEET_SHAPED, generate_repository
 
@@ -129,30 +134,42 @@ def source_repository(model: str, workdir: Path) -> Path:
     return target
 
 
-def model_env(repository: Path) -> dict[str, str]:
-    return MODEL_ENV | {
+def model_env(repository: Path, model: str) -> dict[str, str]:
+    preprocessor, encoder, decoder_joint, vocabulary = MODEL_FILES[model]
+    return {
+        "PREPROCESSOR_MODEL_NAME": preprocessor,
+        "ENCODER_MODEL_NAME": encoder,
+        "DECODER_JOINT_MODEL_NAME": decoder_joint,
         "MODEL_REPOSITORY": str(repository),
-        "VOCABULARY_PATH": str(repository / "vocab_test.txt"),
+        "VOCABULARY_PATH": str(repository / vocabulary),
     }
 
 
 @asynccontextmanager
 async def open_subject(backend: str, model: str, workdir: Path) -> AsyncIterator[Subject]:
-    """The backend running (a Triton process for `triton`), with the settings that point a server at it."""
+    """The backend running (one Triton process for `triton`, two for `triton2`), with the settings
+    that point a server at it."""
     source = source_repository(model, workdir)
     if backend == "embedded":
-        yield Subject(backend, model, model_env(source))
+        yield Subject(backend, model, model_env(source, model))
         return
     from amira.tooling.triton_launcher import local_triton
     from amira.tooling.triton_repository import build_repository
 
     repository = build_repository(
-        source, workdir / f"triton-{model}", "cpu", models=TRITON_MODELS, clean=True
+        source, workdir / f"triton-{model}", "cpu", models=MODEL_FILES[model][:3], clean=True
     )
-    log = workdir / f"triton-{model}.log"
-    async with local_triton(repository, log_path=log, startup_timeout=STARTUP_TIMEOUT) as triton:
-        env = model_env(repository) | {"TRITON_ENDPOINT": triton.url}
-        yield Subject(backend, model, env, triton.pid)
+    async with AsyncExitStack() as stack:
+        tritons = [
+            await stack.enter_async_context(
+                local_triton(
+                    repository, log_path=workdir / f"triton-{model}-{i}.log", startup_timeout=STARTUP_TIMEOUT
+                )
+            )
+            for i in range(2 if backend == "triton2" else 1)
+        ]
+        env = model_env(repository, model) | {"TRITON_ENDPOINT": ",".join(t.url for t in tritons)}
+        yield Subject(backend, model, env, tuple(t.pid for t in tritons if t.pid is not None))
 
 
 @asynccontextmanager
@@ -161,6 +178,12 @@ async def subjects(args: argparse.Namespace) -> AsyncIterator[list[tuple[str, st
     with tempfile.TemporaryDirectory(prefix="amira-bench-") as workdir:
         args.workdir = Path(workdir)
         yield [(b, m) for b in chosen(args.backend, BACKENDS) for m in chosen(args.model, MODELS)]
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process so far (the load generator's: clients, pacing, JSON)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,9 +258,10 @@ async def running_server(
                 await process.wait()
 
 
-def process_tree_cpu(pid: int | None) -> float:
-    """User + system CPU seconds of process `pid` and every live descendant (Triton and its model stubs)."""
-    if pid is None:
+def process_tree_cpu(*pids: int) -> float:
+    """User + system CPU seconds of processes `pids` and every live descendant (Tritons and their model
+    stubs)."""
+    if not pids:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
@@ -251,7 +275,7 @@ def process_tree_cpu(pid: int | None) -> float:
             continue
         parents[int(entry.name)] = int(fields[1])
         cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    tree, frontier = {pid}, [pid]
+    tree, frontier = set(pids), list(pids)
     while frontier:
         parent = frontier.pop()
         children = [child for child, p in parents.items() if p == parent and child not in tree]

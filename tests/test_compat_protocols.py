@@ -1,25 +1,31 @@
-"""The sans-IO pieces of the compatible dialects: G.711, multipart forms, subtitle cues, and the
-protocol state that spans messages (Deepgram's finals, Realtime's items and deltas)."""
+"""The sans-IO pieces of the compatible dialects: G.711, multipart forms, subtitle cues, WAV headers,
+and the protocol state that spans messages (Deepgram's utterance ends and channels, Realtime's items
+and deltas)."""
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 
 import httpx
 import numpy as np
 import pytest
+import soundfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amira.core import g711
-from amira.core.errors import BadRequest
+from amira.core.errors import BadAudio, BadRequest
 from amira.core.subtitles import cues_from_words, srt, vtt
 from amira.core.transcript import ResultStatus, SegmentEnd, SegmentSpan, StreamResult, Word
-from amira.protocols.live import Clear, Reply
+from amira.protocols.deepgram import DeepgramLive, ListenOptions, ModelInfo
+from amira.protocols.live import ChannelAudio, Clear, Reply
 from amira.protocols.multipart import parse_form_data
-from amira.protocols.native_stream import Audio, Finalize
+from amira.protocols.native_stream import Audio, EndOfStream, Finalize
 from amira.protocols.openai_audio import InvalidField, parse_transcription_form
 from amira.protocols.openai_realtime import RealtimeTranscription
+from amira.protocols.wav_header import read_wav_header
 from amira.testing.codecs import encode_g711
 
 
@@ -222,3 +228,136 @@ def test_realtime_clear_drops_the_buffer_and_mistakes_leave_the_session_open() -
         error = json.loads(reply.text)
         assert error["type"] == "error" and error["error"]["code"] == code, error
     assert realtime.model == "default"
+
+
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str, channels: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples.reshape(-1, channels), rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("subtype", "rate", "channels", "encoding"),
+    [("PCM_16", 16000, 1, "linear16"), ("ULAW", 8000, 2, "mulaw"), ("ALAW", 8000, 1, "alaw")],
+)
+def test_wav_headers_are_read_from_any_number_of_first_bytes(
+    subtype: str, rate: int, channels: int, encoding: str
+) -> None:
+    data = wav_bytes(np.zeros(800 * channels, np.float32), rate, subtype, channels)
+    header = next(h for n in range(len(data) + 1) if (h := read_wav_header(data[:n])) is not None)
+    assert (header.encoding, header.sample_rate, header.channels) == (encoding, rate, channels)
+    assert data[header.data_offset - 8 : header.data_offset - 4] == b"data"
+    assert all(read_wav_header(data[:n]) is None for n in range(header.data_offset))
+
+
+def test_wav_extensible_and_extra_chunks_before_the_data() -> None:
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 2, 16000, 64000, 4, 16, 22, 16, 3) + b"\x01\x00" + bytes(14)
+    data = (
+        b"RIFF\xff\xff\xff\xffWAVE" + b"LIST\x03\x00\x00\x00abc\x00" + b"fmt " + struct.pack("<I", len(fmt))
+    )
+    data += fmt + b"data\x00\x00\x00\x00" + b"\x01\x02"
+    header = read_wav_header(data)
+    assert header is not None and (header.encoding, header.channels) == ("linear16", 2)
+    assert data[header.data_offset :] == b"\x01\x02"
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"OggS\x00\x02" + bytes(40), "Ogg"),
+        (b"\x1a\x45\xdf\xa3" + bytes(40), "WebM"),
+        (b"ID3\x04" + bytes(40), "MP3"),
+        (b"hello world, this is not audio", "encoding"),
+        (b"RIFF\x00\x00\x00\x00AVI LIST", "AVI"),
+        (wav_bytes(np.zeros(100, np.float32), 16000, "FLOAT"), "format 3 with 32 bits"),
+        (wav_bytes(np.zeros(100, np.float32), 16000, "PCM_24"), "format 1 with 24 bits"),
+        (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00", "no fmt chunk"),
+        (b"RIFF\x00\x00\x00\x00WAVEJUNK\xff\xff\x00\x00" + bytes(70_000), "longer than"),
+    ],
+)
+def test_other_containers_and_wav_formats_are_refused_naming_why(data: bytes, says: str) -> None:
+    with pytest.raises(BadAudio, match=says):
+        read_wav_header(data)
+
+
+def deepgram_live(**query: str) -> DeepgramLive:
+    info = ModelInfo("default", "1", "tdt")
+    options = ListenOptions.from_query({"model": "default", **query}, live=True)
+    return DeepgramLive(options, info, "r", "now", 1 << 20, 600.0)
+
+
+def spoken(
+    status: ResultStatus, segment: int, words: list[tuple[str, float, float]], end: float
+) -> StreamResult:
+    text = " ".join(w for w, _, _ in words)
+    found = tuple(Word(w, start, stop, 0.9) for w, start, stop in words)
+    ended_by = SegmentEnd.ENDPOINT if status is ResultStatus.FINAL else None
+    start = words[0][1] if words else 0.0
+    return StreamResult(
+        status, text, text, (), (), found, end, 1.0, SegmentSpan(segment, start, end), ended_by
+    )
+
+
+def test_utterance_end_is_due_utterance_end_ms_after_the_last_finalized_word() -> None:
+    live = deepgram_live(
+        encoding="linear16", sample_rate="16000", utterance_end_ms="1000", interim_results="true"
+    )
+    partial = json.loads(live.result_messages(spoken(ResultStatus.PARTIAL, 0, [("king", 0.5, 0.8)], 1.0))[0])
+    assert partial["channel"]["alternatives"][0]["words"][0] == {
+        "word": "king", "start": 0.5, "end": 0.8, "confidence": 0.9, "punctuated_word": "king",
+    }  # fmt: skip
+    final = [("king", 0.5, 0.8), ("of", 0.9, 1.0), ("clubs", 1.1, 1.5)]
+    assert [
+        json.loads(m)["type"] for m in live.result_messages(spoken(ResultStatus.FINAL, 0, final, 2.0))
+    ] == ["Results"]  # not at the endpoint: only once 1 s passed after the last word without a new one
+    assert live.progress_messages(0, 2.4) == []
+    (end,) = live.progress_messages(0, 2.5)
+    assert json.loads(end) == {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 1.5}
+    assert live.progress_messages(0, 9.0) == []  # once per utterance
+    # a new word within the pause: none; the next one is due after that utterance's last word
+    live.result_messages(spoken(ResultStatus.FINAL, 1, [("go", 3.0, 3.2)], 3.5))
+    live.result_messages(spoken(ResultStatus.PARTIAL, 2, [("forward", 3.9, 4.2)], 4.3))
+    assert live.progress_messages(0, 4.3) == []
+    live.result_messages(spoken(ResultStatus.FINAL, 2, [("forward", 3.9, 4.4)], 4.6))
+    # words that start after it was due: UtteranceEnd first, though no progress came between
+    messages = live.result_messages(spoken(ResultStatus.PARTIAL, 3, [("ten", 6.0, 6.2)], 6.3))
+    assert [json.loads(m)["type"] for m in messages] == ["UtteranceEnd", "Results"]
+    assert json.loads(messages[0])["last_word_end"] == 4.4
+    live.result_messages(spoken(ResultStatus.FINAL, 3, [("ten", 6.0, 6.3)], 6.5))
+    live.receive_bytes(bytes(2 * 16000 * 8))  # 8 s of audio: the stream ends 1.7 s after "ten"
+    closing = [json.loads(m) for m in live.closing_messages()]
+    assert [m["type"] for m in closing] == ["UtteranceEnd", "Metadata"] and closing[0]["last_word_end"] == 6.3
+
+
+def test_multichannel_audio_is_deinterleaved_and_results_name_their_channel() -> None:
+    live = deepgram_live(
+        encoding="linear16", sample_rate="16000", channels="3", multichannel="true", utterance_end_ms="1000"
+    )
+    assert live.channels == 3
+    frames = np.arange(30, dtype="<i2").tobytes()
+    events = live.receive_bytes(frames[:7]) + live.receive_bytes(frames[7:])
+    pcm = {
+        c: b"".join(e.pcm for e in events if isinstance(e, ChannelAudio) and e.channel == c) for c in range(3)
+    }
+    assert [np.frombuffer(pcm[c], "<i2").tolist() for c in range(3)] == [
+        list(range(c, 30, 3)) for c in range(3)
+    ]
+    (results,) = live.result_messages(spoken(ResultStatus.FINAL, 0, [("go", 0.1, 0.3)], 0.5), 2)
+    assert json.loads(results)["channel_index"] == [2, 3]
+    assert live.progress_messages(0, 5.0) == []  # channel 0 had no word
+    assert json.loads(live.progress_messages(2, 1.3)[0])["channel"] == [2, 3]
+
+
+def test_a_stream_without_encoding_reads_its_wav_header_first() -> None:
+    live = deepgram_live(multichannel="true")
+    data = wav_bytes(np.zeros(1600 * 2, np.float32), 8000, "ULAW", channels=2)
+    assert live.receive_bytes(data[:20]) == [] and live.receive_text('{"type": "KeepAlive"}')
+    events = live.receive_bytes(data[20:])
+    assert live.sample_rate == 8000 and live.channels == 2
+    assert [e.channel for e in events] == [0, 1] and all(len(e.pcm) == 1600 * 2 for e in events)
+    assert json.loads(live.closing_messages()[0])["duration"] == 0.2
+    with pytest.raises(BadAudio, match="Ogg"):
+        deepgram_live().receive_bytes(b"OggS" + bytes(100))
+    ended = deepgram_live()  # the legacy end of stream before the header was whole
+    assert ended.receive_bytes(b"RIFF") == [] and isinstance(ended.receive_bytes(b"")[0], EndOfStream)
+    assert json.loads(ended.closing_messages()[0])["duration"] == 0.0

@@ -27,6 +27,7 @@ from deepgram.listen.v1.types import (
 from deepgram.types import ListenV1Response
 from websockets.exceptions import InvalidStatus
 
+from amira.core.errors import ERROR_TABLE
 from amira.testing.codecs import encode_g711
 from amira.testing.long_audio import joined
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
@@ -120,6 +121,13 @@ async def test_live_results_join_to_the_batch_transcript(base_url: str) -> None:
     )
     interim = [m for m in messages if m["type"] == "Results" and not m["is_final"]]
     assert interim and all(m["channel"]["alternatives"][0]["transcript"] for m in interim)
+    for message in interim:  # interim results carry the words of their partial text, timed in its span
+        alternative = message["channel"]["alternatives"][0]
+        assert [w["word"] for w in alternative["words"]] == alternative["transcript"].split()
+        assert all(
+            message["start"] - 1e-3 <= w["start"] < w["end"] <= message["start"] + message["duration"] + 0.1
+            for w in alternative["words"]
+        )
     assert text_of(messages) == expected
     spoken = [m for m in finals(messages) if m["channel"]["alternatives"][0]["transcript"]]
     assert [m["channel"]["alternatives"][0]["transcript"] for m in spoken] == [t for _, t in REAL_DOMAIN[3:5]]
@@ -130,7 +138,7 @@ async def test_live_results_join_to_the_batch_transcript(base_url: str) -> None:
     assert started[1]["timestamp"] >= spoken[0]["start"] + spoken[0]["duration"] - 1e-3
     utterance_end = messages[kinds.index("UtteranceEnd")]
     assert utterance_end["last_word_end"] == spoken[0]["channel"]["alternatives"][0]["words"][-1]["end"]
-    assert kinds.index("UtteranceEnd") == kinds.index("Results", messages.index(spoken[0])) + 1
+    assert messages.index(spoken[0]) < kinds.index("UtteranceEnd") < kinds.index("SpeechStarted", 1)
     words = [w for m in finals(messages) for w in m["channel"]["alternatives"][0]["words"]]
     assert [w["word"] for w in words] == expected.split()
     assert all(0 <= w["start"] <= w["end"] <= samples.size / 16000 for w in words)
@@ -184,6 +192,138 @@ async def test_stereo_linear16_is_mixed_down(base_url: str) -> None:
         lambda: live(base_url, pcm16(stereo), 3001, encoding="linear16", sample_rate=16000, channels=2)
     )
     assert text_of(messages) == REAL_DOMAIN[4][1] and messages[-1]["channels"] == 2
+
+
+async def test_multichannel_transcribes_every_channel_apart(base_url: str) -> None:
+    import numpy as np
+
+    recordings = [read_recording(REAL_DOMAIN[index][0]) for index in (1, 4)]
+    expected = [await batch_transcript(base_url, samples) for samples in recordings]
+    assert expected == [REAL_DOMAIN[1][1], REAL_DOMAIN[4][1]]
+    length = max(samples.size for samples in recordings) + 24000  # 1.5 s: an endpoint in both
+    stereo = np.stack([np.pad(samples, (0, length - samples.size)) for samples in recordings], axis=1)
+    messages = await in_thread(
+        lambda: live(
+            base_url,
+            pcm16(stereo.reshape(-1)),
+            3002,
+            encoding="linear16",
+            sample_rate=16000,
+            channels=2,
+            multichannel="true",
+            interim_results=True,
+            vad_events=True,
+        )
+    )
+    assert messages[-1]["type"] == "Metadata" and messages[-1]["channels"] == 2
+    for channel in (0, 1):
+        mine = [m for m in finals(messages) if m["channel_index"] == [channel, 2]]
+        assert (
+            " ".join(t for m in mine if (t := m["channel"]["alternatives"][0]["transcript"]))
+            == (expected[channel])
+        )
+        said = [m for m in mine if m["channel"]["alternatives"][0]["transcript"]]
+        assert said[-1]["speech_final"] is True  # each channel's own endpoint
+        started = [m for m in messages if m["type"] == "SpeechStarted" and m["channel"] == [channel, 2]]
+        assert len(started) == 1
+    assert {tuple(m["channel_index"]) for m in messages if m["type"] == "Results"} == {(0, 2), (1, 2)}
+
+
+def stream_until(connection: object, kind: str, seconds: float) -> list[dict]:
+    """The server's messages, read while the client sends nothing, up to the first of type `kind`
+    (or all of those that came within `seconds`)."""
+    received = []
+    websocket = connection._websocket  # type: ignore[attr-defined]
+    while True:
+        try:
+            document = json.loads(websocket.recv(timeout=seconds))
+        except TimeoutError:
+            return received
+        MESSAGE_TYPES[document["type"]].model_validate(document)
+        received.append(document)
+        if document["type"] == kind:
+            return received
+
+
+async def test_utterance_end_comes_after_utterance_end_ms_without_a_word(base_url: str) -> None:
+    import numpy as np
+
+    first, second = (read_recording(REAL_DOMAIN[index][0]) for index in (0, 4))
+    pcm = {
+        pause: pcm16(np.concatenate([first, np.zeros(int(pause * 16000), np.float32), second]))
+        for pause in (0.3, 2.5)
+    }
+
+    def stream(pause: float) -> tuple[list[dict], list[dict]]:
+        """The first utterance and the pause, then what came before the client sent more; the rest."""
+        audio, split = pcm[pause], 2 * (first.size + int(pause * 16000))
+        with client(base_url).listen.v1.connect(
+            model="default",
+            encoding="linear16",
+            sample_rate=16000,
+            interim_results=True,
+            endpointing=300,
+            utterance_end_ms=1000,
+        ) as connection:
+            for offset in range(0, split, 3200):
+                connection.send_media(audio[offset : min(offset + 3200, split)])
+            early = stream_until(connection, "UtteranceEnd", 3.0)
+            for offset in range(split, len(audio), 3200):
+                connection.send_media(audio[offset : offset + 3200])
+            connection.send_close_stream()
+            late = stream_until(connection, "Metadata", 30.0)
+        return early, late
+
+    for pause in (0.3, 2.5):
+        early, late = await in_thread(lambda pause=pause: stream(pause))
+        messages = early + late
+        spoken = [m for m in finals(messages) if m["channel"]["alternatives"][0]["words"]]
+        assert [m["channel"]["alternatives"][0]["transcript"] for m in spoken] == [
+            REAL_DOMAIN[0][1],
+            REAL_DOMAIN[4][1],
+        ]
+        last_word_end = spoken[0]["channel"]["alternatives"][0]["words"][-1]["end"]
+        next_word_start = spoken[1]["channel"]["alternatives"][0]["words"][0]["start"]
+        between = messages[messages.index(spoken[0]) : messages.index(spoken[1])]
+        ends = [m for m in between if m["type"] == "UtteranceEnd"]
+        if pause > 1.0:
+            assert next_word_start - last_word_end >= 1.0
+            # it came while the client waited: from the audio the session skipped, not the next words
+            assert ends == [early[-1]] and ends[0]["last_word_end"] == last_word_end
+        else:
+            assert next_word_start - last_word_end < 1.0 and spoken[0]["speech_final"] is True
+            assert ends == [] and not any(m["type"] == "UtteranceEnd" for m in early)
+
+
+async def test_wav_streamed_without_encoding(base_url: str) -> None:
+    import io
+
+    import soundfile
+
+    samples = read_recording(REAL_DOMAIN[4][0])
+    for rate, subtype in ((16000, "PCM_16"), (8000, "ULAW")):
+        buffer = io.BytesIO()
+        audio = samples if rate == 16000 else soxr.resample(samples, 16_000, rate)
+        soundfile.write(buffer, audio, rate, format="WAV", subtype=subtype)
+        wav = buffer.getvalue()
+        messages = await in_thread(lambda wav=wav: live(base_url, wav, 999))  # the header split too
+        assert text_of(messages) == REAL_DOMAIN[4][1], subtype
+        assert messages[-1]["duration"] == pytest.approx(samples.size / 16000, abs=1e-3)
+
+    def refused(first: bytes) -> tuple[dict, int]:
+        with websockets.sync.client.connect(
+            f"{base_url.replace('http', 'ws')}/v1/listen?model=default",
+            additional_headers={"Authorization": f"Token {KEY}"},
+        ) as ws:
+            ws.send(first)
+            document = json.loads(ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                ws.recv()
+        return document, closed.value.rcvd.code
+
+    error, code = await in_thread(lambda: refused(b"OggS\x00\x02" + bytes(200)))
+    assert ListenV1Error.model_validate(error).variant == "bad_audio" and "Ogg" in error["description"]
+    assert code == ERROR_TABLE["bad_audio"].close_code
 
 
 async def test_prerecorded_files_give_the_batch_transcript(base_url: str) -> None:
@@ -282,7 +422,7 @@ async def test_refusals_in_deepgram_shape(base_url: str) -> None:
         ("model=nova-3&encoding=linear16&sample_rate=16000", 1008),
         ("model=default&encoding=opus&sample_rate=16000", 1008),
         ("model=default&encoding=linear16", 1008),
-        ("model=default", 1008),
+        ("model=default&multichannel=maybe&encoding=linear16&sample_rate=16000", 1008),
     ):
         error, close_code = await in_thread(lambda query=query: refused_stream(query))
         assert ListenV1Error.model_validate(error).type == "Error" and close_code == code, (query, error)
@@ -337,6 +477,18 @@ async def test_over_capacity_streams_get_their_dialects_error_and_1013(nursery: 
                     refused.append((document, closed.value.rcvd.code))
             return refused
 
+    def stereo_on_one_slot() -> tuple[dict, int]:
+        with websockets.sync.client.connect(
+            f"{ws_url}/v1/listen?encoding=linear16&sample_rate=16000&channels=2&multichannel=true"
+        ) as ws:
+            ws.send(bytes(6400))
+            document = json.loads(ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                ws.recv()
+        return document, closed.value.rcvd.code
+
+    stereo, stereo_code = await in_thread(stereo_on_one_slot)
+    assert ListenV1Error.model_validate(stereo).variant == "capacity_exceeded" and stereo_code == 1013
     (deepgram, deepgram_code), (realtime, realtime_code) = await in_thread(crowded)
     assert ListenV1Error.model_validate(deepgram).variant == "capacity_exceeded" and deepgram_code == 1013
     assert (

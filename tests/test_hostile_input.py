@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -324,11 +325,15 @@ async def fuzz_live(url: str, messages: list, types: set[str], end: str | bytes 
                 assert closed.reason.code in (1000, *WS_CLOSE.values()), closed.reason
 
 
+WAV_HEADER = (  # 16 kHz mono 16-bit PCM, streamed: the data chunk's size unknown
+    b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00" + struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    + b"data\xff\xff\xff\xff"
+)  # fmt: skip
 live_frames = st.lists(
     st.one_of(
         st.binary(min_size=0, max_size=9),
         st.binary(min_size=2, max_size=3200),
-        st.sampled_from([bytes(MAX_FRAME + 2)]),
+        st.sampled_from([bytes(MAX_FRAME + 2), WAV_HEADER, WAV_HEADER[:30], b"RIFF\x00\x00\x00\x00WAVEdata"]),
         st.text(max_size=30),
         st.sampled_from(
             ['{"type": "KeepAlive"}', '{"type": "Finalize"}', '{"type": "Configure"}', "{}", "null"]
@@ -365,14 +370,16 @@ realtime_events = st.lists(
     messages=live_frames,
     query=st.sampled_from(
         ["encoding=linear16&sample_rate=16000", "encoding=mulaw&sample_rate=8000&interim_results=true",
-         "encoding=linear16&sample_rate=16000&channels=2", "encoding=alaw", "model=nova-3", "sample_rate=x"]
+         "encoding=linear16&sample_rate=16000&channels=2", "encoding=alaw", "model=nova-3", "sample_rate=x",
+         "model=default",  # no encoding: a WAV header first
+         "encoding=linear16&sample_rate=16000&channels=2&multichannel=true&utterance_end_ms=1000&vad_events=true"]
     ),
 )  # fmt: skip
 def test_deepgram_live_answers_every_frame_sequence_in_deepgram_shape(
     served: tuple, expected_tokens: list[int], messages: list, query: str
 ) -> None:
     url = served[1].replace("http://", "ws://") + "/v1/listen?" + query
-    types = {"Results", "Metadata", "Error", "ConfigureFailure"}
+    types = {"Results", "Metadata", "Error", "ConfigureFailure", "UtteranceEnd", "SpeechStarted"}
     trio.run(fuzz_live, url, messages, types, '{"type": "CloseStream"}')
 
 

@@ -147,6 +147,10 @@ async def test_models_and_errors_in_openai_shape(base_url: str) -> None:
     assert sorted(m.id for m in listed.data) == ["default", "rnnt", "tdt"]
     assert Model.model_validate(listed.data[0].model_dump()).owned_by == "amira"
     assert (await in_thread(lambda: sdk.models.retrieve("tdt"))).id == "tdt"
+    raw = await in_thread(
+        lambda: sdk.models.with_raw_response.list(extra_headers={"X-Request-Id": "trace-7"})
+    )
+    assert raw.headers["x-request-id"] == "trace-7"  # the client's own, echoed
     audio = wav(REAL_DOMAIN[0][0])
     with pytest.raises(openai.AuthenticationError) as wrong_key:
         await in_thread(
@@ -155,6 +159,7 @@ async def test_models_and_errors_in_openai_shape(base_url: str) -> None:
             )
         )
     assert wrong_key.value.code == "invalid_api_key" and wrong_key.value.type == "invalid_request_error"
+    assert wrong_key.value.request_id  # errors too carry x-request-id, generated when none was sent
     with pytest.raises(openai.AuthenticationError):
         await in_thread(lambda: client(base_url, "sk-wrong").models.list())
     with pytest.raises(openai.NotFoundError) as unknown:
@@ -186,8 +191,10 @@ async def test_models_and_errors_in_openai_shape(base_url: str) -> None:
                 "GET", f"{base_url}/v1/nothing-here", headers={"Authorization": f"Bearer {KEY}"}
             ),
         ):
+            request.headers["X-Request-Id"] = "bad id\twith a tab"
             response = await http.send(request)
             assert response.status_code in (400, 404)
+            assert response.headers["x-request-id"] != "bad id\twith a tab"  # not echoed: a new one
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 

@@ -34,8 +34,11 @@ async def test_health_ready_and_models(http: httpx.AsyncClient, triton_server: s
     health = (await http.get(f"{triton_server}/health")).json()
     assert health["status"] == "healthy" and health["backend"] == "triton"
     ready = await http.get(f"{triton_server}/ready")
-    expected = {"status": "ready", "models": ["default", "rnnt", "tdt"]}
-    assert ready.status_code == 200 and ready.json() == expected
+    document = ready.json()
+    endpoints = document.pop("endpoints")
+    assert ready.status_code == 200 and document == {"status": "ready", "models": ["default", "rnnt", "tdt"]}
+    [endpoint] = endpoints
+    assert endpoint["state"] == "healthy" and endpoint["in_flight"] == 0 and "reason" not in endpoint
     models = {m["name"]: m for m in (await http.get(f"{triton_server}/v2/models")).json()["models"]}
     assert set(models) == {"default", "rnnt", "tdt"}
     assert models["tdt"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
@@ -169,7 +172,7 @@ async def test_concurrent_batches_are_capped(
             wave.start_soon(one, time.monotonic())
     assert [r.status_code for _, r in results] == [200, 200]
     metrics = (await http.get(f"{url}/metrics")).text
-    assert 'amira_errors_total{protocol="native",error_type="capacity_exceeded"} 4.0' in metrics
+    assert 'amira_errors_total{error_type="capacity_exceeded",protocol="native"} 4.0' in metrics
 
 
 async def wait_for_status(http: httpx.AsyncClient, url: str, status: int, within: float) -> float:

@@ -23,12 +23,12 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
+from amira.core.endpoints import parse_endpoint
 from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
 from amira.core.tensors import ModelMetadata, TensorSpec
 
@@ -52,21 +52,6 @@ TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
 NUMPY_TO_TRITON: dict[np.dtype[Any], str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
 
 _UNAVAILABLE_MARKERS = ("unknown model", "not found", "not ready", "unavailable", "is not loaded")
-
-
-def parse_endpoint(url: str) -> tuple[str, bool]:
-    """`http://host:port[/base]`, `https://...` or `host:port` -> (`host:port[/base]`, ssl)."""
-    text = url.strip()
-    if not text:
-        raise ValueError("empty Triton endpoint")
-    if "://" not in text:
-        text = f"http://{text}"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"Triton endpoint must be http://host:port, got {url!r}")
-    if parts.port is None:
-        raise ValueError(f"Triton endpoint {url!r} has no port (Triton's HTTP port is usually 8000)")
-    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "https"
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -221,6 +206,13 @@ class TritonBackend:
             )
         except BackendFailure:
             return False
+
+    async def ready_models(self) -> set[str]:
+        """The models Triton has ready (its repository index, one call); raises `BackendFailure`."""
+        index = await self._call(
+            lambda client: client.get_model_repository_index(), "model index", self._metadata_limiter
+        )
+        return {entry["name"] for entry in index if entry.get("state") == "READY"}
 
     async def is_server_ready(self) -> bool:
         try:

@@ -23,10 +23,12 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 @attrs.frozen
 class ErrorKind:
-    """How one `error_type` is answered: HTTP status, WebSocket close code."""
+    """How one `error_type` is answered: HTTP status, WebSocket close code, and whether the HTTP
+    answer tells the client when to retry (`Retry-After: RETRY_AFTER_SECS`)."""
 
     http_status: int
     close_code: int
+    retry_after: bool = False
 
 
 ERROR_TABLE: dict[str, ErrorKind] = {
@@ -37,12 +39,12 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "too_large": ErrorKind(413, CLOSE_TOO_BIG),
     "unsupported_media_type": ErrorKind(415, CLOSE_PROTOCOL_ERROR),
     "backend_error": ErrorKind(502, CLOSE_INTERNAL_ERROR),
-    "capacity_exceeded": ErrorKind(503, CLOSE_TRY_AGAIN_LATER),
-    "backend_unavailable": ErrorKind(503, CLOSE_INTERNAL_ERROR),
+    "capacity_exceeded": ErrorKind(503, CLOSE_TRY_AGAIN_LATER, retry_after=True),
+    "backend_unavailable": ErrorKind(503, CLOSE_INTERNAL_ERROR, retry_after=True),
     "timeout": ErrorKind(504, CLOSE_INTERNAL_ERROR),
     "internal": ErrorKind(500, CLOSE_INTERNAL_ERROR),
 }
-RETRY_AFTER_SECS = 1  # what a `capacity_exceeded` answer tells the client to wait
+RETRY_AFTER_SECS = 1  # what a `capacity_exceeded` or `backend_unavailable` answer tells the client to wait
 
 
 class AmiraError(Exception):
@@ -99,6 +101,19 @@ class BackendUnavailable(BackendFailure):
     """The engine cannot be reached, or the model is not loaded or not ready."""
 
     error_type: ClassVar[str] = "backend_unavailable"
+
+
+class NoHealthyEndpoint(BackendUnavailable):
+    """New work refused before it starts because no inference endpoint is healthy (load shedding).
+
+    Its `error_type` is `backend_unavailable`, but a stream refused this way closes with 1013 (try
+    again later), like one over capacity: nothing failed under it. A stream whose backend fails in
+    the middle still closes with the table's 1011.
+    """
+
+    @property
+    def kind(self) -> ErrorKind:
+        return attrs.evolve(super().kind, close_code=CLOSE_TRY_AGAIN_LATER)
 
 
 class BackendError(BackendFailure):

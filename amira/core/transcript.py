@@ -256,7 +256,9 @@ class StreamResult:
     `tokens` and `token_frames` are those of `transcription` (committed, then the tentative tail of
     a partial). Times are from the start of the stream: token frames count encoder frames (a segment
     that began after a Finalize, at a sample that need not fall on a frame boundary, is offset by
-    the whole frames before it; its `words` are exact). `words` are only filled in finals.
+    the whole frames before it; its `words` are exact). A partial's `words` are those of its
+    `transcription`, the tentative ones timed up to where the tail was decoded; the native protocol
+    sends words with finals only, Deepgram's interim `Results` carry them.
     `segment` is the segment a partial or segment final belongs to, `ended_by` what ended it
     (segment finals only), and `segments` every finished segment (`COMPLETE` only).
     `audio_seconds` is the audio the stream has received; `processing_time_ms` the inference time

@@ -6,8 +6,10 @@ The reference for every message is the `deepgram-sdk` package's own types
 tests validate what the server sends against them.
 
 Query parameters (`ListenOptions`): `model` (a model set; default `default`), `encoding`
-(`linear16`, `mulaw`, `alaw`; prerecorded bodies without it are sound files), `sample_rate`,
-`channels`, `multichannel`, `interim_results`, `endpointing`, `utterance_end_ms`, `vad_events`.
+(`linear16`, `mulaw`, `alaw`; prerecorded bodies without it are sound files, live streams without it
+start with a WAV header, which then gives the encoding, rate and channels: `sample_rate` and
+`channels` are ignored), `sample_rate`, `channels`, `multichannel`, `interim_results`,
+`endpointing`, `utterance_end_ms`, `vad_events`.
 Formatting and language options (`punctuate`, `smart_format`, `language`, `numerals`, ...) are
 accepted and ignored: the model writes what it writes. `callback` is refused: the server makes no
 outbound requests.
@@ -22,15 +24,23 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 import attrs
-import numpy as np
 
 from amira.core import g711
-from amira.core.errors import AmiraError, BadRequest, TooLarge, Unauthorized
+from amira.core.errors import AmiraError, BadAudio, BadRequest, TooLarge, Unauthorized
 from amira.core.segments import SegmentOptions
 from amira.core.transcript import ResultStatus, StreamResult, Word, segment_confidence
-from amira.protocols.live import LiveEvent, PcmFramer, Reply, mix_down, parse_boolean
+from amira.protocols.live import (
+    ChannelAudio,
+    LiveEvent,
+    PcmFramer,
+    Reply,
+    deinterleave,
+    mix_down,
+    parse_boolean,
+)
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
 from amira.protocols.values import parse_endpointing, parse_sample_rate
+from amira.protocols.wav_header import read_wav_header
 
 ENCODINGS = {"linear16": 2, "mulaw": 1, "alaw": 1}  # bytes per sample
 MAX_CHANNELS = 8
@@ -66,14 +76,6 @@ class ListenOptions:
         encoding = query.get("encoding")
         if encoding is not None and encoding not in ENCODINGS:
             raise BadRequest(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding[:40]!r}")
-        if live and query.get("multichannel", "false").strip().lower() == "true":
-            raise BadRequest(
-                "multichannel=true is not supported on live streams; channels are mixed down without it"
-            )
-        if live and encoding is None:
-            raise BadRequest(
-                f"live streams need raw audio: set encoding ({', '.join(ENCODINGS)}) and sample_rate"
-            )
         rate = query.get("sample_rate")
         if encoding is not None and rate is None:
             raise BadRequest("sample_rate is required with encoding")
@@ -164,9 +166,8 @@ def raw_channels(body: bytes, options: ListenOptions) -> list[bytes]:
             f"the body is not a whole number of {options.channels}-channel {options.encoding} frames"
         )
     pcm = frames if options.encoding == "linear16" else g711.to_pcm16(frames, options.encoding)
-    if options.multichannel and options.channels > 1:
-        interleaved = np.frombuffer(pcm, dtype="<i2").reshape(-1, options.channels)
-        return [interleaved[:, channel].tobytes() for channel in range(options.channels)]
+    if options.multichannel:
+        return deinterleave(pcm, options.channels)
     return [mix_down(pcm, options.channels)]
 
 
@@ -177,13 +178,34 @@ def error_document(error: AmiraError, request_id: str) -> dict[str, object]:
 
 
 class LivePhase(enum.Enum):
-    """`RECEIVING`: audio and control messages are read. `ENDING`: the input ended (CloseStream,
+    """`HEADER`: a stream without `encoding` waits for its WAV header (`amira.protocols.wav_header`).
+    `RECEIVING`: audio and control messages are read. `ENDING`: the input ended (CloseStream,
     inactivity, shutdown); the last results and `Metadata` follow. `CLOSED`: `Metadata` or an error
     was sent; nothing more is."""
 
+    HEADER = "header"
     RECEIVING = "receiving"
     ENDING = "ending"
     CLOSED = "closed"
+
+
+@attrs.frozen
+class PcmFormat:
+    """The samples of a live stream: from the query (`encoding`, `sample_rate`, `channels`) or from
+    its WAV header."""
+
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+@attrs.define
+class _Utterances:
+    """One channel's utterance events: the segment `SpeechStarted` was sent for, and the end of its
+    last finalized word while its `UtteranceEnd` is due."""
+
+    speech_segment: int | None = None
+    last_word_end: float | None = None
 
 
 @attrs.define
@@ -192,10 +214,17 @@ class DeepgramLive:
     `SpeechStarted`, `UtteranceEnd`, `Metadata` and `Error` messages out.
 
     The session's segments are Deepgram's utterances: a partial is an interim `Results` of the open
-    segment, a segment final a final `Results` (`speech_final` when an endpoint ended it,
-    `from_finalize` when a `Finalize` did), with the span of audio it covers. With `vad_events`, a
-    segment's first result is preceded by `SpeechStarted` (at the segment's start); with
-    `utterance_end_ms`, an endpoint's final is followed by `UtteranceEnd` (at its last word's end).
+    segment (with its words so far), a segment final a final `Results` (`speech_final` when an
+    endpoint ended it, `from_finalize` when a `Finalize` did), with the span of audio it covers.
+    With `vad_events`, a segment's first result is preceded by `SpeechStarted` (at the segment's
+    start). With `utterance_end_ms`, `UtteranceEnd` comes once that much audio has passed after the
+    last finalized word's end without a new word, as Deepgram defines it: the shell tells the
+    protocol how far the session has settled (`progress_messages`), since no result comes while
+    the session skips a pause; a stream that ends that long after its last word gets it last.
+
+    With `multichannel=true`, every channel is its own session (`channels` of them; the shell
+    sends each its `ChannelAudio`), and every message names its channel (`channel_index`
+    `[i, channels]`). Without it, the channels are mixed down into one session.
     """
 
     options: ListenOptions
@@ -206,23 +235,43 @@ class DeepgramLive:
     max_audio_secs: float
     defaults: SegmentOptions = attrs.field(factory=SegmentOptions)
     phase: LivePhase = LivePhase.RECEIVING
-    _framer: PcmFramer = attrs.field(init=False)
+    _format: PcmFormat | None = attrs.field(init=False, default=None)
+    _framer: PcmFramer | None = attrs.field(init=False, default=None)
+    _header: bytes = b""  # the first bytes of a stream without encoding, until its header is whole
     _sha256: hashlib._Hash = attrs.field(init=False, factory=hashlib.sha256)
-    _samples: int = 0
-    _speech_segment: int | None = None  # the segment SpeechStarted was sent for
+    _samples: int = 0  # frames (one sample of every channel) received
+    _utterances: list[_Utterances] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
-        assert self.options.encoding is not None
-        self._framer = PcmFramer(ENCODINGS[self.options.encoding], self.options.channels)
+        options = self.options
+        if options.encoding is None:
+            self.phase = LivePhase.HEADER
+        else:
+            assert options.sample_rate is not None
+            self._use(PcmFormat(options.encoding, options.sample_rate, options.channels))
+
+    def _use(self, pcm_format: PcmFormat) -> None:
+        self._format = pcm_format
+        self._framer = PcmFramer(ENCODINGS[pcm_format.encoding], pcm_format.channels)
+        self._utterances = [_Utterances() for _ in range(self.channels)]
 
     @property
     def model(self) -> str:
         return self.options.model
 
     @property
+    def pcm_format(self) -> PcmFormat:
+        assert self._format is not None, "the format is known before the first audio"
+        return self._format
+
+    @property
     def sample_rate(self) -> int:
-        assert self.options.sample_rate is not None
-        return self.options.sample_rate
+        return self.pcm_format.sample_rate
+
+    @property
+    def channels(self) -> int:
+        """Sessions: one per channel with `multichannel=true`, else one for the mix."""
+        return self.pcm_format.channels if self.options.multichannel else 1
 
     def opening_messages(self) -> list[str]:
         return []
@@ -234,14 +283,36 @@ class DeepgramLive:
         if len(frame) > self.max_frame_bytes:
             raise TooLarge(f"frame of {len(frame)} bytes; the limit is {self.max_frame_bytes}")
         self._sha256.update(frame)
-        frames = self._framer.frames(frame)
-        encoding = self.options.encoding
-        pcm = frames if encoding == "linear16" else g711.to_pcm16(frames, str(encoding))
-        pcm = mix_down(pcm, self.options.channels)
-        self._samples += len(pcm) // 2
-        if self._samples > self.max_audio_secs * self.sample_rate:
+        return self._receive_header(frame) if self.phase is LivePhase.HEADER else self._audio(frame)
+
+    def _receive_header(self, frame: bytes) -> list[LiveEvent]:
+        self._header += frame
+        header = read_wav_header(self._header)
+        if header is None:
+            return []
+        if header.channels > MAX_CHANNELS or header.channels < 1:
+            raise BadAudio(f"the WAV header says {header.channels} channels; 1 to {MAX_CHANNELS} are served")
+        self._use(PcmFormat(header.encoding, parse_sample_rate(str(header.sample_rate)), header.channels))
+        self.phase = LivePhase.RECEIVING
+        samples, self._header = self._header[header.data_offset :], b""
+        return self._audio(samples)
+
+    def _audio(self, data: bytes) -> list[LiveEvent]:
+        pcm_format = self.pcm_format
+        assert self._framer is not None
+        frames = self._framer.frames(data)
+        pcm = frames if pcm_format.encoding == "linear16" else g711.to_pcm16(frames, pcm_format.encoding)
+        self._samples += len(pcm) // (2 * pcm_format.channels)
+        if self._samples > self.max_audio_secs * pcm_format.sample_rate:
             raise TooLarge(f"the stream is longer than {self.max_audio_secs:g} s of audio")
-        return [Audio(pcm)] if pcm else []
+        if not pcm:
+            return []
+        if not self.options.multichannel:
+            return [Audio(mix_down(pcm, pcm_format.channels))]
+        return [
+            ChannelAudio(channel, samples)
+            for channel, samples in enumerate(deinterleave(pcm, pcm_format.channels))
+        ]
 
     def receive_text(self, text: str) -> list[LiveEvent]:
         self._expect_receiving()
@@ -285,11 +356,11 @@ class DeepgramLive:
         return EndOfStream()
 
     def end_input(self) -> None:
-        if self.phase is LivePhase.RECEIVING:
+        if self.phase in (LivePhase.HEADER, LivePhase.RECEIVING):
             self.phase = LivePhase.ENDING
 
     def _expect_receiving(self) -> None:
-        if self.phase is not LivePhase.RECEIVING:
+        if self.phase not in (LivePhase.HEADER, LivePhase.RECEIVING):
             raise BadRequest(f"a message after the end of the stream ({self.phase.value})")
 
     @property
@@ -302,26 +373,38 @@ class DeepgramLive:
             )
         return options
 
-    def result_messages(self, result: StreamResult) -> list[str]:
+    def _channel_index(self, channel: int) -> list[int]:
+        return [channel, self.channels]
+
+    def result_messages(self, result: StreamResult, channel: int = 0) -> list[str]:
         span = result.segment
         if result.status is ResultStatus.COMPLETE or span is None:  # every segment had its final already
             return []
+        utterances = self._utterances[channel]
         messages: list[str] = []
+        if result.words:
+            messages += self._new_words(channel, result.words[0].start)
         if (
             self.options.vad_events
-            and span.id != self._speech_segment
+            and span.id != utterances.speech_segment
             and (result.transcription or result.words)
         ):
-            self._speech_segment = span.id
+            utterances.speech_segment = span.id
             messages.append(
-                json.dumps({"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(span.start, 3)})
+                json.dumps(
+                    {
+                        "type": "SpeechStarted",
+                        "channel": self._channel_index(channel),
+                        "timestamp": round(span.start, 3),
+                    }
+                )
             )
         final = result.status is ResultStatus.FINAL
-        words = result.words if final else ()
         messages.append(
             self._results(
+                channel,
                 result.transcription,
-                words,
+                result.words,
                 span.start,
                 span.end,
                 is_final=final,
@@ -329,16 +412,49 @@ class DeepgramLive:
                 from_finalize=result.from_finalize,
             )
         )
-        if final and result.speech_final and words and self.options.utterance_end_ms is not None:
-            messages.append(
-                json.dumps(
-                    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": round(words[-1].end, 3)}
-                )
-            )
+        if final and result.words and self.options.utterance_end_ms is not None:
+            utterances.last_word_end = result.words[-1].end
         return messages
+
+    def _due(self, channel: int) -> float | None:
+        """When the channel's `UtteranceEnd` is due, if one is: `utterance_end_ms` after the end of
+        its last finalized word."""
+        last = self._utterances[channel].last_word_end
+        if last is None or self.options.utterance_end_ms is None:
+            return None
+        return last + self.options.utterance_end_ms / 1000
+
+    def _new_words(self, channel: int, first_start: float) -> list[str]:
+        """Words again: `UtteranceEnd` first if they start after it was due, else none is sent."""
+        due = self._due(channel)
+        if due is None:
+            return []
+        if first_start >= due:
+            return self._utterance_end(channel)
+        self._utterances[channel].last_word_end = None
+        return []
+
+    def progress_messages(self, channel: int, settled_seconds: float) -> list[str]:
+        """The session of `channel` will put no word before `settled_seconds` any more."""
+        due = self._due(channel)
+        return self._utterance_end(channel) if due is not None and settled_seconds >= due else []
+
+    def _utterance_end(self, channel: int) -> list[str]:
+        utterances = self._utterances[channel]
+        last, utterances.last_word_end = utterances.last_word_end, None
+        return [
+            json.dumps(
+                {
+                    "type": "UtteranceEnd",
+                    "channel": self._channel_index(channel),
+                    "last_word_end": round(last or 0.0, 3),
+                }
+            )
+        ]
 
     def _results(
         self,
+        channel: int,
         transcript: str,
         words: Sequence[Word],
         start: float,
@@ -351,7 +467,7 @@ class DeepgramLive:
         return json.dumps(
             {
                 "type": "Results",
-                "channel_index": [0, 1],
+                "channel_index": self._channel_index(channel),
                 "duration": round(max(end - start, 0.0), 3),
                 "start": round(start, 3),
                 "is_final": is_final,
@@ -371,8 +487,16 @@ class DeepgramLive:
         )
 
     def closing_messages(self) -> list[str]:
+        """`UtteranceEnd`s still due within the audio received, then `Metadata`."""
         self.phase = LivePhase.CLOSED
-        return [
+        pcm_format = self._format
+        duration = self._samples / pcm_format.sample_rate if pcm_format is not None else 0.0
+        messages = [
+            message
+            for channel in range(len(self._utterances))
+            for message in self.progress_messages(channel, duration)
+        ]
+        messages.append(
             json.dumps(
                 {
                     "type": "Metadata",
@@ -380,8 +504,8 @@ class DeepgramLive:
                     "request_id": self.request_id,
                     "sha256": self._sha256.hexdigest(),
                     "created": self.created,
-                    "duration": round(self._samples / self.sample_rate, 3),
-                    "channels": self.options.channels,
+                    "duration": round(duration, 3),
+                    "channels": pcm_format.channels if pcm_format is not None else self.options.channels,
                     "models": [self.model_info.uuid],
                     "model_info": {
                         self.model_info.uuid: {
@@ -392,7 +516,8 @@ class DeepgramLive:
                     },
                 }
             )
-        ]
+        )
+        return messages
 
     def error_message(self, error: AmiraError, stream_id: str) -> str | None:
         self.phase = LivePhase.CLOSED

@@ -1,7 +1,8 @@
 """What the live dialects (Deepgram's `WS /v1/listen`, OpenAI's Realtime transcription) share, sans-IO.
 
 Each dialect turns a client's frames into the native stream events (`native_stream.Audio`,
-`Finalize`, `EndOfStream`, `KeepAlive`) plus `Reply` (a message to send back at once: an
+`Finalize`, `EndOfStream`, `KeepAlive`) plus `ChannelAudio` (a channel transcribed on its own),
+`Reply` (a message to send back at once: an
 acknowledgement, or an error that leaves the stream open), and the session's results into its own
 messages. `LiveProtocol` is what the server's live-stream shell (`amira.server.live`) drives.
 """
@@ -32,7 +33,16 @@ class Clear:
     """Drop what was received since the last commit: finalise it without telling the client."""
 
 
-LiveEvent = Audio | Finalize | EndOfStream | KeepAlive | Reply | Clear
+@attrs.frozen
+class ChannelAudio:
+    """s16le PCM of one channel of a stream whose channels are transcribed apart (Deepgram's
+    `multichannel=true`): each channel is its own stream session. `Audio` is channel 0's."""
+
+    channel: int
+    pcm: bytes
+
+
+LiveEvent = Audio | ChannelAudio | Finalize | EndOfStream | KeepAlive | Reply | Clear
 
 
 class LiveProtocol(Protocol):
@@ -46,6 +56,11 @@ class LiveProtocol(Protocol):
     @property
     def sample_rate(self) -> int:
         """The rate of the s16le PCM of `Audio` events."""
+        ...
+
+    @property
+    def channels(self) -> int:
+        """Stream sessions, one per channel transcribed on its own (known at the first audio)."""
         ...
 
     @property
@@ -63,7 +78,14 @@ class LiveProtocol(Protocol):
         """The input ends: the client's end of stream, inactivity or the server's shutdown."""
         ...
 
-    def result_messages(self, result: StreamResult) -> list[str]: ...
+    def result_messages(self, result: StreamResult, channel: int) -> list[str]:
+        """The messages of a result of `channel`'s session."""
+        ...
+
+    def progress_messages(self, channel: int, settled_seconds: float) -> list[str]:
+        """Messages due because `channel`'s session will put no word before `settled_seconds` any
+        more (`Stream.settled_seconds`); the shell asks between results."""
+        ...
 
     def closing_messages(self) -> list[str]:
         """The last messages, after the last result (or when no audio ever came)."""
@@ -101,6 +123,12 @@ def mix_down(pcm: bytes, channels: int) -> bytes:
     samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).astype(np.int32)
     mixed: bytes = samples.mean(axis=1).round().astype("<i2").tobytes()
     return mixed
+
+
+def deinterleave(pcm: bytes, channels: int) -> list[bytes]:
+    """Interleaved s16le frames to one s16le buffer per channel."""
+    interleaved = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)
+    return [interleaved[:, channel].tobytes() for channel in range(channels)]
 
 
 def parse_boolean(name: str, value: str) -> bool:

@@ -382,7 +382,14 @@ class RealtimeTranscription:
             self._items += 1
         return self._open_item
 
-    def result_messages(self, result: StreamResult) -> list[str]:
+    @property
+    def channels(self) -> int:
+        return 1
+
+    def progress_messages(self, channel: int, settled_seconds: float) -> list[str]:
+        return []  # speech_stopped comes with the endpoint's final
+
+    def result_messages(self, result: StreamResult, channel: int = 0) -> list[str]:
         """Segments are items. A partial brings the open item's new committed text as a delta (and,
         with server VAD, `speech_started` first); a segment final completes it: by an endpoint
         (`speech_stopped` and `committed` first), by the client's commit (`committed` was sent at

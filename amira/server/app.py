@@ -30,7 +30,7 @@ from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch, transc
 from amira.server.deepgram_routes import add_deepgram_routes
 from amira.server.errors import dialect_error_response
 from amira.server.openai_routes import add_openai_routes
-from amira.server.state import ServerState, new_id
+from amira.server.state import ServerState, request_id
 from amira.server.stream_handler import add_stream_route
 from amira.server.web import add_web_routes
 
@@ -64,10 +64,12 @@ def create_app(state: ServerState) -> Quart:
     @app.get("/ready")
     async def ready() -> Response | tuple[Response, int]:
         is_ready, message = await state.readiness()
-        if is_ready:
-            return jsonify({"status": "ready", "models": sorted(engine.configs)})
-        body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
-        return jsonify(body), 503
+        body: dict[str, object] = {"status": "ready", "models": sorted(engine.configs)}
+        if not is_ready:
+            body = {"status": "not_ready", "error_type": "backend_unavailable", "message": message}
+        if engine.pool is not None:
+            body["endpoints"] = engine.pool.health()
+        return jsonify(body), 200 if is_ready else 503
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -86,12 +88,12 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()
+        batch_id = request_id(request.headers.get("X-Request-Id"))
         response = await _batch(model, started)
-        response.headers["X-Request-Id"] = request_id
+        response.headers["X-Request-Id"] = batch_id
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
-            request_id,
+            batch_id,
             model if model in engine.configs else UNKNOWN,
             response.status_code,
             time.perf_counter() - started,

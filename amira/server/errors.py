@@ -18,8 +18,9 @@ OPENAI_PREFIX = "/v1/"
 
 
 def _with_status(response: Response, error_type: str, status: int | None) -> Response:
-    response.status_code = status or ERROR_TABLE[error_type].http_status
-    if error_type == "capacity_exceeded":
+    kind = ERROR_TABLE[error_type]
+    response.status_code = status or kind.http_status
+    if kind.retry_after:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECS)
     return response
 

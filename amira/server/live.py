@@ -2,19 +2,22 @@
 
 The dialect's sans-IO protocol (`amira.protocols.live.LiveProtocol`) reads frames and writes
 messages; this module moves them between the socket, the protocol and the stream session, with
-the native stream's rules: one capacity slot per stream, bounded channels everywhere (a slow model
-or a slow reader pushes back on the client), the inactivity timeout, the frame-rate cap, and the
-graceful shutdown (the drain, then the last results, then close 1001). Three tasks:
+the native stream's rules: one capacity slot per stream (per channel when the channels are
+transcribed apart), bounded channels everywhere (a slow model or a slow reader pushes back on the
+client), the inactivity timeout, the frame-rate cap, and the graceful shutdown (the drain, then the
+last results, then close 1001). Three tasks:
 
 * **receive** (the nursery's body): frames to protocol events; the session is opened at the first
   audio, on the model set the protocol names then (a Realtime client chooses it by `session.update`);
-* **session**: the stream session's results to the dialect's messages;
+* **session** (one per channel transcribed apart): the stream session's results to the dialect's
+  messages, and between results, how far the session has settled (`progress_messages`);
 * **send**: the one task that writes to the socket, so that replies to client events and results
   go out in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import attrs
@@ -23,15 +26,16 @@ from quart import websocket
 
 from amira.core.audio import StreamResampler
 from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, InternalError
-from amira.protocols.live import Clear, LiveProtocol, Reply
+from amira.protocols.live import ChannelAudio, Clear, LiveProtocol, Reply
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
 from amira.server.state import ServerState
-from amira.server.stream_handler import ClientNotReading, FrameRate, _send_within
+from amira.server.stream_handler import ClientNotReading, FrameRate, send_within
 from amira.stream_session import Stream
 
 log = logging.getLogger("amira.live")
 
 OUTGOING_CAPACITY = 16
+PROGRESS_SECS = 0.05  # how often a session that sends no results is asked how far it has settled
 
 
 def amira_error(group: BaseExceptionGroup) -> AmiraError | None:
@@ -44,51 +48,85 @@ def amira_error(group: BaseExceptionGroup) -> AmiraError | None:
 
 
 @attrs.define
+class ChannelSession:
+    """The stream session of one channel (of the only one, unless the dialect transcribes channels
+    apart), its resampler, and whether its task is done."""
+
+    stream: Stream
+    resampler: StreamResampler
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define
 class LiveStream:
-    """One live stream's shell state: the protocol, the session (once opened) and the channels."""
+    """One live stream's shell state: the protocol, the sessions (once opened) and the channels."""
 
     protocol: LiveProtocol
     state: ServerState
     dialect: str
     stream_id: str
     outgoing: trio.MemorySendChannel[str]
-    stream: Stream | None = None
-    resampler: StreamResampler | None = None
-    session_done: trio.Event = attrs.field(factory=trio.Event)
+    sessions: list[ChannelSession] = attrs.field(factory=list)
     shutdown: bool = False
 
-    async def run_session(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The session task: results to messages until the stream's last result."""
-        model, options = self.protocol.model, self.protocol.segment_options
-        try:
-            async with (
-                self.state.recognizer.open_stream(model, options=options) as stream,
-                self.outgoing.clone() as outgoing,
-            ):
-                self.stream, self.resampler = stream, StreamResampler(self.protocol.sample_rate)
-                task_status.started()
-                async for result in stream:
-                    for message in self.protocol.result_messages(result):
+    async def open_sessions(self, nursery: trio.Nursery) -> None:
+        """One session per channel the protocol transcribes. The stream's capacity slot covers the
+        first; every other channel takes a slot of its own (a stereo stream costs what two mono
+        streams cost), or the stream is refused with `capacity_exceeded`."""
+        for channel in range(self.protocol.channels):
+            await nursery.start(self.run_session, channel)
+
+    async def run_session(
+        self, channel: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """A session task: results to messages until the stream's last result; between results
+        (every `PROGRESS_SECS` without one), how far the session has settled."""
+        with self.state.streams.admit() if channel else contextlib.nullcontext():
+            await self._run_session(channel, task_status)
+
+    async def _run_session(self, channel: int, task_status: trio.TaskStatus[None]) -> None:
+        model, options, protocol = self.protocol.model, self.protocol.segment_options, self.protocol
+        async with (
+            self.state.recognizer.open_stream(model, options=options) as stream,
+            self.outgoing.clone() as outgoing,
+        ):
+            session = ChannelSession(stream, StreamResampler(protocol.sample_rate))
+            self.sessions.append(session)
+            task_status.started()
+            try:
+                results = stream.results()
+                while True:
+                    with trio.move_on_after(PROGRESS_SECS) as waiting:
+                        result = await results.receive()
+                    if waiting.cancelled_caught:
+                        settled = stream.settled_seconds
+                        messages = [] if settled is None else protocol.progress_messages(channel, settled)
+                    else:
+                        messages = protocol.result_messages(result, channel)
+                    for message in messages:
                         await outgoing.send(message)
-                    if result.end_of_stream:
+                    if not waiting.cancelled_caught and result.end_of_stream:
                         metrics = self.state.metrics
                         metrics.audio_seconds.labels(self.dialect, model, "stream").inc(result.audio_seconds)
                         return
-        finally:
-            self.session_done.set()
+            except trio.EndOfChannel:
+                return  # the session failed: its error leaves the `async with`
+            finally:
+                session.done.set()
 
     async def receive(self, nursery: trio.Nursery) -> None:
         """Frames in until the stream ends (the client, inactivity, the shutdown drain); then the last
-        audio is flushed and the session's last results and the dialect's closing messages follow."""
+        audio is flushed and the sessions' last results and the dialect's closing messages follow."""
         async with trio.open_nursery() as watch:
             watch.start_soon(self._stop_when_drained, watch.cancel_scope)
             await self._read_frames(nursery)
             watch.cancel_scope.cancel()
         self.protocol.end_input()
-        if self.stream is not None and self.resampler is not None:
-            await self.stream.send_audio(self.resampler.flush())
-            await self.stream.end()
-            await self.session_done.wait()
+        for session in self.sessions:
+            await session.stream.send_audio(session.resampler.flush())
+            await session.stream.end()
+        for session in self.sessions:
+            await session.done.wait()
         async with self.outgoing:
             for message in self.protocol.closing_messages():
                 await self.outgoing.send(message)
@@ -97,6 +135,12 @@ class LiveStream:
         await self.state.drain_expired.wait()
         self.shutdown = True
         reading.cancel()
+
+    async def _audio(self, nursery: trio.Nursery, channel: int, pcm: bytes) -> None:
+        if not self.sessions:
+            await self.open_sessions(nursery)
+        session = self.sessions[channel]
+        await session.stream.send_audio(session.resampler.push(pcm))
 
     async def _read_frames(self, nursery: trio.Nursery) -> None:
         settings = self.state.settings
@@ -119,13 +163,12 @@ class LiveStream:
             for event in events:
                 match event:
                     case Audio(pcm):
-                        if self.stream is None:
-                            await nursery.start(self.run_session)
-                        assert self.stream is not None and self.resampler is not None
-                        await self.stream.send_audio(self.resampler.push(pcm))
+                        await self._audio(nursery, 0, pcm)
+                    case ChannelAudio(channel, pcm):
+                        await self._audio(nursery, channel, pcm)
                     case Finalize() | Clear():
-                        if self.stream is not None:
-                            await self.stream.finalize()
+                        for session in self.sessions:
+                            await session.stream.finalize()
                     case Reply(text):
                         await self.outgoing.send(text)
                     case EndOfStream():
@@ -137,7 +180,7 @@ class LiveStream:
 async def _sender(messages: trio.MemoryReceiveChannel[str], patience: float) -> None:
     async with messages:
         async for message in messages:
-            await _send_within(message, patience)
+            await send_within(message, patience)
 
 
 async def _close_with_error(state: ServerState, dialect: str, error: AmiraError, message: str | None) -> None:

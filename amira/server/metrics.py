@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from amira.backends.triton_pool import EndpointState, TritonPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -26,6 +28,42 @@ class _BackendCalls(Collector):
         for role, count in sorted(self._calls().items()):
             family.add_metric([role], count)
         yield family
+
+
+class _Endpoints(Collector):
+    """The Triton endpoints as the pool sees them at scrape time: health, calls in flight, outages,
+    and the queue of calls waiting for a free endpoint (what an autoscaler watches)."""
+
+    def __init__(self, pool: TritonPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily(
+            "amira_backend_endpoint_up", "1 while the endpoint takes calls (healthy)", labels=["endpoint"]
+        )
+        in_flight = GaugeMetricFamily(
+            "amira_backend_endpoint_in_flight", "Calls in flight on the endpoint", labels=["endpoint"]
+        )
+        outages = CounterMetricFamily(
+            "amira_backend_endpoint_outages",
+            "Times the endpoint was taken out after a failed call or probe",
+            labels=["endpoint"],
+        )
+        for endpoint in self._pool.endpoints:
+            up.add_metric([endpoint.url], float(endpoint.state is EndpointState.HEALTHY))
+            in_flight.add_metric([endpoint.url], endpoint.in_flight)
+            outages.add_metric([endpoint.url], endpoint.failures)
+        yield up
+        yield in_flight
+        yield outages
+        yield GaugeMetricFamily(
+            "amira_backend_queued_calls", "Calls waiting for a free Triton endpoint", value=self._pool.queued
+        )
+        yield CounterMetricFamily(
+            "amira_backend_failovers",
+            "Calls retried at once on another endpoint after theirs became unavailable",
+            value=self._pool.failovers,
+        )
 
 
 class Metrics:
@@ -71,6 +109,18 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_BackendCalls(backend_calls))
+
+    def watch_endpoints(self, pool: TritonPool) -> None:
+        """Per-endpoint health, calls in flight, latency and the queue of the Triton pool."""
+        endpoint_seconds = Histogram(
+            "amira_backend_endpoint_call_seconds",
+            "Inference call latency by Triton endpoint (answered calls)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        pool.on_call = lambda url, seconds: endpoint_seconds.labels(url).observe(seconds)
+        self.registry.register(_Endpoints(pool))
 
     def observe_backend_call(self, model: str, role: str, seconds: float) -> None:
         self.backend_call_seconds.labels(model, role).observe(seconds)

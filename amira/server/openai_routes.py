@@ -19,9 +19,9 @@ from amira.protocols import openai_audio
 from amira.protocols.native_batch import SOUND_FILE_TYPES, BatchOptions, parse_batch_body
 from amira.protocols.openai_realtime import RealtimeTranscription
 from amira.server.batch_requests import BatchCall, answer_batch
-from amira.server.errors import dialect_error_response
+from amira.server.errors import dialect_error_response, dialect_of
 from amira.server.live import refuse_live, serve_live
-from amira.server.state import ServerState, new_id
+from amira.server.state import ServerState, new_id, request_id
 
 REALTIME_SUBPROTOCOL = "realtime"
 
@@ -29,6 +29,14 @@ REALTIME_SUBPROTOCOL = "realtime"
 def add_openai_routes(app: Quart, state: ServerState) -> None:
     engine, settings = state.engine, state.settings
     created = int(time.time())
+
+    @app.after_request
+    async def openai_request_id(response: Response) -> Response:
+        """Every OpenAI HTTP answer, errors included, carries `x-request-id`, as OpenAI's do (the SDKs
+        show it as `_request_id`): the client's own when it sent a plain one, else a new one."""
+        if dialect_of(request.path) == "openai":
+            response.headers["x-request-id"] = request_id(request.headers.get("X-Request-Id"))
+        return response
 
     @app.get("/v1/models")
     async def openai_models() -> Response:

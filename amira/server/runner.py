@@ -10,6 +10,7 @@ trying in the background until the backend comes back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -137,29 +138,30 @@ async def serve(
     try:
         engine.load_vocabularies()
         state = ServerState.create(recognizer, settings)
-        try:
-            with trio.fail_after(max(10.0, 4 * settings.inference_timeout_secs)):
-                await engine.load()
-        except (BackendFailure, trio.TooSlowError) as exc:
-            log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
-        app = create_app(state)
 
         async def begin_shutdown() -> None:
             await (shutdown_trigger or trio.sleep_forever)()
             state.shutting_down.set()
 
-        async with trio.open_nursery() as nursery:
-            if not engine.running:
-                await nursery.start(engine.run)
-            nursery.start_soon(keep_loading, state)
-            nursery.start_soon(state.drain_after_shutdown)
-            await hypercorn_serve(
-                close_when_body_unread(app),
-                hypercorn_config(settings),
-                shutdown_trigger=begin_shutdown,
-                task_status=task_status,
-            )
-            nursery.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            if not engine.running:  # a recogniser from `open_recognizer` runs its engine already
+                await stack.enter_async_context(engine.serving())
+            try:
+                with trio.fail_after(max(10.0, 4 * settings.inference_timeout_secs)):
+                    await engine.load()
+            except (BackendFailure, trio.TooSlowError) as exc:
+                log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
+            app = create_app(state)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_loading, state)
+                nursery.start_soon(state.drain_after_shutdown)
+                await hypercorn_serve(
+                    close_when_body_unread(app),
+                    hypercorn_config(settings),
+                    shutdown_trigger=begin_shutdown,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()
     finally:
         if owns_backend:
             with trio.CancelScope(shield=True):

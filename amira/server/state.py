@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
 import trio
 
-from amira.core.errors import BackendFailure, CapacityExceeded
+from amira.core.errors import AmiraError, BackendFailure, CapacityExceeded
 from amira.engine import Engine
 from amira.recognizer import Recognizer
 from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 READY_CACHE_SECS = 1.0
+REQUEST_ID_MAX = 64
+REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 def new_id() -> str:
@@ -23,22 +26,39 @@ def new_id() -> str:
     return secrets.token_hex(5)
 
 
+def request_id(offered: str | None) -> str:
+    """The client's `X-Request-Id` when it is a plain token (letters, digits, `-_.:`, at most 64
+    characters), so that it can be logged and echoed safely; else a new id."""
+    if offered and len(offered) <= REQUEST_ID_MAX and REQUEST_ID_CHARS.fullmatch(offered):
+        return offered
+    return new_id()
+
+
 @attrs.frozen
 class Admission:
     """The cap on one kind of work (`batch`, `stream`): admitted at once, or refused at once.
 
     Work never queues for a slot: past the cap the client is told `capacity_exceeded` (503 with
-    `Retry-After`, close 1013) and retries, which keeps latency bounded under overload.
+    `Retry-After`, close 1013) and retries, which keeps latency bounded under overload. Before the
+    cap, `shed` may refuse it for the backend's sake (`Engine.check_admission`: no healthy Triton
+    endpoint, or too many calls queued), answered the same way.
     """
 
     kind: str
     description: str  # "batch requests", "streams": for the refusal's message
     limiter: trio.CapacityLimiter
     metrics: Metrics
+    shed: Callable[[], None]
 
     @contextmanager
     def admit(self) -> Iterator[None]:
-        """Hold a slot for the `with` block; `CapacityExceeded` when none is free."""
+        """Hold a slot for the `with` block; `CapacityExceeded` (or the `shed` check's error) when
+        the work cannot be taken now."""
+        try:
+            self.shed()
+        except AmiraError:
+            self.metrics.rejected.labels(self.kind).inc()
+            raise
         try:
             self.limiter.acquire_nowait()
         except trio.WouldBlock:
@@ -76,14 +96,17 @@ class ServerState:
         engine = recognizer.engine
         metrics = Metrics(lambda: dict(engine.calls))
         engine.on_call = metrics.observe_backend_call
+        if engine.pool is not None:
+            metrics.watch_endpoints(engine.pool)
         batch_limit = trio.CapacityLimiter(settings.max_concurrent_batches)
         stream_limit = trio.CapacityLimiter(settings.max_concurrent_streams)
+        shed = engine.check_admission
         return cls(
             recognizer,
             settings,
             metrics,
-            Admission("batch", "batch requests", batch_limit, metrics),
-            Admission("stream", "streams", stream_limit, metrics),
+            Admission("batch", "batch requests", batch_limit, metrics, shed),
+            Admission("stream", "streams", stream_limit, metrics, shed),
         )
 
     @property
@@ -97,7 +120,11 @@ class ServerState:
         self.drain_expired.set()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Backend and model readiness, cached for a second so that probes stay cheap."""
+        """Backend and model readiness, cached for a second so that probes stay cheap; with Triton,
+        no healthy endpoint is known at once from the endpoints' watchers."""
+        pool = self.engine.pool
+        if pool is not None and not pool.healthy:
+            return False, f"no Triton endpoint is healthy: {pool.describe()}"
         now = trio.current_time()
         if now - self._ready_at >= READY_CACHE_SECS:
             self._ready = await self._check_ready()

@@ -130,7 +130,7 @@ class ClientNotReading(Exception):
     """A send stayed blocked for `STREAM_TIMEOUT_SECS`: the client stopped reading its results."""
 
 
-async def _send_within(text: str, seconds: float) -> None:
+async def send_within(text: str, seconds: float) -> None:
     """Send one message, but give up on a client that has not read anything for `seconds`, so that it
     cannot hold a capacity slot forever."""
     with trio.move_on_after(seconds) as stuck:
@@ -145,7 +145,7 @@ async def _send(stream: Stream, protocol: NativeStream, state: ServerState, mode
             message = await trio.to_thread.run_sync(protocol.result_message, result)
         else:
             message = protocol.result_message(result)
-        await _send_within(message, state.settings.stream_timeout_secs)
+        await send_within(message, state.settings.stream_timeout_secs)
         if result.end_of_stream:
             state.metrics.audio_seconds.labels("native", model, "stream").inc(result.audio_seconds)
             return
