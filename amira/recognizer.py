@@ -69,9 +69,10 @@ class Recognizer:
     ) -> Transcript:
         """Decode one recording (16 kHz mono float32) of any length.
 
-        A recording that fits one batch window (`BATCH_*_SECS`: 30 s) is one preprocessor and
-        encoder call over all of it, one segment. A longer one goes through the streaming session
-        with batch-sized windows and the streams' endpointing: segments cut at pauses, each decoded
+        A recording up to `BATCH_WHOLE_SECS` (30 s) is one preprocessor and encoder call over all
+        of it, one segment: the most accurate decode, which every batch request was before. A longer
+        one goes through the streaming session with batch windows (`BATCH_CHUNK_SECS` etc.) and the
+        streams' endpointing: segments cut at pauses, each decoded
         from a fresh decoder state carried across its windows, so that its segments, words and
         confidences are made exactly as a stream's. `progress` is called with the seconds of audio
         handed to the decoder so far and the total, after each window's worth.
@@ -80,7 +81,7 @@ class Recognizer:
         loaded = engine.model_set(model)
         samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
         policy = policy or engine.batch_calls
-        if samples.size <= loaded.batch_windows.window_samples:
+        if samples.size <= self.settings.batch_whole_secs * MODEL_SAMPLE_RATE:
             transcript = await self._transcribe_whole(loaded, samples, policy)
         else:
             transcript = await self._transcribe_long(loaded, samples, policy, progress)

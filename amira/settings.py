@@ -218,6 +218,7 @@ class Settings:
     max_batch_audio_secs: float = 4 * 3600.0
     max_batch_body_bytes: int = 256 * 1_048_576
     max_frame_bytes: int = 1_048_576
+    batch_whole_secs: float = 30.0
     batch_chunk_secs: float = 22.4
     batch_left_context_secs: float = 4.0
     batch_right_context_secs: float = 3.6
@@ -315,6 +316,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_BATCH_AUDIO_SECS": ("max_batch_audio_secs", _positive_float),
     "MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _positive_int),
     "MAX_FRAME_BYTES": ("max_frame_bytes", _positive_int),
+    "BATCH_WHOLE_SECS": ("batch_whole_secs", _positive_float),
     "BATCH_CHUNK_SECS": ("batch_chunk_secs", _positive_float),
     "BATCH_LEFT_CONTEXT_SECS": ("batch_left_context_secs", _non_negative_float),
     "BATCH_RIGHT_CONTEXT_SECS": ("batch_right_context_secs", _non_negative_float),
