@@ -10,7 +10,12 @@ hears its first word differently ("king" for "ten"), so it is only ever at the s
 from __future__ import annotations
 
 import io
+import os
+import pty
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -152,6 +157,13 @@ async def test_subtitles_parse_back_and_keep_the_rules(
         cues = parse_cues(response.text, vtt=fmt == "vtt")
         check_cues(cues, audio.size / RATE)
         assert " ".join(line for _, _, lines in cues for line in lines) == words
+        openai = await http.post(  # the OpenAI dialect goes through the same path and subtitles
+            url.replace("/v2/decode/batch/default", "/v1/audio/transcriptions"),
+            data={"model": "default", "response_format": fmt},
+            files={"file": ("long.flac", body, "audio/flac")},
+            timeout=120,
+        )
+        assert openai.status_code == 200 and openai.text == response.text
     text = await post(http, url, "audio/flac", body, format="text")
     assert text.text == words + "\n"
 
@@ -241,3 +253,65 @@ async def test_too_long_and_corrupt_files_are_refused(http: httpx.AsyncClient, n
     flac[middle : middle + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     response = await post(http, url, "audio/flac", bytes(flac))
     assert response.status_code == 400 and response.json()["error_type"] == "bad_audio", response.text
+
+
+def run_cli(*args: str, tty: bool = False) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`amira transcribe ARGS` in a real process, its stderr a terminal when `tty` (read from the
+    pseudo-terminal while it runs): the process and that terminal's output."""
+    command = [sys.executable, "-m", "amira.cli", "transcribe", *args]
+    if not tty:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False), ""
+    main, secondary = pty.openpty()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, text=True) as process:
+        os.close(secondary)
+        seen = bytearray()
+        while True:
+            try:
+                piece = os.read(main, 4096)
+            except OSError:  # EIO: every end of the terminal closed
+                break
+            if not piece:
+                break
+            seen += piece
+        stdout = process.stdout.read() if process.stdout else ""
+        process.wait(timeout=120)
+    os.close(main)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, ""), seen.decode(errors="replace")
+
+
+def test_cli_formats_output_several_files_and_a_progress_bar_on_terminals(
+    tmp_path: Path, conversation: tuple[np.ndarray, list], alone: dict[str, str]
+) -> None:
+    audio, _ = conversation
+    long_file, short_file = tmp_path / "long.flac", tmp_path / "short.wav"
+    long_file.write_bytes(sound_file(audio, "FLAC"))
+    short_file.write_bytes(sound_file(read_recording(CARDS[1]), "WAV"))
+    seconds = audio.size / RATE
+    expected = " ".join(alone[p.name] for p in PATHS)
+
+    srt, terminal = run_cli("--format", "srt", str(long_file), tty=True)
+    assert srt.returncode == 0, terminal
+    cues = parse_cues(srt.stdout, vtt=False)
+    check_cues(cues, seconds)
+    assert " ".join(line for _, _, lines in cues for line in lines) == expected
+    bars = re.findall(r"\] ([\d.]+)/([\d.]+) s ([\d.]+)x RT", terminal)
+    assert len(bars) >= 2 and float(bars[-1][0]) == float(bars[-1][1]) == round(seconds, 1), terminal
+    assert [float(done) for done, _, _ in bars] == sorted(float(done) for done, _, _ in bars)
+
+    piped = run_cli("--format", "text", str(long_file), str(short_file))[0]
+    assert piped.returncode == 0 and piped.stderr == ""  # no bar in a pipe
+    assert piped.stdout.splitlines() == [f"{long_file}: {expected}", f"{short_file}: four queen of clubs"]
+
+    vtt_file = tmp_path / "long.vtt"
+    written = run_cli("--format", "vtt", "--output", str(vtt_file), str(long_file))[0]
+    assert written.returncode == 0 and written.stdout == "", written.stderr
+    check_cues(parse_cues(vtt_file.read_text(encoding="utf-8"), vtt=True), seconds)
+
+    directory = tmp_path / "subtitles"
+    directory.mkdir()
+    several = run_cli("--format", "srt", "--output", str(directory), str(long_file), str(short_file))[0]
+    assert several.returncode == 0, several.stderr
+    assert sorted(p.name for p in directory.iterdir()) == ["long.srt", "short.srt"]
+    assert (directory / "long.srt").read_text(encoding="utf-8") == srt.stdout
+    refused = run_cli("--format", "srt", str(long_file), str(short_file))[0]
+    assert refused.returncode != 0 and "--output DIRECTORY" in refused.stderr
