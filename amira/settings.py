@@ -219,9 +219,9 @@ class Settings:
     max_batch_body_bytes: int = 256 * 1_048_576
     max_frame_bytes: int = 1_048_576
     batch_whole_secs: float = 30.0
-    batch_chunk_secs: float = 22.4
+    batch_chunk_secs: float = 4.0  # from bench.batch_windows: README "Long recordings"
     batch_left_context_secs: float = 4.0
-    batch_right_context_secs: float = 3.6
+    batch_right_context_secs: float = 1.6
     stream_chunk_secs: float = 1.6
     stream_left_context_secs: float = 4.0
     stream_right_context_secs: float = 1.2

@@ -34,7 +34,7 @@ from amira.testing.recordings import CARDS, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server
 
 RATE = 16_000
-REPEATS = 4  # the other recordings after 001.wav: 62 s in all, two batch windows and more
+REPEATS = 4  # the other recordings after 001.wav: 62 s in all (longer costs test time, not coverage)
 PATHS = (DOMAIN[0], *DOMAIN[1:] * REPEATS)
 CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})")
 
@@ -169,7 +169,7 @@ async def test_subtitles_parse_back_and_keep_the_rules(
 
 
 async def test_mulaw_at_8_khz_in_every_form(
-    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list], alone: dict[str, str]
+    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list]
 ) -> None:
     import soxr
 
@@ -179,9 +179,19 @@ async def test_mulaw_at_8_khz_in_every_form(
     raw = await post(http, url, "audio/basic", codes)
     assert raw.status_code == 200, raw.text
     segments = raw.json()["segments"]
-    # Not yet: each utterance equal to its own batch transcript through µ-law (issue 15 asks it; the
-    # segments of the µ-law file differ, see the report). Here: one segment per utterance.
-    assert len(utterance_texts(segments, spans)) == len(spans)
+    # Each segment is the batch transcript of its own audio, the same telephony audio converted as
+    # the server does: the 8 kHz band limit and µ-law's noise change what the demo model hears, so
+    # the 16 kHz recordings' transcripts are no reference, and neither is each utterance's exact
+    # span: a segment starts 160 ms before its onset, and through µ-law that pause flips words of
+    # some utterances ("four queen of clubs" becomes "two queen of clubs"; not at 16 kHz).
+    converted = parse_batch_body("audio/basic", codes, BatchOptions(), 3600.0).samples
+    async with open_recognizer(embedded_settings()) as recognizer:
+        for segment in segments:
+            own = converted[round(segment["start"] * RATE) : round(segment["end"] * RATE)]
+            assert segment["text"] == (await recognizer.transcribe(own)).text, segment
+        each = [(await recognizer.transcribe(converted[a:b])).text for a, b in spans]
+    texts = utterance_texts(segments, spans)  # one segment per utterance
+    assert sum(a == b for a, b in zip(texts, each, strict=True)) >= len(spans) - 3, (texts, each)
     for content_type, params in (("application/octet-stream", {"encoding": "mulaw"}), ("audio/pcmu", {})):
         response = await post(http, url, content_type, codes, sample_rate="8000", **params)
         assert response.json()["segments"] == segments
