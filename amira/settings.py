@@ -20,6 +20,8 @@ from amira.core.endpoints import parse_endpoint_list
 from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
+BODY_BUFFER_BODIES = 3  # the default BODY_BUFFER_BYTES, in batch body limits
+
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
@@ -232,6 +234,12 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
+    max_connections: int = 1000
+    keep_alive_timeout_secs: float = 5.0
+    body_timeout_secs: float = 60.0
+    body_buffer_bytes: int | None = None
+    stream_max_idle_secs: float = 300.0
+    max_streams_per_key: int | None = None
     stream_endpointing_ms: int | None = segments.DEFAULT_ENDPOINTING_MS
     stream_max_segment_secs: float = segments.DEFAULT_MAX_SEGMENT_SECS
     stream_interim_secs: float | None = segments.DEFAULT_INTERIM_SECS
@@ -243,6 +251,23 @@ class Settings:
     # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
     # behind Triton (production), where an operator turns it on with WEB_UI=true.
     web_ui: bool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
+            raise SettingsError(
+                f"BODY_BUFFER_BYTES={self.body_buffer_bytes}: must be at least the batch body limit, "
+                f"MAX_BATCH_BODY_BYTES = {self.max_body_bytes}"
+            )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest batch request body (`MAX_BATCH_BODY_BYTES`: sized for compressed audio)."""
+        return self.max_batch_body_bytes
+
+    @property
+    def body_budget(self) -> int:
+        """Bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`)."""
+        return self.body_buffer_bytes or BODY_BUFFER_BODIES * self.max_body_bytes
 
     @property
     def triton_endpoints(self) -> tuple[str, ...]:
@@ -330,6 +355,12 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
+    "MAX_CONNECTIONS": ("max_connections", _positive_int),
+    "KEEP_ALIVE_TIMEOUT_SECS": ("keep_alive_timeout_secs", _positive_float),
+    "BODY_TIMEOUT_SECS": ("body_timeout_secs", _positive_float),
+    "BODY_BUFFER_BYTES": ("body_buffer_bytes", _positive_int),
+    "STREAM_MAX_IDLE_SECS": ("stream_max_idle_secs", _positive_float),
+    "MAX_STREAMS_PER_KEY": ("max_streams_per_key", _positive_int),
     "STREAM_ENDPOINTING_MS": ("stream_endpointing_ms", _endpointing_ms),
     "STREAM_MAX_SEGMENT_SECS": ("stream_max_segment_secs", _max_segment_secs),
     "STREAM_INTERIM_SECS": ("stream_interim_secs", _interim_secs),

@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from amira.core import audio
-from amira.core.errors import BadAudio, BadRequest
+from amira.core.errors import BadAudio, BadRequest, TooLarge
 from amira.protocols.values import check_pcm16_length
 
 
@@ -70,3 +70,25 @@ def test_unreadable_files_are_bad_audio(data: bytes) -> None:
 def test_non_finite_samples_are_refused() -> None:
     with pytest.raises(BadAudio, match="NaN"):
         audio.from_float(np.array([0.0, np.nan], np.float32))
+
+
+def test_sound_files_are_read_only_up_to_the_limit() -> None:
+    long = sound_file(np.zeros((16000 * 30, 8), np.float32), 16000, "FLAC")  # 30 s, 8 channels
+    assert audio.from_sound_file(long, max_seconds=30).size == 16000 * 30
+    with pytest.raises(TooLarge, match="limit of 29 s"):
+        audio.from_sound_file(long, max_seconds=29)
+
+
+@pytest.mark.parametrize(
+    ("container", "fmt"), [("wav", "FLAC"), ("flac", "WAV"), ("ogg", "WAV"), ("wav", "AIFF")]
+)
+def test_the_container_must_be_the_one_the_content_type_names(container: str, fmt: str) -> None:
+    with pytest.raises(BadAudio, match=f"expected {container.upper()}"):
+        audio.from_sound_file(sound_file(tone(16000), 16000, fmt), containers=(container,))
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(16000, 9), (4000, 1), (384_000, 1)])
+def test_channel_counts_and_rates_out_of_bounds_are_bad_audio(rate: int, channels: int) -> None:
+    data = sound_file(tone(rate, 0.01, channels), rate, "WAV")
+    with pytest.raises(BadAudio, match=r"channels|sample rate"):
+        audio.from_sound_file(data, containers=audio.CONTAINERS)

@@ -4,16 +4,13 @@ drop mid-frame, never read, or abandon hundreds of connections."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
-import os
-import re
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -25,6 +22,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from amira.client import StreamError, open_stream_client, to_pcm16
 from amira.models import shipped_repository
+from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
 
 DOCUMENTED = {
@@ -38,37 +36,26 @@ PCM = to_pcm16(SAMPLES)
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[subprocess.Popen, str]]:
-    env = os.environ | {
-        "SERVER_HOST": "127.0.0.1",
-        "SERVER_PORT": "0",
+def served() -> Iterator[ServerProcess]:
+    env = {
         "MAX_FRAME_BYTES": str(MAX_FRAME),
         "MAX_BATCH_AUDIO_SECS": "10",
         "STREAM_TIMEOUT_SECS": "2",
         "MAX_CONCURRENT_STREAMS": "20",
         "MODEL_SETS_FILE": str(shipped_repository() / "model_sets.toml"),
     }
-    env.pop("TRITON_ENDPOINT", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "amira.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        log = ""
-        while not (match := re.search(r"Running on (http://\S+)", log)):
-            line = process.stderr.readline()
-            assert line, f"the server exited: {log}"
-            log += line
-        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-        yield process, match.group(1)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with running_server(env) as server:
+        yield server
+    assert "Traceback" not in server.log, server.log[-3000:]
 
 
 @pytest.fixture(scope="module")
-def expected_tokens(served: tuple[subprocess.Popen, str]) -> list[int]:
+def expected_tokens(served: ServerProcess) -> list[int]:
     response = httpx.post(
-        f"{served[1]}/v2/decode/batch/default", content=PCM, headers={"Content-Type": "audio/pcm"}, timeout=30
+        f"{served.url}/v2/decode/batch/default",
+        content=PCM,
+        headers={"Content-Type": "audio/pcm"},
+        timeout=30,
     )
     return response.json()["metadata"]["tokens"]
 
@@ -168,7 +155,7 @@ def check_error(response: httpx.Response) -> None:
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(content_type=content_types, body=bodies, query=queries, model=models, extra=headers)
 def test_batch_endpoint_answers_every_body_with_a_documented_error(
-    served: tuple,
+    served: ServerProcess,
     expected_tokens: list[int],
     content_type: str,
     body: bytes,
@@ -177,7 +164,7 @@ def test_batch_endpoint_answers_every_body_with_a_documented_error(
     extra: dict,
 ) -> None:
     response = httpx.post(
-        f"{served[1]}/v2/decode/batch/{model}",
+        f"{served.url}/v2/decode/batch/{model}",
         content=body,
         params=query,
         headers={"Content-Type": content_type, **extra},
@@ -224,11 +211,78 @@ async def fuzz_stream(url: str, messages: list) -> None:
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(messages=frames, query=st.sampled_from(["", "?sample_rate=8000", "?sample_rate=0", "?sample_rate=x"]))
 def test_stream_endpoint_answers_every_frame_sequence_as_documented(
-    served: tuple, expected_tokens: list[int], messages: list, query: str
+    served: ServerProcess, expected_tokens: list[int], messages: list, query: str
 ) -> None:
-    trio.run(
-        fuzz_stream, served[1].replace("http://", "ws://") + "/v2/decode/stream/default" + query, messages
+    trio.run(fuzz_stream, f"{served.ws_url}/v2/decode/stream/default{query}", messages)
+
+
+# JSON values of every type (as JSON text, so that numbers past Python's own limits can be sent) in
+# every field, and every kind of value in the WebSocket URL query.
+number_texts = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(json.dumps),  # NaN, Infinity too
+    st.integers(1, 6000).map(lambda digits: "9" * digits),  # past the 4300 digits of int()
+    st.sampled_from(["1e999", "-0", "16000.0", "1E4", "00016000", "16000", "8000"]),
+)
+string_texts = st.one_of(
+    st.text(max_size=12).map(json.dumps),
+    st.sampled_from(['"²"', '"١٦٠٠٠"', '"16000"', '" 16000 "', '"0x3e80"', '"\\u00b2"', '"AAAA"']),
+)
+nesting_texts = st.one_of(
+    st.integers(1, 3000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 3000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+)
+value_texts = st.recursive(
+    number_texts | string_texts | nesting_texts | st.sampled_from(["true", "false", "null"]),
+    lambda inner: (
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+        | st.dictionaries(st.text(max_size=5).map(json.dumps), inner, max_size=3).map(
+            lambda fields: "{" + ",".join(f"{key}:{value}" for key, value in fields.items()) + "}"
+        )
+    ),
+    max_leaves=10,
+)
+audio_texts = value_texts | st.sampled_from(
+    [json.dumps(list(PCM[:3200])), json.dumps(base64.b64encode(PCM[:3200]).decode())]
+)
+json_value_bodies = st.fixed_dictionaries(
+    {"audio_buffer": audio_texts}, optional={"sample_rate": value_texts, "opaque": value_texts}
+).map(lambda fields: ("{" + ",".join(f'"{key}":{value}' for key, value in fields.items()) + "}").encode())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(body=json_value_bodies)
+def test_json_fields_of_every_type_get_a_documented_answer(
+    served: ServerProcess, expected_tokens: list[int], body: bytes
+) -> None:
+    response = httpx.post(
+        f"{served.url}/v2/decode/batch/default",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )
+    check_error(response)
+
+
+query_values = st.one_of(
+    st.text(max_size=12),
+    number_texts,
+    st.sampled_from(["²", "١٦٠٠٠", "16000", "8000", "0", "-1", "", "%", "1e4", "false", "9" * 5000]),
+)
+stream_queries = st.dictionaries(
+    st.sampled_from(["sample_rate", "api_key", "endpointing", "interim_results", "max_segment_secs"])
+    | st.text(max_size=6),
+    query_values,
+    max_size=3,
+).map(lambda query: "?" + urlencode(query))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(query=stream_queries)
+def test_stream_endpoint_answers_every_url_query_as_documented(
+    served: ServerProcess, expected_tokens: list[int], query: str
+) -> None:
+    trio.run(fuzz_stream, f"{served.ws_url}/v2/decode/stream/default{query}", [PCM[:3200]])
 
 
 form_fields = st.dictionaries(
@@ -262,7 +316,7 @@ def check_dialect_error(response: httpx.Response, keys: set[str]) -> None:
 @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(fields=form_fields, file=form_files, raw=st.one_of(st.none(), bodies), content_type=content_types)
 def test_openai_transcriptions_answer_every_form_in_openai_shape(
-    served: tuple,
+    served: ServerProcess,
     expected_tokens: list[int],
     fields: dict,
     file: bytes | None,
@@ -273,7 +327,7 @@ def test_openai_transcriptions_answer_every_form_in_openai_shape(
     if raw is not None:  # not a form at all
         form_type, body = content_type, raw
     response = httpx.post(
-        f"{served[1]}/v1/audio/transcriptions", content=body, headers={"Content-Type": form_type}, timeout=30
+        f"{served.url}/v1/audio/transcriptions", content=body, headers={"Content-Type": form_type}, timeout=30
     )
     check_dialect_error(response, {"message", "type", "param", "code"})
 
@@ -289,10 +343,10 @@ def test_openai_transcriptions_answer_every_form_in_openai_shape(
     ),
 )
 def test_deepgram_prerecorded_answers_every_body_in_deepgram_shape(
-    served: tuple, expected_tokens: list[int], body: bytes, content_type: str, query: dict
+    served: ServerProcess, expected_tokens: list[int], body: bytes, content_type: str, query: dict
 ) -> None:
     response = httpx.post(
-        f"{served[1]}/v1/listen",
+        f"{served.url}/v1/listen",
         content=body,
         params=query,
         headers={"Content-Type": content_type},
@@ -376,9 +430,9 @@ realtime_events = st.lists(
     ),
 )  # fmt: skip
 def test_deepgram_live_answers_every_frame_sequence_in_deepgram_shape(
-    served: tuple, expected_tokens: list[int], messages: list, query: str
+    served: ServerProcess, expected_tokens: list[int], messages: list, query: str
 ) -> None:
-    url = served[1].replace("http://", "ws://") + "/v1/listen?" + query
+    url = served.ws_url + "/v1/listen?" + query
     types = {"Results", "Metadata", "Error", "ConfigureFailure", "UtteranceEnd", "SpeechStarted"}
     trio.run(fuzz_live, url, messages, types, '{"type": "CloseStream"}')
 
@@ -386,9 +440,9 @@ def test_deepgram_live_answers_every_frame_sequence_in_deepgram_shape(
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(events=realtime_events)
 def test_realtime_answers_every_event_sequence_in_openai_shape(
-    served: tuple, expected_tokens: list[int], events: list
+    served: ServerProcess, expected_tokens: list[int], events: list
 ) -> None:
-    url = served[1].replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    url = served.ws_url + "/v1/realtime?intent=transcription"
     types = {"session.created", "session.updated", "transcription_session.updated", "error",
              "input_audio_buffer.committed", "input_audio_buffer.cleared",
              "conversation.item.input_audio_transcription.delta",
@@ -396,16 +450,11 @@ def test_realtime_answers_every_event_sequence_in_openai_shape(
     trio.run(fuzz_live, url, [*events, '{"type": "nope"}'], types, None)
 
 
-def resident_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
 def test_a_well_behaved_client_is_undisturbed_by_hostile_ones(
-    served: tuple, expected_tokens: list[int]
+    served: ServerProcess, expected_tokens: list[int]
 ) -> None:
-    base = served[1]
-    before = resident_mb(served[0].pid)
+    base = served.url
+    before = served.rss_mb()
     with WellBehavedClient(base, expected_tokens):
         for body in (b"\x00" * 3, b"{", bytes(range(256)) * 10):
             check_error(
@@ -414,10 +463,10 @@ def test_a_well_behaved_client_is_undisturbed_by_hostile_ones(
                 )
             )
         trio.run(hostile_streams, base.replace("http://", "ws://") + "/v2/decode/stream/default")
-    assert served[0].poll() is None
+    assert served.process.poll() is None
     # the never-reading client pushed 28 s of audio at full speed: backpressure keeps the server's
     # memory bounded (what it holds is a few windows and the bounded queues, not the whole flood)
-    assert resident_mb(served[0].pid) - before < 100
+    assert served.rss_mb() - before < 100
 
 
 async def hostile_streams(url: str) -> None:

@@ -20,6 +20,7 @@ from amira.engine import Engine
 from amira.protocols.native_batch import word_document
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
+from amira.server.stream_handler import THREAD_RESAMPLE_BYTES
 from amira.testing.conversation import check_segment_rules, without_timing
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
 from amira.testing.servers import embedded_settings
@@ -323,3 +324,20 @@ async def test_a_live_source_with_pauses_is_kept_alive(server: tuple[str, Recogn
         results = [r async for r in client.results()]
     assert [r["status"] for r in results].count("COMPLETE") == 1
     assert results[-1]["metadata"]["audio_seconds"] == 3.0
+
+
+async def test_resampled_streams_do_not_depend_on_the_frame_size(server: tuple[str, Recognizer]) -> None:
+    """At 48 kHz a frame of 1 s (96 KB) is resampled in a worker thread, one of 0.1 s on the event
+    loop (`THREAD_RESAMPLE_BYTES`): the same samples reach the session either way."""
+    clip = soxr.resample(CLIP, 16_000, 48_000).astype(np.float32)
+    finals = []
+    for frame_seconds in (0.1, 1.0):
+        url = ws_url(server, "tdt")
+        async with open_stream_client(url, sample_rate=48_000) as client, trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_samples, clip, frame_seconds)
+            finals.append([result async for result in client.results()][-1])
+    assert 2 * 48_000 * 1.0 > THREAD_RESAMPLE_BYTES > 2 * 48_000 * 0.1
+    assert (
+        finals[0]["metadata"]["tokens"] and finals[0]["metadata"]["tokens"] == finals[1]["metadata"]["tokens"]
+    )
+    assert finals[0]["metadata"]["audio_seconds"] == finals[1]["metadata"]["audio_seconds"]

@@ -2,6 +2,9 @@
 
 The models want 16 kHz mono; everything else is converted here, once, at the edge. Multi-channel
 audio is mixed down, or kept as one array per channel where a request asks for channels separately.
+Sound files are read block by block up to a duration limit: their headers are not trusted (a
+216-byte FLAC can claim 2^36 frames of 8 channels), and a small compressed file can hold hours of
+audio.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from amira.core.errors import BadAudio, TooLarge
 MODEL_SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
-PCM16_SCALE = 32768.0
 MAX_CHANNELS = 8
-SOUND_FILE_BLOCK_FRAMES = 65_536  # frames decoded at a time (at most 2 MiB of float32 for 8 channels)
+PCM16_SCALE = 32768.0
+SOUND_FILE_BLOCK_FRAMES = 16_384  # frames decoded at a time (at most 512 KiB of float32 for 8 channels)
+CONTAINERS = ("wav", "flac", "ogg")  # the sound files the API takes, by their first bytes
 
 
 def check_sample_rate(rate: int) -> int:
@@ -33,7 +37,7 @@ def check_sample_rate(rate: int) -> int:
     return rate
 
 
-def pcm16_to_float(data: bytes) -> npt.NDArray[np.float32]:
+def pcm16_to_float(data: bytes | bytearray) -> npt.NDArray[np.float32]:
     """s16le bytes (an even number: the protocols check it) to float32 samples."""
     if len(data) % 2:
         raise ValueError(f"s16le PCM must have an even number of bytes, got {len(data)}")
@@ -67,30 +71,60 @@ def from_float(samples: npt.NDArray[Any], rate: int = MODEL_SAMPLE_RATE) -> npt.
     return require_audio(resample(samples, check_sample_rate(rate)))
 
 
-def from_pcm16(data: bytes, rate: int = MODEL_SAMPLE_RATE) -> npt.NDArray[np.float32]:
+def from_pcm16(data: bytes | bytearray, rate: int = MODEL_SAMPLE_RATE) -> npt.NDArray[np.float32]:
     return require_audio(resample(pcm16_to_float(data), check_sample_rate(rate)))
 
 
-def from_sound_file(data: bytes) -> npt.NDArray[np.float32]:
-    """A sound file's bytes, decoded, mixed down and resampled."""
-    (samples,) = sound_file_channels(data)
+def sniff_container(data: bytes | bytearray) -> str | None:
+    """`wav`, `flac`, `ogg`, `au` or `mp3` from a file's first bytes; None for anything else."""
+    if data[:4] in (b"RIFF", b"RIFX", b"RF64") and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:4] == b".snd":
+        return "au"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"  # an ID3 tag or an MPEG audio frame's sync word
+    return None
+
+
+def from_sound_file(
+    data: bytes | bytearray, max_seconds: float = math.inf, containers: tuple[str, ...] | None = None
+) -> npt.NDArray[np.float32]:
+    """A sound file's bytes, decoded block by block, mixed down and resampled."""
+    (samples,) = sound_file_channels(data, max_seconds, containers=containers)
     return samples
 
 
 def _too_long(seconds: float, max_seconds: float) -> TooLarge:
-    return TooLarge(f"the audio lasts more than {seconds:.2f} s; the limit is {max_seconds:g} s")
+    return TooLarge(f"the audio lasts more than {seconds:.2f} s, past the limit of {max_seconds:g} s")
 
 
 def sound_file_channels(
-    data: bytes, max_seconds: float = math.inf, multichannel: bool = False
+    data: bytes | bytearray,
+    max_seconds: float = math.inf,
+    multichannel: bool = False,
+    containers: tuple[str, ...] | None = None,
 ) -> list[npt.NDArray[np.float32]]:
-    """A sound file (any format the installed libsndfile reads: WAV with PCM, float, µ-law or A-law
-    samples, FLAC, OGG, MP3, AU...) as 16 kHz float32, mixed down or one array per channel.
+    """A sound file (WAV with PCM, float, µ-law or A-law samples, FLAC, OGG, MP3, AU where the
+    installed libsndfile reads them) as 16 kHz float32, mixed down or one array per channel.
 
-    The file is read block by block and refused with `TooLarge` one block past `max_seconds`: its
-    header's frame count is not trusted (an MP3 has none, a small FLAC can claim days), and no more
-    than the limit is ever decoded. A file that turns out corrupt half-way is `BadAudio`.
+    The file's first bytes must show one of `containers` (the one a request's Content-Type names,
+    or `CONTAINERS`), so that libsndfile's other parsers are never reached; None takes any file
+    libsndfile reads (the command line's local files). The file is read and resampled block by
+    block (the original rate is never held whole) and refused with `TooLarge` one block past
+    `max_seconds`, whatever the header claims; channel counts above `MAX_CHANNELS` and rates
+    outside `MIN_SAMPLE_RATE`..`MAX_SAMPLE_RATE` are `BadAudio`, and so is a file that turns out
+    corrupt half-way.
     """
+    if containers is not None and (found := sniff_container(data)) not in containers:
+        what = (
+            f"a {found.upper()} file" if found else f"not a {' or '.join(c.upper() for c in containers)} file"
+        )
+        expected = " or ".join(container.upper() for container in containers)
+        raise BadAudio(f"the body is {what}; expected {expected}")
     blocks: list[npt.NDArray[np.float32]] = []
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
@@ -152,6 +186,11 @@ class StreamResampler:
         self._soxr = (
             None if rate == MODEL_SAMPLE_RATE else soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32")
         )
+
+    @property
+    def resamples(self) -> bool:
+        """Whether the stream's rate is not the model's, so that `push` does more than convert."""
+        return self._soxr is not None
 
     def push(self, pcm: bytes) -> npt.NDArray[np.float32]:
         samples = pcm16_to_float(pcm)

@@ -36,15 +36,17 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "bad_audio": ErrorKind(400, CLOSE_PROTOCOL_ERROR),
     "unauthorized": ErrorKind(401, CLOSE_PROTOCOL_ERROR),
     "unknown_model": ErrorKind(404, CLOSE_PROTOCOL_ERROR),
+    "request_timeout": ErrorKind(408, CLOSE_PROTOCOL_ERROR),
     "too_large": ErrorKind(413, CLOSE_TOO_BIG),
     "unsupported_media_type": ErrorKind(415, CLOSE_PROTOCOL_ERROR),
     "backend_error": ErrorKind(502, CLOSE_INTERNAL_ERROR),
     "capacity_exceeded": ErrorKind(503, CLOSE_TRY_AGAIN_LATER, retry_after=True),
+    "shutting_down": ErrorKind(503, CLOSE_GOING_AWAY, retry_after=True),
     "backend_unavailable": ErrorKind(503, CLOSE_INTERNAL_ERROR, retry_after=True),
     "timeout": ErrorKind(504, CLOSE_INTERNAL_ERROR),
     "internal": ErrorKind(500, CLOSE_INTERNAL_ERROR),
 }
-RETRY_AFTER_SECS = 1  # what a `capacity_exceeded` or `backend_unavailable` answer tells the client to wait
+RETRY_AFTER_SECS = 1  # what an answer whose kind has `retry_after` tells the client to wait
 
 
 class AmiraError(Exception):
@@ -89,6 +91,18 @@ class CapacityExceeded(RequestError):
 
 class Unauthorized(RequestError):
     error_type: ClassVar[str] = "unauthorized"
+
+
+class RequestTimeout(RequestError):
+    """The request body did not arrive in full within `BODY_TIMEOUT_SECS`."""
+
+    error_type: ClassVar[str] = "request_timeout"
+
+
+class ShuttingDown(RequestError):
+    """New work that arrives while the server drains for shutdown: retry on another instance."""
+
+    error_type: ClassVar[str] = "shutting_down"
 
 
 class BackendFailure(AmiraError):

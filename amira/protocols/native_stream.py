@@ -25,11 +25,18 @@ from amira.core.errors import AmiraError, BadRequest, TooLarge
 from amira.core.segments import SegmentOptions
 from amira.core.transcript import ResultStatus, Segment, SegmentSpan, StreamResult
 from amira.protocols.native_batch import word_document
-from amira.protocols.values import parse_bool, parse_endpointing, parse_max_segment_secs, parse_sample_rate
+from amira.protocols.values import (
+    parse_bool,
+    parse_endpointing,
+    parse_json,
+    parse_max_segment_secs,
+    parse_sample_rate,
+)
 
 END_OF_STREAM = b"\x00"
 KEEPALIVE = b"\x01"
 FINALIZE_MESSAGE = json.dumps({"type": "Finalize"})
+MAX_CONTROL_CHARS = 4096  # a JSON control message is a few dozen characters
 
 
 @attrs.frozen
@@ -106,6 +113,11 @@ class NativeStream:
     phase: StreamPhase = StreamPhase.RECEIVING
     received_samples: int = 0
 
+    @property
+    def received_seconds(self) -> float:
+        """Seconds of audio the client sent."""
+        return self.received_samples / self.options.sample_rate
+
     def configure(self, query: Mapping[str, str], defaults: SegmentOptions) -> StreamOptions:
         """The stream's options from the upgrade request's query string."""
         self.options = StreamOptions.from_query(query, defaults)
@@ -132,11 +144,11 @@ class NativeStream:
         return Audio(frame)
 
     def receive_text(self, text: str) -> StreamEvent:
-        """A text frame: one of the JSON control messages."""
+        """A text frame: one of the JSON control messages (small: longer text is not parsed)."""
         self._expect_receiving()
         try:
-            message = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+            message = parse_json(text, "a control message") if len(text) <= MAX_CONTROL_CHARS else None
+        except BadRequest:
             message = None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "KeepAlive":

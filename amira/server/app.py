@@ -2,7 +2,9 @@
 
 The app is a thin shell: request bodies are read and answers written by the sans-IO protocol
 (`amira.protocols.native_batch`), recognition is the `Recognizer`'s, and every failure leaves as a
-JSON error from the API's table, never a 500.
+JSON error from the API's table, never a 500. Every batch request, whatever its dialect, goes
+through `amira.server.batch_requests.answer_batch`: its body arrives before it takes a slot, and is
+parsed in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import time
 
 import trio
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -19,18 +21,21 @@ import amira
 from amira.core.errors import BadRequest, InternalError, TooLarge
 from amira.protocols.native_batch import (
     TEXT_TYPES,
+    BatchInput,
     BatchOptions,
     batch_document,
+    check_media_type,
     multichannel_document,
     parse_batch_body,
     text_body,
 )
+from amira.protocols.values import parse_request_id
 from amira.server import security
 from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch, transcribe_channels
 from amira.server.deepgram_routes import add_deepgram_routes
-from amira.server.errors import dialect_error_response
+from amira.server.errors import dialect_error_response, dialect_of
 from amira.server.openai_routes import add_openai_routes
-from amira.server.state import ServerState, request_id
+from amira.server.state import ServerState, new_id
 from amira.server.stream_handler import add_stream_route
 from amira.server.web import add_web_routes
 
@@ -39,13 +44,23 @@ log = logging.getLogger("amira.server")
 
 def create_app(state: ServerState) -> Quart:
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = state.settings.max_batch_body_bytes
     recognizer, engine, settings, metrics = state.recognizer, state.engine, state.settings, state.metrics
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = None  # `answer_batch` has its own, answered with `request_timeout`
+
+    @app.before_request
+    async def name_request() -> None:
+        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or new_id()
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id") or new_id()
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
+            limit = settings.max_body_bytes
             return dialect_error_response(
                 request.path, TooLarge(f"the request body is larger than {limit} bytes")
             )
@@ -55,6 +70,7 @@ def create_app(state: ServerState) -> Quart:
     @app.errorhandler(Exception)
     async def unexpected_error(exc: Exception) -> Response:
         log.exception("unexpected error")
+        metrics.errors.labels(dialect_of(request.path), "internal").inc()
         return dialect_error_response(request.path, InternalError("internal error; see the server log"))
 
     @app.get("/health")
@@ -88,12 +104,10 @@ def create_app(state: ServerState) -> Quart:
     @app.post("/v2/decode/batch/<model>")
     async def batch(model: str) -> Response:
         started = time.perf_counter()
-        batch_id = request_id(request.headers.get("X-Request-Id"))
         response = await _batch(model, started)
-        response.headers["X-Request-Id"] = batch_id
         log.info(
             "batch request_id=%s model=%s status=%d seconds=%.3f",
-            batch_id,
+            g.request_id,
             model if model in engine.configs else UNKNOWN,
             response.status_code,
             time.perf_counter() - started,
@@ -101,13 +115,18 @@ def create_app(state: ServerState) -> Quart:
         return response
 
     async def _batch(model: str, started: float) -> Response:
-        async def transcribe(call: BatchCall) -> Response:
-            options = BatchOptions.from_query(request.args)
-            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            parsed = await trio.to_thread.run_sync(
-                parse_batch_body, request.mimetype, body, options, settings.max_batch_audio_secs
-            )
-            del body
+        mimetype, query = request.mimetype, request.args
+        chosen: list[BatchOptions] = []  # the query's options, read before the body
+
+        def check() -> None:
+            check_media_type(mimetype)
+            chosen.append(BatchOptions.from_query(query))
+
+        def parse(body: bytearray) -> BatchInput:
+            return parse_batch_body(mimetype, body, chosen[0], settings.max_batch_audio_secs)
+
+        async def transcribe(call: BatchCall, parsed: BatchInput) -> Response:
+            options = chosen[0]
             transcripts = await transcribe_channels(recognizer, parsed.channels, model)
             call.audio_seconds = sum(t.audio_seconds for t in transcripts)
             processing_ms = (time.perf_counter() - started) * 1000
@@ -120,9 +139,10 @@ def create_app(state: ServerState) -> Quart:
                 return jsonify(multichannel_document(transcripts, model, processing_ms, parsed.opaque))
             return jsonify(batch_document(transcripts[0], model, processing_ms, parsed.opaque))
 
-        return await answer_batch(BatchCall(state, "native"), request.path, transcribe, model)
+        call = BatchCall(state, "native")
+        return await answer_batch(call, request.path, parse, transcribe, model, check=check)
 
-    security.install(app, settings)
+    security.install(app, settings, metrics)
     add_stream_route(app, state)
     add_openai_routes(app, state)
     add_deepgram_routes(app, state)

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import uuid
 
-import numpy as np
-import numpy.typing as npt
-import trio
 from quart import Quart, Response, jsonify, request, websocket
 
 import amira
 from amira.core.errors import AmiraError, BadRequest
 from amira.protocols import deepgram
 from amira.protocols.native_batch import (
+    ANY_SOUND_FILE,
     JSON_TYPES,
     PCM_TYPES,
-    SOUND_FILE_TYPES,
+    BatchInput,
     BatchOptions,
     parse_batch_body,
+    read_json_fields,
 )
 from amira.server.batch_requests import BatchCall, answer_batch
 from amira.server.live import refuse_live, serve_live
@@ -44,34 +42,43 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
         loaded = engine.model_set(model)
         return deepgram.ModelInfo(model, amira.__version__, loaded.model_set.kind)
 
-    async def read_audio(mimetype: str, body: bytes, options: BatchOptions) -> npt.NDArray[np.float32]:
-        parsed = await trio.to_thread.run_sync(
-            parse_batch_body, mimetype, body, options, settings.max_batch_audio_secs
-        )
-        return parsed.samples
-
     @app.post("/v1/listen")
     async def deepgram_listen() -> Response:
         request_id = str(uuid.uuid4())
+        mimetype = request.mimetype
+        query = request.args
+        call = BatchCall(state, "deepgram")
+        options = deepgram.ListenOptions()  # replaced by the request's in `check`, before the body
 
-        async def transcribe(call: BatchCall) -> Response:
-            options = deepgram.ListenOptions.from_query(request.args, live=False)
+        def check() -> None:
+            nonlocal options
+            options = deepgram.ListenOptions.from_query(query, live=False)
             call.use_model(options.model)
-            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            if request.mimetype in JSON_TYPES:
-                refuse_url(body)
             if options.encoding is None and options.multichannel:
                 raise BadRequest("multichannel=true needs raw audio: set encoding, sample_rate and channels")
+
+        def parse(body: bytearray) -> tuple[list[BatchInput], str]:
+            """The channels' audio, and the body's SHA-256 for the response's metadata."""
+            data = bytes(body)
+            if mimetype in JSON_TYPES:
+                refuse_url(data)
             if options.encoding is None:
-                channels = [await read_audio(SOUND_FILE_TYPES[0], body, BatchOptions())]
+                channels = [
+                    parse_batch_body(ANY_SOUND_FILE, data, BatchOptions(), settings.max_batch_audio_secs)
+                ]
             else:
                 raw = BatchOptions(sample_rate=options.sample_rate)
                 channels = [
-                    await read_audio(PCM_TYPES[0], pcm, raw) for pcm in deepgram.raw_channels(body, options)
+                    parse_batch_body(PCM_TYPES[0], pcm, raw, settings.max_batch_audio_secs)
+                    for pcm in deepgram.raw_channels(data, options)
                 ]
+            return channels, hashlib.sha256(data).hexdigest()
+
+        async def transcribe(call: BatchCall, parsed: tuple[list[BatchInput], str]) -> Response:
+            channels, sha256 = parsed
             results = []
-            for samples in channels:
-                transcript = await state.recognizer.transcribe(samples, options.model)
+            for audio in channels:
+                transcript = await state.recognizer.transcribe(audio.samples, options.model)
                 results.append((transcript.text, transcript.words))
             call.audio_seconds = transcript.audio_seconds * len(channels)
             document = deepgram.prerecorded_document(
@@ -79,12 +86,12 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
                 transcript.audio_seconds,
                 model_info(options.model),
                 request_id,
-                hashlib.sha256(body).hexdigest(),
+                sha256,
                 now_iso(),
             )
             return jsonify(document)
 
-        response = await answer_batch(BatchCall(state, "deepgram"), request.path, transcribe)
+        response = await answer_batch(call, request.path, parse, transcribe, check=check)
         response.headers["dg-request-id"] = request_id
         return response
 
@@ -114,12 +121,13 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
 
 
 def refuse_url(body: bytes) -> None:
-    """A JSON body is Deepgram's `{"url": ...}`: refused, the server fetches nothing."""
+    """A JSON body is Deepgram's `{"url": ...}`: refused, the server fetches nothing. The body is
+    read with the native batch protocol's bounded reader, never `json.loads` of it whole."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        document = None
-    if isinstance(document, dict) and "url" in document:
+        fields, _ = read_json_fields(body)
+    except BadRequest:
+        fields = {}
+    if "url" in fields:
         raise BadRequest(
             "transcribing from a URL is not supported (no outbound requests): post the audio itself"
         )

@@ -3,9 +3,10 @@
 The dialect's sans-IO protocol (`amira.protocols.live.LiveProtocol`) reads frames and writes
 messages; this module moves them between the socket, the protocol and the stream session, with
 the native stream's rules: one capacity slot per stream (per channel when the channels are
-transcribed apart), bounded channels everywhere (a slow model or a slow reader pushes back on the
-client), the inactivity timeout, the frame-rate cap, and the graceful shutdown (the drain, then the
-last results, then close 1001). Three tasks:
+transcribed apart; and at most `MAX_STREAMS_PER_KEY` per API key), bounded channels everywhere (a
+slow model or a slow reader pushes back on the client), the inactivity timeout and
+`STREAM_MAX_IDLE_SECS`, the frame-rate cap, big frames resampled in a worker thread, and the
+graceful shutdown (new streams refused, the drain, then the last results, then close 1001). Three tasks:
 
 * **receive** (the nursery's body): frames to protocol events; the session is opened at the first
   audio, on the model set the protocol names then (a Realtime client chooses it by `session.update`);
@@ -24,12 +25,13 @@ import attrs
 import trio
 from quart import websocket
 
-from amira.core.audio import StreamResampler
-from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, InternalError
+from amira.core.audio import MODEL_SAMPLE_RATE, StreamResampler
+from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, InternalError, ShuttingDown
 from amira.protocols.live import ChannelAudio, Clear, LiveProtocol, Reply
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive
+from amira.server.security import matching_key, presented_key
 from amira.server.state import ServerState
-from amira.server.stream_handler import ClientNotReading, FrameRate, send_within
+from amira.server.stream_handler import ClientNotReading, FrameRate, resampled, send_within, waiting_ends
 from amira.stream_session import Stream
 
 log = logging.getLogger("amira.live")
@@ -68,6 +70,8 @@ class LiveStream:
     outgoing: trio.MemorySendChannel[str]
     sessions: list[ChannelSession] = attrs.field(factory=list)
     shutdown: bool = False
+    opened: float = attrs.field(factory=trio.current_time)
+    audio_seconds: float = 0.0  # received so far (of the first channel)
 
     async def open_sessions(self, nursery: trio.Nursery) -> None:
         """One session per channel the protocol transcribes. The stream's capacity slot covers the
@@ -140,19 +144,22 @@ class LiveStream:
         if not self.sessions:
             await self.open_sessions(nursery)
         session = self.sessions[channel]
-        await session.stream.send_audio(session.resampler.push(pcm))
+        samples = await resampled(session.resampler, pcm, self.state.engine.stream_calls.limiter)
+        if channel == 0:
+            self.audio_seconds += samples.size / MODEL_SAMPLE_RATE
+        await session.stream.send_audio(samples)
 
     async def _read_frames(self, nursery: trio.Nursery) -> None:
         settings = self.state.settings
         rate = FrameRate(settings.max_frames_per_sec)
         while True:
             await trio.sleep(rate.pause_before_next(trio.current_time()))
-            with trio.move_on_after(settings.stream_timeout_secs) as idle:
+            until, idle_deadline = waiting_ends(self.audio_seconds, settings, self.opened)
+            with trio.move_on_at(until) as waiting:
                 message = await websocket.receive()
-            if idle.cancelled_caught:
-                log.info(
-                    "stream %s inactive for %.0f s: finalising", self.stream_id, settings.stream_timeout_secs
-                )
+            if waiting.cancelled_caught:
+                why = "idle (ahead of its audio)" if until == idle_deadline else "inactive"
+                log.info("stream %s %s: finalising", self.stream_id, why)
                 return
             protocol = self.protocol
             events = (
@@ -214,7 +221,10 @@ async def serve_live(
     outgoing, messages = trio.open_memory_channel[str](OUTGOING_CAPACITY)
     live = LiveStream(protocol, state, dialect, stream_id, outgoing)
     try:
-        with state.streams.admit():
+        if state.shutting_down.is_set():
+            raise ShuttingDown("the server is shutting down; retry shortly (another instance)")
+        key = matching_key(presented_key(websocket.headers, websocket.args), settings.api_keys)
+        with state.streams_per_key.admit(key), state.streams.admit():
             log.info("stream stream_id=%s dialect=%s opened", stream_id, dialect)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sender, messages, settings.stream_timeout_secs)

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from amira.backends.triton_pool import EndpointState, TritonPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _BackendCalls(Collector):
@@ -99,7 +100,27 @@ class Metrics:
         )
         self.active_streams = Gauge("amira_active_streams", "Streams in progress", registry=self.registry)
         self.rejected = Counter(
-            "amira_rejected", "Requests refused for capacity", ["kind"], registry=self.registry
+            "amira_rejected",
+            "Work refused for capacity: batch, stream, stream_per_key, body, connection",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.http_responses = Counter(
+            "amira_http_responses", "HTTP responses by status code", ["status"], registry=self.registry
+        )
+        self.connections = Gauge("amira_connections", "Open client connections", registry=self.registry)
+        self.event_loop_lag = Histogram(
+            "amira_event_loop_lag_seconds",
+            "How late a 10 ms timer of the event loop fires (the loop busy, or the process not scheduled)",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.event_loop_stall = Histogram(
+            "amira_event_loop_stall_seconds",
+            "The lag less the time the OS kept the loop's thread waiting for a CPU: the loop busy, "
+            "or waiting for the GIL",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
         )
         self.backend_call_seconds = Histogram(
             "amira_backend_call_seconds",

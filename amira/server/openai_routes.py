@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import time
 
-import trio
 from quart import Quart, Response, jsonify, request, websocket
 
 from amira.core.errors import BadRequest, UnknownModel
 from amira.protocols import openai_audio
-from amira.protocols.native_batch import SOUND_FILE_TYPES, BatchOptions, parse_batch_body
+from amira.protocols.native_batch import ANY_SOUND_FILE, BatchInput, BatchOptions, parse_batch_body
 from amira.protocols.openai_realtime import RealtimeTranscription
 from amira.server.batch_requests import BatchCall, answer_batch
-from amira.server.errors import dialect_error_response, dialect_of
+from amira.server.errors import dialect_error_response
 from amira.server.live import refuse_live, serve_live
-from amira.server.state import ServerState, new_id, request_id
+from amira.server.state import ServerState, new_id
 
 REALTIME_SUBPROTOCOL = "realtime"
 
@@ -29,14 +28,6 @@ REALTIME_SUBPROTOCOL = "realtime"
 def add_openai_routes(app: Quart, state: ServerState) -> None:
     engine, settings = state.engine, state.settings
     created = int(time.time())
-
-    @app.after_request
-    async def openai_request_id(response: Response) -> Response:
-        """Every OpenAI HTTP answer, errors included, carries `x-request-id`, as OpenAI's do (the SDKs
-        show it as `_request_id`): the client's own when it sent a plain one, else a new one."""
-        if dialect_of(request.path) == "openai":
-            response.headers["x-request-id"] = request_id(request.headers.get("X-Request-Id"))
-        return response
 
     @app.get("/v1/models")
     async def openai_models() -> Response:
@@ -52,19 +43,21 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
 
     @app.post("/v1/audio/transcriptions")
     async def openai_transcriptions() -> Response:
-        async def transcribe(call: BatchCall) -> Response:
-            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-            form = openai_audio.parse_transcription_form(request.headers.get("Content-Type", ""), body)
-            call.use_model(form.model)
-            parsed = await trio.to_thread.run_sync(
-                parse_batch_body,
-                SOUND_FILE_TYPES[0],
-                form.audio,
-                BatchOptions(),
-                settings.max_batch_audio_secs,
+        call = BatchCall(state, "openai")
+        content_type = request.headers.get("Content-Type", "")
+
+        def parse(body: bytearray) -> tuple[openai_audio.TranscriptionRequest, BatchInput]:
+            form = openai_audio.parse_transcription_form(content_type, bytes(body))
+            call.use_model(form.model)  # before the audio is decoded
+            return form, parse_batch_body(
+                ANY_SOUND_FILE, form.audio, BatchOptions(), settings.max_batch_audio_secs
             )
-            samples = parsed.samples
-            transcript = await state.recognizer.transcribe(samples, form.model)
+
+        async def transcribe(
+            call: BatchCall, parsed: tuple[openai_audio.TranscriptionRequest, BatchInput]
+        ) -> Response:
+            form, audio = parsed
+            transcript = await state.recognizer.transcribe(audio.samples, form.model)
             call.audio_seconds = transcript.audio_seconds
             if form.stream:
                 events = "".join(openai_audio.stream_events(transcript))
@@ -81,7 +74,7 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
                 return jsonify(openai_audio.verbose_document(transcript, form, vocabulary))
             return jsonify(openai_audio.json_document(transcript))
 
-        return await answer_batch(BatchCall(state, "openai"), request.path, transcribe)
+        return await answer_batch(call, request.path, parse, transcribe)
 
     @app.websocket("/v1/realtime")
     async def openai_realtime() -> None:

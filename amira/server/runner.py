@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
     ASGIReceiveEvent,
     ASGISendCallable,
     ASGISendEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
     Scope,
+    WebsocketScope,
 )
 
 from amira.core.errors import BackendFailure
@@ -31,6 +34,8 @@ from amira.core.model_set import ModelSetError
 from amira.engine import Engine, create_backend
 from amira.recognizer import Recognizer
 from amira.server.app import create_app
+from amira.server.connections import ensure_descriptors, serve_connections
+from amira.server.metrics import Metrics
 from amira.server.state import ServerState
 from amira.server.stream_handler import HYPERCORN_FRAME_FACTOR
 from amira.settings import Settings
@@ -44,6 +49,14 @@ ASGIApp = ASGIFramework
 LOAD_RETRY_SECS = 1.0
 INVALID_MODEL_RETRY_SECS = 10.0
 FINAL_FLUSH_CALLS = 4
+LAG_TICK_SECS = 0.010
+# How long a worker thread that parses or decodes may keep the GIL while the event loop waits for
+# it (Python's default is 5 ms). Answering one request takes the loop a dozen hand-offs of the
+# GIL (each socket operation releases it), so with the default a request waited up to ~50 ms
+# while bodies were parsed; with 1 ms, ~10 ms. CPU-bound work switches more often (its cost is
+# not measurable here), and the backends' own calls release the GIL anyway.
+GIL_SWITCH_SECS = 0.001
+LOGGED_STATUSES = (401, 408)  # and every 5xx: refused credentials, stalled uploads, failures
 
 
 async def keep_loading(state: ServerState) -> None:
@@ -64,6 +77,36 @@ async def keep_loading(state: ServerState) -> None:
         else:
             state.load_error = None
             log.info("model sets loaded: %s", ", ".join(sorted(engine.model_sets)))
+
+
+def run_queue_seconds() -> float:
+    """How long this thread has waited, runnable, for a CPU (Linux schedstat; 0 where unknown)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+async def watch_event_loop(metrics: Metrics) -> None:
+    """Observe the event loop's stalls as the server sees them: how late a 10 ms timer fires (the
+    lag), and that lateness less the time the OS kept the loop's thread waiting for a CPU (the
+    stall). On a loaded machine the lag counts the other processes; the stall counts only the
+    loop's own work and its waits for the GIL."""
+    waited = run_queue_seconds()
+    while True:
+        due = trio.current_time() + LAG_TICK_SECS
+        await trio.sleep_until(due)
+        late = trio.current_time() - due
+        waited, previous = run_queue_seconds(), waited
+        metrics.event_loop_lag.observe(late)
+        metrics.event_loop_stall.observe(max(0.0, late - (waited - previous)))
+
+
+def with_header(message: HTTPResponseStartEvent, name: bytes, value: bytes) -> HTTPResponseStartEvent:
+    """The message with header `name` set to `value` (replacing it)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+    return {**message, "headers": [*headers, (name, value)]}
 
 
 def close_when_body_unread(app: ASGIApp) -> ASGIApp:
@@ -93,11 +136,84 @@ def close_when_body_unread(app: ASGIApp) -> ASGIApp:
 
         async def sending(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start" and not body_done:
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                message = with_header(message, b"connection", b"close")
             await send(message)
 
         await app(scope, receiving, sending)
+
+    return wrapped
+
+
+def guard_sends(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware around two faults of Hypercorn's sending under Quart-Trio: the first shows with
+    a minimal Quart-Trio app and no AMIRA code (`tests/test_runner.py`), the second under load
+    (`tests/test_abuse.py`, row 5; `tests/test_hostile_input.py`).
+
+    * The last `http.response.body` message is sent shielded from cancellation. Quart-Trio runs a
+      request as two tasks, and the one that reads the request's messages ends the request as soon
+      as Hypercorn reports the response sent (`http.disconnect`), by cancelling the other. But
+      Hypercorn reports it from *inside* the last body send, which then goes on to close the
+      connection (`Connection: close`, HTTP/1.0) or to start the keep-alive timer; the
+      cancellation lands in the middle, and neither happens: the connection stays open for good,
+      and shutdown waits for its graceful timeout whenever an idle keep-alive client is connected.
+      Shielding that one send lets Hypercorn finish; its socket writes are shielded already.
+    * A send that meets Hypercorn closing the connection (a client that hung up in the middle of
+      its upload, or of a WebSocket handshake: Hypercorn's reader closes the socket while a
+      response or a close frame is being written) raises `trio.BusyResourceError`, which
+      Hypercorn and Quart log as an application error with a traceback. The client is gone, so
+      the message is dropped, as Hypercorn does for a broken connection.
+    """
+
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def sending(message: ASGISendEvent) -> None:
+            try:
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    with trio.CancelScope(shield=True):
+                        await send(message)
+                else:
+                    await send(message)
+            except trio.BusyResourceError:
+                log.info("the client closed the connection while a message to it was sent")
+
+        await app(scope, receive, sending)
+
+    return wrapped
+
+
+def track_requests(app: ASGIApp, state: ServerState) -> ASGIApp:
+    """ASGI middleware: requests and streams in flight (shutdown waits for them), `Connection:
+    close` on every response once shutdown began, and every response counted by status, with
+    401, 408 and 5xx logged."""
+    metrics = state.metrics
+
+    def observe(
+        scope: HTTPScope | WebsocketScope, status: int, headers: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        metrics.http_responses.labels(str(status)).inc()
+        if status in LOGGED_STATUSES or status >= 500:
+            request_id = dict(headers).get(b"x-request-id", b"-").decode("ascii", "backslashreplace")
+            path = scope["raw_path"].decode("ascii", "backslashreplace")
+            method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+            log.warning("%s %s answered %d request_id=%s", method, path, status, request_id)
+
+    async def wrapped(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def sending(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start" or message["type"] == "websocket.http.response.start":
+                observe(scope, message["status"], message.get("headers", []))
+            if message["type"] == "http.response.start" and state.shutting_down.is_set():
+                message = with_header(message, b"connection", b"close")
+            await send(message)
+
+        with state.in_flight.track():
+            await app(scope, receive, sending)
 
     return wrapped
 
@@ -112,6 +228,7 @@ def hypercorn_config(settings: Settings) -> Config:
         settings.shutdown_drain_secs + FINAL_FLUSH_CALLS * settings.inference_timeout_secs
     )
     config.websocket_max_message_size = HYPERCORN_FRAME_FACTOR * settings.max_frame_bytes
+    config.keep_alive_timeout = settings.keep_alive_timeout_secs
     return config
 
 
@@ -124,13 +241,17 @@ async def serve(
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
 
-    Shutdown is graceful: no new connections; running streams may go on for `SHUTDOWN_DRAIN_SECS`,
-    then each gets the final result for all the audio it sent and close code 1001; batch requests
-    in flight complete.
+    Shutdown is graceful and as short as the work in flight allows: `/ready` answers 503 at once
+    and new batches and streams are refused (`shutting_down`); idle connections close at once;
+    batch requests in flight complete; running streams may go on for `SHUTDOWN_DRAIN_SECS`, then
+    each gets the final result for all the audio it sent and close code 1001; the server returns
+    as soon as the last of them is done (`amira.server.connections`).
 
     A model set that does not fit the contract stops the start with `ModelSetError` when the
     backend can be asked at start-up; vocabularies are always checked before binding.
     """
+    ensure_descriptors(settings.max_connections)
+    sys.setswitchinterval(GIL_SWITCH_SECS)
     owns_backend = recognizer is None
     if recognizer is None:
         recognizer = Recognizer(Engine(create_backend(settings), settings))
@@ -138,11 +259,6 @@ async def serve(
     try:
         engine.load_vocabularies()
         state = ServerState.create(recognizer, settings)
-
-        async def begin_shutdown() -> None:
-            await (shutdown_trigger or trio.sleep_forever)()
-            state.shutting_down.set()
-
         async with contextlib.AsyncExitStack() as stack:
             if not engine.running:  # a recogniser from `open_recognizer` runs its engine already
                 await stack.enter_async_context(engine.serving())
@@ -151,14 +267,16 @@ async def serve(
                     await engine.load()
             except (BackendFailure, trio.TooSlowError) as exc:
                 log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
-            app = create_app(state)
+            app = track_requests(guard_sends(close_when_body_unread(create_app(state))), state)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_loading, state)
                 nursery.start_soon(state.drain_after_shutdown)
-                await hypercorn_serve(
-                    close_when_body_unread(app),
+                nursery.start_soon(watch_event_loop, state.metrics)
+                await serve_connections(
+                    app,
                     hypercorn_config(settings),
-                    shutdown_trigger=begin_shutdown,
+                    state,
+                    shutdown_trigger or trio.sleep_forever,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()

@@ -26,7 +26,8 @@ from quart import Quart, Response, request, websocket
 from werkzeug.datastructures import Headers
 
 from amira.core.errors import Unauthorized
-from amira.server.errors import dialect_error_response
+from amira.server.errors import dialect_error_response, dialect_of
+from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 OPEN_PATHS = ("/health",)
@@ -69,21 +70,27 @@ def presented_key(headers: Headers, args: Mapping[str, str]) -> str | None:
     return headers.get("X-API-Key") or args.get("api_key") or subprotocol_key(headers)
 
 
-def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
+def matching_key(presented: str | None, keys: tuple[str, ...]) -> int | None:
+    """The position in `keys` of the presented key, or None; every key is compared, in constant time."""
     if presented is None:
-        return False
+        return None
     candidate = presented.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode())
+    matched = None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(candidate, key.encode()):
+            matched = index
     return matched
+
+
+def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
+    return matching_key(presented, keys) is not None
 
 
 def origin_allowed(origin: str, settings: Settings) -> bool:
     return "*" in settings.cors_allow_origins or origin in settings.cors_allow_origins
 
 
-def install(app: Quart, settings: Settings) -> None:
+def install(app: Quart, settings: Settings, metrics: Metrics) -> None:
     def refusal(
         path: str, headers: Headers, args: Mapping[str, str], endpoint: str | None
     ) -> Response | None:
@@ -93,6 +100,7 @@ def install(app: Quart, settings: Settings) -> None:
             return None
         if key_is_valid(presented_key(headers, args), settings.api_keys):
             return None
+        metrics.errors.labels(dialect_of(path), "unauthorized").inc()
         response = dialect_error_response(
             path, Unauthorized("a valid API key is required (Authorization: Bearer or Token, X-API-Key)")
         )
@@ -110,6 +118,7 @@ def install(app: Quart, settings: Settings) -> None:
         origin = websocket.headers.get("Origin")
         host = websocket.headers.get("Host")
         if origin is not None and not (same_origin(origin, host) or origin_allowed(origin, settings)):
+            metrics.errors.labels(dialect_of(websocket.path), "unauthorized").inc()
             refused = Unauthorized(f"origin {origin!r} may not open streams")
             return dialect_error_response(websocket.path, refused, 403)
         return refusal(websocket.path, websocket.headers, websocket.args, websocket.endpoint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,21 +16,11 @@ from amira.server.metrics import Metrics
 from amira.settings import Settings
 
 READY_CACHE_SECS = 1.0
-REQUEST_ID_MAX = 64
-REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 def new_id() -> str:
     """A short random id for a request or stream, for logs and error messages."""
     return secrets.token_hex(5)
-
-
-def request_id(offered: str | None) -> str:
-    """The client's `X-Request-Id` when it is a plain token (letters, digits, `-_.:`, at most 64
-    characters), so that it can be logged and echoed safely; else a new id."""
-    if offered and len(offered) <= REQUEST_ID_MAX and REQUEST_ID_CHARS.fullmatch(offered):
-        return offered
-    return new_id()
 
 
 @attrs.frozen
@@ -76,6 +65,94 @@ class Admission:
 
 
 @attrs.define
+class BodyBudget:
+    """The bytes of request bodies held at once, all requests together (`BODY_BUFFER_BYTES`).
+
+    A request with a declared length reserves all of it before its body is read; one without
+    (chunked) reserves each chunk as it arrives. Past the budget the request is refused at once
+    with `capacity_exceeded`, like a batch over `MAX_CONCURRENT_BATCHES`: it never waits holding
+    part of what it needs. Without the budget, bodies arriving together (Quart buffers each one
+    whole) could take gigabytes; with it, they take at most the budget.
+    """
+
+    total: int
+    metrics: Metrics
+    reserved: int = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[BodyHold]:
+        """A hold on the budget for one body; given back when the `with` block ends."""
+        hold = BodyHold(self)
+        try:
+            yield hold
+        finally:
+            self.reserved -= hold.size
+
+
+@attrs.define
+class BodyHold:
+    budget: BodyBudget
+    size: int = 0
+
+    def grow(self, size: int) -> None:
+        if self.budget.reserved + size > self.budget.total:
+            self.budget.metrics.rejected.labels("body").inc()
+            raise CapacityExceeded("too many request bodies are being received at once; retry shortly")
+        self.budget.reserved += size
+        self.size += size
+
+
+@attrs.define
+class PerKeyLimit:
+    """Streams at once per API key (`MAX_STREAMS_PER_KEY`), so that one client's key cannot take
+    every stream slot; keys are counted by their position in `API_KEYS`, never by their text."""
+
+    limit: int | None
+    metrics: Metrics
+    counts: dict[int, int] = attrs.field(factory=dict)
+
+    @contextmanager
+    def admit(self, key: int | None) -> Iterator[None]:
+        if key is None or self.limit is None:
+            yield
+            return
+        if self.counts.get(key, 0) >= self.limit:
+            self.metrics.rejected.labels("stream_per_key").inc()
+            raise CapacityExceeded(f"more than {self.limit} streams at once with this API key; retry shortly")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+
+
+@attrs.define
+class InFlight:
+    """Requests and streams being served, so that shutdown can end as soon as the last one is done."""
+
+    count: int = 0
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        if not self.count:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            await self._idle.wait()
+
+
+@attrs.define
 class ServerState:
     """What the request handlers share: the recogniser, admission, readiness and metrics."""
 
@@ -84,6 +161,9 @@ class ServerState:
     metrics: Metrics
     batches: Admission
     streams: Admission
+    bodies: BodyBudget
+    streams_per_key: PerKeyLimit
+    in_flight: InFlight = attrs.field(factory=InFlight)
     load_error: str | None = None
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
     drain_expired: trio.Event = attrs.field(factory=trio.Event)
@@ -107,6 +187,8 @@ class ServerState:
             metrics,
             Admission("batch", "batch requests", batch_limit, metrics, shed),
             Admission("stream", "streams", stream_limit, metrics, shed),
+            BodyBudget(settings.body_budget, metrics),
+            PerKeyLimit(settings.max_streams_per_key, metrics),
         )
 
     @property
@@ -120,8 +202,11 @@ class ServerState:
         self.drain_expired.set()
 
     async def readiness(self) -> tuple[bool, str]:
-        """Backend and model readiness, cached for a second so that probes stay cheap; with Triton,
-        no healthy endpoint is known at once from the endpoints' watchers."""
+        """Backend and model readiness, cached for a second so that probes stay cheap; not ready
+        from the moment shutdown begins; with Triton, no healthy endpoint is known at once from the
+        endpoints' watchers."""
+        if self.shutting_down.is_set():
+            return False, "the server is shutting down"
         pool = self.engine.pool
         if pool is not None and not pool.healthy:
             return False, f"no Triton endpoint is healthy: {pool.describe()}"

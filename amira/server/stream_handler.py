@@ -14,6 +14,11 @@ the client instead of growing memory:
 
 Whatever ends the stream, the capacity slot and the decoder states are released when the handler
 leaves its nursery, which happens at once when the client drops the connection.
+
+A stream cannot hold its slot without working: besides the inactivity timeout, its wall-clock time
+may run ahead of the audio it sent by at most `STREAM_MAX_IDLE_SECS` (keepalives alone, or a
+trickle of tiny frames, end it like an inactive stream), and with `API_KEYS` one key may hold at
+most `MAX_STREAMS_PER_KEY` streams.
 """
 
 from __future__ import annotations
@@ -21,13 +26,23 @@ from __future__ import annotations
 import logging
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 import trio
 from quart import Quart, websocket
 
 from amira.core.audio import StreamResampler
-from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, BackendError, BackendFailure
+from amira.core.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    AmiraError,
+    BackendError,
+    BackendFailure,
+    ShuttingDown,
+)
 from amira.core.segments import SegmentOptions
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive, NativeStream
+from amira.server.security import matching_key, presented_key
 from amira.server.state import ServerState, new_id
 from amira.settings import Settings
 from amira.stream_session import Stream
@@ -35,6 +50,9 @@ from amira.stream_session import Stream
 log = logging.getLogger("amira.stream")
 
 HYPERCORN_FRAME_FACTOR = 2  # Hypercorn closes (1009, no message) only past twice our own limit
+# Resampling a frame takes about 50 µs per 100 ms of audio, less than a hand-off to a worker
+# thread; a 1 MiB frame takes up to 10 ms (8 kHz), which goes to a thread so as not to stall the loop.
+THREAD_RESAMPLE_BYTES = 65_536
 
 
 @attrs.define
@@ -72,6 +90,14 @@ def backend_failure(group: BaseExceptionGroup) -> BackendFailure | None:
     return failure if isinstance(failure, BackendFailure) else None
 
 
+async def resampled(
+    resampler: StreamResampler, pcm: bytes, limiter: trio.CapacityLimiter
+) -> npt.NDArray[np.float32]:
+    if resampler.resamples and len(pcm) > THREAD_RESAMPLE_BYTES:
+        return await trio.to_thread.run_sync(resampler.push, pcm, limiter=limiter)
+    return resampler.push(pcm)
+
+
 async def _receive(
     stream: Stream,
     protocol: NativeStream,
@@ -84,7 +110,7 @@ async def _receive(
     async with trio.open_nursery() as watch:
         watch.start_soon(_stop_when_drained, state, ending, watch.cancel_scope)
         try:
-            await _read_frames(stream, protocol, resampler, state.settings)
+            await _read_frames(stream, protocol, resampler, state)
         except AmiraError as exc:
             ending.error = exc
         watch.cancel_scope.cancel()
@@ -101,23 +127,36 @@ async def _stop_when_drained(state: ServerState, ending: StreamEnding, reading: 
     reading.cancel()
 
 
+def waiting_ends(audio_seconds: float, settings: Settings, opened: float) -> tuple[float, float]:
+    """When waiting for the next frame ends: at the inactivity timeout, or when the stream's time
+    would run `STREAM_MAX_IDLE_SECS` ahead of its audio (the idle deadline), whichever is first."""
+    idle_deadline = opened + audio_seconds + settings.stream_max_idle_secs
+    return min(trio.current_time() + settings.stream_timeout_secs, idle_deadline), idle_deadline
+
+
 async def _read_frames(
-    stream: Stream, protocol: NativeStream, resampler: StreamResampler, settings: Settings
+    stream: Stream, protocol: NativeStream, resampler: StreamResampler, state: ServerState
 ) -> None:
+    settings = state.settings
     rate = FrameRate(settings.max_frames_per_sec)
+    opened = trio.current_time()
     while True:
         await trio.sleep(rate.pause_before_next(trio.current_time()))
-        with trio.move_on_after(settings.stream_timeout_secs) as idle:
+        until, idle_deadline = waiting_ends(protocol.received_seconds, settings, opened)
+        with trio.move_on_at(until) as waiting:
             message = await websocket.receive()
-        if idle.cancelled_caught:
-            log.info("stream inactive for %.0f s: finalising", settings.stream_timeout_secs)
+        if waiting.cancelled_caught:
+            if until == idle_deadline:
+                log.info("stream idle (%.0f s ahead of its audio): finalising", settings.stream_max_idle_secs)
+            else:
+                log.info("stream inactive for %.0f s: finalising", settings.stream_timeout_secs)
             return
         event = (
             protocol.receive_text(message) if isinstance(message, str) else protocol.receive_bytes(message)
         )
         match event:
             case Audio(pcm):
-                await stream.send_audio(resampler.push(pcm))
+                await stream.send_audio(await resampled(resampler, pcm, state.engine.stream_calls.limiter))
             case Finalize():
                 await stream.finalize()
             case EndOfStream():
@@ -168,10 +207,13 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
         protocol = NativeStream(settings.max_frame_bytes, settings.max_stream_audio_secs)
         await websocket.accept()
         try:
+            if state.shutting_down.is_set():
+                raise ShuttingDown("the server is shutting down; retry shortly (another instance)")
             engine.check_known(model)
             options = protocol.configure(websocket.args, settings.segment_options())
             resampler = StreamResampler(options.sample_rate)
-            with state.streams.admit():
+            key = matching_key(presented_key(websocket.headers, websocket.args), settings.api_keys)
+            with state.streams_per_key.admit(key), state.streams.admit():
                 log.info("stream stream_id=%s model=%s opened", stream_id, model)
                 try:
                     await _run_stream(model, stream_id, protocol, resampler, options.segments)
