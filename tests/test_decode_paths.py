@@ -4,44 +4,16 @@ batching scheduler keeps the limits, cancellation and state pool of unbatched de
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import trio
 
 from amira import Recognizer, open_recognizer
-from amira.core.transcript import Transcript
 from amira.engine import Engine, create_backend
 from amira.settings import DecodeMode, Settings, SettingsError
+from amira.testing.decode_paths import INPUTS, assert_same, per_call_transcripts, transcribe_all_at_once
 from amira.testing.long_audio import joined
 from amira.testing.recordings import LIBRIVOX, MODEL_SETS, RECORDINGS, read_recording
 from amira.testing.servers import embedded_settings
-
-INPUTS = {path.name: read_recording(path) for path in RECORDINGS}
-
-
-async def per_call_transcripts(model: str, **overrides: object) -> dict[str, Transcript]:
-    async with open_recognizer(embedded_settings(decode_mode=DecodeMode.PER_CALL, **overrides)) as rec:
-        return {name: await rec.transcribe(samples, model) for name, samples in INPUTS.items()}
-
-
-async def transcribe_all_at_once(recognizer: Recognizer, model: str) -> dict[str, Transcript]:
-    results: dict[str, Transcript] = {}
-
-    async def one(name: str, samples: np.ndarray) -> None:
-        results[name] = await recognizer.transcribe(samples, model)
-
-    async with trio.open_nursery() as nursery:
-        for name, samples in INPUTS.items():
-            nursery.start_soon(one, name, samples)
-    return results
-
-
-def assert_same(got: dict[str, Transcript], expected: dict[str, Transcript]) -> None:
-    assert got.keys() == expected.keys()
-    for name, transcript in expected.items():
-        assert got[name].tokens == transcript.tokens, name
-        assert got[name].token_frames == transcript.token_frames, name
-    assert sum(len(t.tokens) for t in expected.values()) > 50  # not vacuous
 
 
 @pytest.mark.parametrize("model", ["default", *MODEL_SETS])

@@ -5,61 +5,34 @@ backend's per-call tokens on every test recording and model set."""
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import pytest
-import trio
 
 from amira import Recognizer, open_recognizer
-from amira.core.transcript import Transcript
 from amira.settings import DecodeMode, TritonDecodeModel
+from amira.testing.decode_paths import INPUTS, assert_same, per_call_transcripts, transcribe_all_at_once
 from amira.testing.recordings import RECORDINGS, read_recording
 from amira.testing.servers import embedded_settings
 from tests.conftest import TritonFixture
 
 MODEL_SETS = ("default", "tdt", "rnnt")
-INPUTS = {path.name: read_recording(path) for path in RECORDINGS}
-
-
-async def embedded_per_call(model: str) -> dict[str, Transcript]:
-    async with open_recognizer(embedded_settings(decode_mode=DecodeMode.PER_CALL)) as recognizer:
-        return {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
-
-
-async def all_at_once(recognizer: Recognizer, model: str) -> dict[str, Transcript]:
-    results: dict[str, Transcript] = {}
-
-    async def one(name: str, samples: np.ndarray) -> None:
-        results[name] = await recognizer.transcribe(samples, model)
-
-    async with trio.open_nursery() as nursery:
-        for name, samples in INPUTS.items():
-            nursery.start_soon(one, name, samples)
-    return results
-
-
-def assert_same(got: dict[str, Transcript], expected: dict[str, Transcript]) -> None:
-    for name, transcript in expected.items():
-        assert got[name].tokens == transcript.tokens, name
-        assert got[name].token_frames == transcript.token_frames, name
-    assert sum(len(t.tokens) for t in expected.values()) > 30  # not vacuous
 
 
 @pytest.mark.parametrize("model", MODEL_SETS)
 async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixture, model: str) -> None:
     """One recording at a time, then all at once (Triton's dynamic batcher puts several spans in one
     `execute`, which steps them together); one decode-model call per recording."""
-    expected = await embedded_per_call(model)
+    expected = await per_call_transcripts(model)
     async with open_recognizer(asr_triton.settings()) as recognizer:
         engine = recognizer.engine
         decode_model = f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
         assert engine.decode_models[model] == decode_model
         got = {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
-        assert_same(got, expected)
+        assert_same(got, expected, at_least=30)
         assert engine.calls["decode"] == len(INPUTS)
         tokens = sum(len(t.tokens) for t in expected.values())
         assert tokens <= engine.calls["decoder_joint"] <= tokens + len(INPUTS)  # counted inside Triton
         before = await statistics(asr_triton, decode_model)
-        assert_same(await all_at_once(recognizer, model), expected)
+        assert_same(await transcribe_all_at_once(recognizer, model), expected, at_least=30)
         after = await statistics(asr_triton, decode_model)
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
@@ -77,13 +50,13 @@ async def statistics(triton: TritonFixture, model: str) -> dict[str, int]:
 async def test_without_the_decode_model_every_path_gives_the_per_call_tokens(
     asr_triton: TritonFixture, mode: DecodeMode
 ) -> None:
-    expected = await embedded_per_call("tdt")
+    expected = await per_call_transcripts("tdt")
     settings = asr_triton.settings(
         triton_decode_model=TritonDecodeModel.OFF, decode_mode=mode, decoder_batch_window_ms=20
     )
     async with open_recognizer(settings) as recognizer:
         assert not recognizer.engine.decode_models
-        assert_same(await all_at_once(recognizer, "tdt"), expected)
+        assert_same(await transcribe_all_at_once(recognizer, "tdt"), expected, at_least=30)
         assert recognizer.engine.calls["decode"] == 0
         if mode is DecodeMode.BATCHED:
             assert max(recognizer.engine.schedulers["tdt"].batch_sizes) >= 2
