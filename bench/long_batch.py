@@ -87,9 +87,12 @@ def main() -> None:
                     mode,
                     triton or "-",
                 ]
-                result = json.loads(
-                    subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                )
+                run = subprocess.run(command, check=False, capture_output=True, text=True)
+                if run.returncode:  # e.g. the direct path past what one backend call may take
+                    error = (run.stderr.strip().splitlines() or ["?"])[-1]
+                    print(f"{'triton' if triton else 'embedded':>9} {mode:>6} {minutes:>7g} failed: {error}")
+                    continue
+                result = json.loads(run.stdout)
                 print(
                     f"{result['backend']:>9} {mode:>6} {minutes:>7g} {result['audio_s_per_s']:>9} "
                     f"{result['peak_rss_mb']:>11} {result['samples_mb']:>10}",
