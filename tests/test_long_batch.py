@@ -16,9 +16,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile
 import trio
@@ -36,11 +38,12 @@ from amira.testing.servers import embedded_settings, start_server
 RATE = 16_000
 REPEATS = 4  # the other recordings after 001.wav: 62 s in all (longer costs test time, not coverage)
 PATHS = (DOMAIN[0], *DOMAIN[1:] * REPEATS)
+Conversation = tuple[npt.NDArray[np.float32], list[tuple[int, int]]]  # the audio, each recording's span
 CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})")
 
 
 @pytest.fixture(scope="module")
-def conversation() -> tuple[np.ndarray, list[tuple[int, int]]]:
+def conversation() -> Conversation:
     return joined_utterances(PATHS)
 
 
@@ -59,7 +62,9 @@ def alone() -> dict[str, str]:
     return trio.run(transcribe)
 
 
-def sound_file(samples: np.ndarray, fmt: str, rate: int = RATE, subtype: str | None = None) -> bytes:
+def sound_file(
+    samples: npt.NDArray[np.float32], fmt: str, rate: int = RATE, subtype: str | None = None
+) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
@@ -78,7 +83,7 @@ async def post(
     )
 
 
-def check_segments(segments: list[dict], audio_seconds: float) -> None:
+def check_segments(segments: list[dict[str, Any]], audio_seconds: float) -> None:
     """Ids count up, spans are ordered and within the audio, words are inside their segment."""
     end = 0.0
     for number, segment in enumerate(segments):
@@ -91,7 +96,7 @@ def check_segments(segments: list[dict], audio_seconds: float) -> None:
         end = segment["end"] if "channel" not in segment else 0.0
 
 
-def utterance_texts(segments: list[dict], spans: list[tuple[int, int]]) -> list[str]:
+def utterance_texts(segments: list[dict[str, Any]], spans: list[tuple[int, int]]) -> list[str]:
     """The text of the one segment overlapping each utterance (none split, none merged)."""
     texts = []
     for start, stop in spans:
@@ -126,7 +131,7 @@ def check_cues(cues: list[tuple[float, float, list[str]]], audio_seconds: float)
 
 
 async def test_each_utterance_of_a_long_wav_and_flac_is_its_own_batch_transcript(
-    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list], alone: dict[str, str]
+    http: httpx.AsyncClient, url: str, conversation: Conversation, alone: dict[str, str]
 ) -> None:
     audio, spans = conversation
     wav = await post(http, url, "audio/wav", sound_file(audio, "WAV"))
@@ -138,12 +143,15 @@ async def test_each_utterance_of_a_long_wav_and_flac_is_its_own_batch_transcript
     assert [w for s in document["segments"] for w in s["words"]] == document["metadata"]["words"]
     flac = await post(http, url, "audio/flac", sound_file(audio, "FLAC"))
     # libsndfile rounds floats to 16 bits a little differently for FLAC: the same words and spans
-    spans_of = lambda segments: [(s["start"], s["end"], s["text"]) for s in segments]  # noqa: E731
+
+    def spans_of(segments: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+        return [(s["start"], s["end"], s["text"]) for s in segments]
+
     assert spans_of(flac.json()["segments"]) == spans_of(document["segments"])
 
 
 async def test_subtitles_parse_back_and_keep_the_rules(
-    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list]
+    http: httpx.AsyncClient, url: str, conversation: Conversation
 ) -> None:
     audio, _ = conversation
     body = sound_file(audio, "FLAC")
@@ -169,7 +177,7 @@ async def test_subtitles_parse_back_and_keep_the_rules(
 
 
 async def test_mulaw_at_8_khz_in_every_form(
-    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list]
+    http: httpx.AsyncClient, url: str, conversation: Conversation
 ) -> None:
     import soxr
 
@@ -211,7 +219,7 @@ async def test_mp3(http: httpx.AsyncClient, url: str) -> None:
 
 
 async def test_stereo_channels_are_each_channel_alone(
-    http: httpx.AsyncClient, url: str, conversation: tuple[np.ndarray, list]
+    http: httpx.AsyncClient, url: str, conversation: Conversation
 ) -> None:
     audio, _ = conversation
     other = joined_utterances(list(reversed(PATHS[1:])))[0][: audio.size]
@@ -290,7 +298,7 @@ def run_cli(*args: str, tty: bool = False) -> tuple[subprocess.CompletedProcess[
 
 
 def test_cli_formats_output_several_files_and_a_progress_bar_on_terminals(
-    tmp_path: Path, conversation: tuple[np.ndarray, list], alone: dict[str, str]
+    tmp_path: Path, conversation: Conversation, alone: dict[str, str]
 ) -> None:
     audio, _ = conversation
     long_file, short_file = tmp_path / "long.flac", tmp_path / "short.wav"
