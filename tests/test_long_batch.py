@@ -36,7 +36,7 @@ from amira.testing.recordings import CARDS, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server
 
 RATE = 16_000
-REPEATS = 4  # the other recordings after 001.wav: 62 s in all (longer costs test time, not coverage)
+REPEATS = 12  # the other recordings after 001.wav: three minutes in all
 PATHS = (DOMAIN[0], *DOMAIN[1:] * REPEATS)
 Conversation = tuple[npt.NDArray[np.float32], list[tuple[int, int]]]  # the audio, each recording's span
 CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})")
@@ -199,7 +199,7 @@ async def test_mulaw_at_8_khz_in_every_form(
             assert segment["text"] == (await recognizer.transcribe(own)).text, segment
         each = [(await recognizer.transcribe(converted[a:b])).text for a, b in spans]
     texts = utterance_texts(segments, spans)  # one segment per utterance
-    assert sum(a == b for a, b in zip(texts, each, strict=True)) >= len(spans) - 3, (texts, each)
+    assert sum(a == b for a, b in zip(texts, each, strict=True)) >= len(spans) - len(spans) // 7, (texts, each)
     for content_type, params in (("application/octet-stream", {"encoding": "mulaw"}), ("audio/pcmu", {})):
         response = await post(http, url, content_type, codes, sample_rate="8000", **params)
         assert response.json()["segments"] == segments
