@@ -50,10 +50,11 @@ from contextlib import AsyncExitStack
 import httpx
 import trio
 
-from amira.client import StreamError, open_stream_client
+from amira.client import open_stream_client
 from amira.settings import Settings
 from amira.testing.recordings import CARDS, read_recording
 from amira.testing.text import levenshtein
+from amira.testing.ws_protocol import ProtocolViolation, expect_complete, read_until_closed
 from bench.common import (
     SAMPLE_RATE,
     Recording,
@@ -146,12 +147,13 @@ async def one_stream(url: str, item: Recording, *, realtime: bool, delay: float 
 
             nursery.start_soon(sender)
             committed = ""
-            async for result in client.results():
+
+            def timed(result: dict) -> None:
+                nonlocal final_ms, committed
                 now = trio.current_time()
                 if result["status"] == "COMPLETE":
                     final_ms = (now - ended) * 1000
-                    tokens = result["metadata"]["tokens"]
-                    break
+                    return
                 if not result["is_final"] and len(result["committed"]) > len(committed):
                     window = window_index(round(result["metadata"]["audio_seconds"] * SAMPLE_RATE))
                     chunk, right = round(CHUNK * SAMPLE_RATE), round(RIGHT * SAMPLE_RATE)
@@ -160,7 +162,11 @@ async def one_stream(url: str, item: Recording, *, realtime: bool, delay: float 
                     if window >= 0 and frame < len(sent):
                         partial_ms.append((now - sent[frame]) * 1000)
                 committed = result["committed"]
-    except (StreamError, OSError, trio.TooSlowError) as exc:
+
+            # every message, to the close, through the wire checker: a broken rule is an error here too
+            record = await read_until_closed(client.connection, seconds=600, on_message=timed)
+            tokens = expect_complete(record)["metadata"]["tokens"]
+    except (ProtocolViolation, OSError, trio.TooSlowError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # e.g. trio-websocket's handshake errors: count it, keep the benchmark going
         error = f"{type(exc).__name__}: {exc}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import signal
 import subprocess
@@ -108,7 +107,7 @@ def test_build_errors_are_reported(tmp_path: Path) -> None:
     assert bad_gpus.returncode == 2 and "--gpus" in bad_gpus.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton missing")
+@pytest.mark.triton
 def test_amira_triton_serves_the_shipped_models_until_sigint() -> None:
     port = free_port("127.0.0.1")
     process = subprocess.Popen(
@@ -118,7 +117,7 @@ def test_amira_triton_serves_the_shipped_models_until_sigint() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # as the session Triton: 5 to 60 s under load
         ready = False
         while not ready and time.monotonic() < deadline and process.poll() is None:
             try:

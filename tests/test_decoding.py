@@ -1,29 +1,48 @@
 """The greedy decoder on hand-made logits, against a one-frame-per-call loop written from the spec:
-tokens, frames, TDT durations and the emitted tokens' probabilities."""
+tokens, frames, TDT durations and the emitted tokens' probabilities.
+
+The reference loop (`reference`) takes the durations as the test configures them, never from the
+decoder's spec: a decoder that used a duration logit's *index* as the duration agrees with it only
+while durations are 0, 1, 2, ..., so the cases run with durations whose index and value differ
+(0, 2, 3, 5) as well.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from amira.core.decoding import DecoderState, DecodingSpec, Emission, GreedyDecoder
+
+pytestmark = pytest.mark.timeout(20)  # pure numpy: a decoder loop that stops advancing fails fast
 
 V = 6  # tokens 0..4, blank 5
 BLANK = V - 1
 DURATIONS = (0, 1, 2, 3, 4)
+CONFIGURED = (0, 2, 3, 5)  # index and value differ
+DURATION_SETS = pytest.mark.parametrize("durations", [DURATIONS, CONFIGURED], ids=["0-4", "0235"])
 
 
 class ScriptedJoint:
     """A fake decoder_joint: the state `h` counts emitted tokens, and `script[(frame, emitted)]`
-    says which token (and TDT duration) wins there; anything unscripted is a blank of duration 1.
-    The losing logits vary with frame and state, so that every emission has its own probability;
-    the duration logits are large, so that a softmax over them too would be far off."""
+    says which token (and TDT duration *value*) wins there; anything unscripted is a blank of
+    duration 1 (or, where the durations have no 1, the smallest jump). The losing logits vary with
+    frame and state, so that every emission has its own probability; the duration logits are large,
+    so that a softmax over them too would be far off."""
 
-    def __init__(self, script: dict[tuple[int, int], tuple[int, int]], spec: DecodingSpec) -> None:
+    def __init__(
+        self,
+        script: dict[tuple[int, int], tuple[int, int]],
+        spec: DecodingSpec,
+        default_token: int = BLANK,
+    ) -> None:
         self.script, self.spec, self.calls = script, spec, 0
+        self.default = (default_token, min((d for d in spec.durations if d > 0), default=1))
 
     def row(self, frame: int, emitted: int) -> np.ndarray:
-        token, duration = self.script.get((frame, emitted), (BLANK, 1))
+        token, duration = self.script.get((frame, emitted), self.default)
         row = np.random.default_rng([frame, emitted]).uniform(-3.0, 1.0, self.spec.joint_width)
         row = row.astype(np.float32)
         row[token] = 1.5
@@ -38,8 +57,8 @@ class ScriptedJoint:
         return logits, h + 1, h + 1
 
 
-def spec_for(kind: str, **kwargs: object) -> DecodingSpec:
-    return DecodingSpec(kind, BLANK, V, DURATIONS if kind == "tdt" else (), **kwargs)
+def spec_for(kind: str, durations: tuple[int, ...] = DURATIONS, **kwargs: object) -> DecodingSpec:
+    return DecodingSpec(kind, BLANK, V, durations if kind == "tdt" else (), **kwargs)
 
 
 def run(
@@ -57,25 +76,28 @@ def at(emissions: list[Emission]) -> list[tuple[int, int]]:
     return [(e.token, e.frame) for e in emissions]
 
 
-def reference(spec: DecodingSpec, joint: ScriptedJoint, frames: int) -> list[Emission]:
-    """The spec's loop, literally: one frame per call; probabilities by the textbook softmax."""
+def reference(
+    joint: ScriptedJoint, frames: int, durations: tuple[int, ...], max_symbols: int
+) -> list[Emission]:
+    """The spec's loop, literally: one frame per call, durations as configured (empty: RNN-T);
+    probabilities by the textbook softmax."""
     emitted_total, t, symbols, out = 0, 0, 0, []
     while t < frames:
         row = joint.row(t, emitted_total)
         token = int(np.argmax(row[:V]))
-        d = spec.durations[int(np.argmax(row[V:]))] if spec.durations else 1
+        d = durations[int(np.argmax(row[V:]))] if durations else 1
         if token == BLANK:
-            t += max(d, 1) if spec.durations else 1
+            t += max(d, 1)
             symbols = 0
             continue
         softmax = np.exp(row[:V].astype(np.float64)) / np.exp(row[:V].astype(np.float64)).sum()
         out.append(Emission(token, t, float(softmax[token]), float(softmax[BLANK]), d))
         emitted_total += 1
         symbols += 1
-        if spec.durations and d > 0:
+        if durations and d > 0:
             t += d
             symbols = 0
-        elif symbols == spec.max_symbols_per_step:
+        elif symbols == max_symbols:
             t += 1
             symbols = 0
     return out
@@ -115,9 +137,32 @@ def test_tdt_durations_zero_and_jumps() -> None:
     assert [e.duration for e in emissions] == [0, 3, 2]
 
 
-def test_tdt_blank_duration_zero_still_advances() -> None:
-    spec = spec_for("tdt")
-    joint = ScriptedJoint({(0, 0): (BLANK, 0), (1, 0): (1, 1)}, spec)
+def test_configured_durations_are_values_not_indices() -> None:
+    spec = spec_for("tdt", CONFIGURED)
+    # frame 0: token 1 jumping 5 (index 3) lands on frame 5, not 3; frame 5: blank of duration 2
+    # (index 1) lands on 7, not 6; frame 7: token 2 with duration 3 (index 2) ends past frame 9.
+    script = {(0, 0): (1, 5), (3, 1): (3, 0), (5, 1): (BLANK, 2), (6, 1): (4, 0), (7, 1): (2, 3)}
+    joint = ScriptedJoint(script, spec)
+    emissions = run(spec, joint, 10)
+    assert at(emissions) == [(1, 0), (2, 7)] == at(reference(joint, 10, CONFIGURED, 10))
+    assert [e.duration for e in emissions] == [5, 3]
+
+
+@DURATION_SETS
+def test_the_symbol_count_starts_afresh_after_a_jump(durations: tuple[int, ...]) -> None:
+    """Two tokens at frame 0 (the second jumping 2), then duration-0 tokens at frame 2: the limit
+    of 3 symbols per frame counts only frame 2's, so it takes 3 of them before moving on."""
+    spec = spec_for("tdt", durations, max_symbols_per_step=3)
+    script = {(0, 0): (1, 0), (0, 1): (2, 2)} | {(2, n): (3, 0) for n in range(2, 10)} | {(3, 5): (4, 0)}
+    joint = ScriptedJoint(script, spec)
+    expected = [(1, 0), (2, 0), (3, 2), (3, 2), (3, 2), (4, 3)]
+    assert at(run(spec, joint, 4)) == expected == at(reference(joint, 4, durations, 3))
+
+
+@DURATION_SETS
+def test_tdt_blank_duration_zero_still_advances(durations: tuple[int, ...]) -> None:
+    spec = spec_for("tdt", durations)
+    joint = ScriptedJoint({(0, 0): (BLANK, 0), (1, 0): (1, 2)}, spec)
     assert at(run(spec, joint, 3)) == [(1, 1)]
 
 
@@ -162,10 +207,11 @@ def test_receive_rejects_logits_of_the_wrong_shape() -> None:
 
 
 @pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+@DURATION_SETS
 @pytest.mark.parametrize("frames_per_call", [1, 2, 3, 7, None])
 @pytest.mark.parametrize("seed", range(25))
 def test_any_frames_per_call_equals_the_one_frame_loop(
-    kind: str, frames_per_call: int | None, seed: int
+    kind: str, durations: tuple[int, ...], frames_per_call: int | None, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     frames = int(rng.integers(1, 40))
@@ -173,11 +219,12 @@ def test_any_frames_per_call_equals_the_one_frame_loop(
     for t in range(frames):
         for n in range(60):
             if rng.random() < 0.3:
-                script[(t, n)] = (int(rng.integers(0, V)), int(rng.choice(DURATIONS)))
-    spec = spec_for(kind, frames_per_call=frames_per_call, max_symbols_per_step=int(rng.integers(1, 4)))
+                script[(t, n)] = (int(rng.integers(0, V)), int(rng.choice(durations)))
+    max_symbols = int(rng.integers(1, 4))
+    spec = spec_for(kind, durations, frames_per_call=frames_per_call, max_symbols_per_step=max_symbols)
     joint = ScriptedJoint(script, spec)
     emissions = run(spec, joint, frames)
-    expected = reference(spec, ScriptedJoint(script, spec), frames)
+    expected = reference(ScriptedJoint(script, spec), frames, spec.durations, max_symbols)
     assert [(e.token, e.frame, e.duration) for e in emissions] == [
         (e.token, e.frame, e.duration) for e in expected
     ]
@@ -211,3 +258,92 @@ def test_probability_survives_huge_logits() -> None:
     decoder.receive(logits, np.ones((1, 1, 1)), np.ones((1, 1, 1)))
     (emission,) = decoder.emissions
     assert emission.token == 0 and 0.1 < emission.probability <= 1.0
+
+
+# --- property: paths biased toward the rules that random scripts rarely reach --------------------------
+
+
+class PathScript(dict[tuple[int, int], tuple[int, int]]):
+    """A script made along the reference loop's own path, so that it can favour what uniform
+    scripts hardly ever reach: a duration-0 emission right after a jump (which needs the per-frame
+    symbol count reset) and runs of duration-0 emissions up to `max_symbols_per_step`.
+
+    Each newly visited `(frame, emitted)` takes the next of `rolls` (drawn up front, all of the same
+    length, so that hypothesis sees one fixed-size draw however the path goes)."""
+
+    def __init__(self, rolls: list[tuple[int, int, int]], durations: tuple[int, ...]) -> None:
+        super().__init__()
+        self.rolls, self.durations = iter(rolls), durations
+        self.jumps = tuple(d for d in durations if d > 0) or (1,)
+
+    def decide(self, frame: int, emitted: int, after_jump: bool, symbols: int) -> tuple[int, int]:
+        if (frame, emitted) not in self:
+            roll, token, pick = next(self.rolls, (99, 0, 0))
+            stay = 0 if self.durations else 1
+            if roll < (70 if after_jump or symbols else 30):
+                decision = (token, stay)  # another symbol on this frame
+            elif roll < 85:
+                decision = (token, self.jumps[pick % len(self.jumps)])  # a token and a jump
+            else:
+                blanks = self.durations or (1,)
+                decision = (BLANK, blanks[pick % len(blanks)])
+            self[(frame, emitted)] = decision
+        return self[(frame, emitted)]
+
+
+ROLLS = st.lists(
+    st.tuples(st.integers(0, 99), st.integers(0, BLANK - 1), st.integers(0, 7)), min_size=160, max_size=160
+)
+
+
+def drawn_reference(
+    script: PathScript, frames: int, durations: tuple[int, ...], max_symbols: int
+) -> tuple[list[Emission], int]:
+    """`reference`, drawing the script as it walks; also counts jump-then-duration-0 emissions."""
+    emitted, t, symbols, after_jump, out, hits = 0, 0, 0, False, [], 0
+    while t < frames:
+        token, d = script.decide(t, emitted, after_jump, symbols)
+        if token == BLANK:
+            t, symbols, after_jump = t + max(d, 1), 0, d > 1
+            continue
+        out.append(Emission(token, t))
+        hits += after_jump and d == 0
+        emitted, symbols, after_jump = emitted + 1, symbols + 1, False
+        if durations and d > 0:
+            t, symbols, after_jump = t + d, 0, True
+        elif symbols == max_symbols:
+            t, symbols = t + 1, 0
+    return out, hits
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rolls=ROLLS,
+    kind=st.sampled_from(["tdt", "rnnt"]),
+    durations=st.sampled_from([DURATIONS, CONFIGURED, (0, 3), (0, 1)]),
+    frames=st.integers(1, 30),
+    max_symbols=st.integers(1, 4),
+    frames_per_call=st.sampled_from([1, 2, 5, None]),
+    split=st.integers(0, 30),
+)
+def test_property_the_decoder_walks_the_reference_path(
+    rolls: list[tuple[int, int, int]],
+    kind: str,
+    durations: tuple[int, ...],
+    frames: int,
+    max_symbols: int,
+    frames_per_call: int | None,
+    split: int,
+) -> None:
+    """Any script, any frames per call, and the frames cut into two spans (as stream chunks are):
+    the decoder emits what the reference loop emits, at the same frames."""
+    spec = spec_for(kind, durations, frames_per_call=frames_per_call, max_symbols_per_step=max_symbols)
+    script = PathScript(rolls, spec.durations)
+    expected, hits = drawn_reference(script, frames, spec.durations, max_symbols)
+    event(f"jump then duration-0 emission: {min(hits, 3)}{'+' if hits >= 3 else ''}")
+    state = DecoderState.zeros(BLANK, 1, 1)
+    # a frame the reference never walked emits a token: a decoder that strays from the path (a
+    # shorter jump, say) cannot blank its way back onto it unnoticed
+    joint = ScriptedJoint(script, spec, default_token=0)
+    first = run(spec, joint, min(split, frames), state)
+    assert at(first + run(spec, joint, frames, state)) == at(expected)

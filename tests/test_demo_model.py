@@ -17,6 +17,7 @@ from amira.settings import Settings
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 from amira.testing.reference import reference_decoder
 from amira.testing.servers import start_server
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 from .conftest import TritonFixture
 
@@ -87,5 +88,5 @@ async def test_demo_model_over_triton_batch_and_stream(demo_over_triton: str, pa
     async with open_stream_client(url) as client:
         await client.send_pcm(pcm)
         await client.end()
-        final = [result async for result in client.results()][-1]
+        final = expect_complete(await read_until_closed(client.connection))
     assert (response.json()["transcription"], final["transcription"]) == (text, text)

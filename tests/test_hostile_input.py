@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from amira.client import StreamError, open_stream_client, to_pcm16
+from amira.client import to_pcm16
 from amira.models import shipped_repository
 from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 DOCUMENTED = {
     "bad_request": 400, "bad_audio": 400, "unauthorized": 401, "unknown_model": 404, "too_large": 413,
@@ -83,17 +84,16 @@ class WellBehavedClient:
                 if response.status_code != 200 or response.json()["metadata"]["tokens"] != self.expected:
                     self.problems.append(f"batch: {response.status_code} {response.text[:200]}")
                 url = self.base.replace("http://", "ws://") + "/v2/decode/stream/default"
-                try:
-                    async with open_stream_client(url) as client:
-                        await client.send_pcm(PCM)
-                        await client.end()
-                        final = [r async for r in client.results()][-1]
-                except (StreamError, ConnectionClosed) as refused:
-                    code = refused.code if isinstance(refused, StreamError) else refused.reason.code
-                    if code != 1013:  # over capacity while hostile clients hold the slots: documented
-                        self.problems.append(f"stream: closed with {code}")
+                async with open_websocket_url(url) as ws:
+                    await ws.send_message(PCM)
+                    await ws.send_message(b"\x00")
+                    record = await read_until_closed(ws)  # a broken wire rule fails the client
+                if record.error is not None:
+                    if record.error["error_type"] != "capacity_exceeded":  # documented while hostile
+                        self.problems.append(f"stream: {record.error}")  # clients hold the slots
                     await trio.sleep(0.05)
                     continue
+                final = expect_complete(record)
                 if final["metadata"]["tokens"] != self.expected:
                     self.problems.append(f"stream: {final}")
                 self.rounds += 1
@@ -188,6 +188,8 @@ frames = st.lists(
 
 
 async def fuzz_stream(url: str, messages: list) -> None:
+    """Whatever the frames, the stream ends by the wire rules (`read_until_closed` checks them): one
+    COMPLETE and 1000, or one documented ERROR and its close code."""
     async with open_websocket_url(url) as ws:
         for message in messages:
             try:
@@ -196,16 +198,11 @@ async def fuzz_stream(url: str, messages: list) -> None:
                 break
         with contextlib.suppress(ConnectionClosed):
             await ws.send_message(b"\x00")
-        with trio.fail_after(20):
-            try:
-                while True:
-                    document = json.loads(await ws.get_message())
-                    assert document["status"] in ("ACTIVE", "COMPLETE", "ERROR")
-                    if document["status"] == "ERROR":
-                        assert document["error_type"] in WS_CLOSE, document
-                        assert "stream " in document["message"]
-            except ConnectionClosed as closed:
-                assert closed.reason.code in (1000, *WS_CLOSE.values()), closed.reason
+        record = await read_until_closed(ws, seconds=20)
+    if record.error is None:
+        expect_complete(record)
+    else:
+        assert record.error["error_type"] in WS_CLOSE and "stream " in record.error["message"], record.error
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -11,13 +11,21 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-import soxr
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from amira import open_recognizer
-from amira.testing.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.recordings import (
+    CARDS,
+    LIBRIVOX,
+    MODEL_SETS,
+    REAL_DOMAIN,
+    RECORDINGS,
+    pcm16,
+    read_recording,
+)
 from amira.testing.servers import embedded_settings, start_server
+from tests.test_audio import fft_resample
 
 
 @pytest.fixture
@@ -77,6 +85,20 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
         models["default"]["type"] == "rnnt" and models["default"]["vocabulary_size"] == 57
     )  # the demo model
     assert models["default"]["models"]["encoder"] == "encoder"
+    assert models["tdt"] == {
+        "name": "tdt",
+        "sample_rate": 16_000,
+        "feature_size": 128,
+        "vocabulary_size": 129,
+        "type": "tdt",
+        "durations": [0, 1, 2, 3, 4],
+        "frame_seconds": 0.08,
+        "models": {
+            "preprocessor": "preprocessor",
+            "encoder": "encoder_tdt",
+            "decoder_joint": "decoder_joint_tdt",
+        },
+    }
     metrics = await http.get(f"{embedded_url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "amira_batch_requests" in {f.name for f in text_string_to_metric_families(metrics.text)}
@@ -104,6 +126,9 @@ async def test_opaque_is_echoed_and_words_have_times(http: httpx.AsyncClient, em
     body = json.dumps({"audio_buffer": base64.b64encode(pcm).decode(), "opaque": opaque}).encode()
     document = (await post(http, f"{embedded_url}/v2/decode/batch/default", "application/json", body)).json()
     assert document["opaque"] == opaque
+    metadata = document["metadata"]
+    assert metadata["audio_length_samples"] == len(pcm) // 2
+    assert metadata["audio_seconds"] == round(len(pcm) / 2 / 16_000, 3)
     words = document["metadata"]["words"]
     assert words and " ".join(w["word"] for w in words) == document["transcription"]
     assert all(0 <= w["start"] < w["end"] <= document["metadata"]["audio_seconds"] + 0.08 for w in words)
@@ -118,18 +143,19 @@ async def test_opaque_is_echoed_and_words_have_times(http: httpx.AsyncClient, em
 async def test_other_sample_rates_are_resampled(
     http: httpx.AsyncClient, embedded_url: str, rate: int
 ) -> None:
-    samples = read_recording(CARDS[0])
-    resampled = soxr.resample(samples, 16_000, rate).astype(np.float32)
-    async with open_recognizer(embedded_settings()) as recognizer:
-        expected = await recognizer.transcribe(soxr.resample(resampled, rate, 16_000, quality="HQ"))
+    """A person's recording at another rate (resampled without soxr, see `fft_resample`) transcribes
+    to what they said, as a WAV file and as raw PCM with `?sample_rate=`."""
+    path, text = REAL_DOMAIN[4]
+    samples = read_recording(path)
+    resampled = fft_resample(samples[: samples.size // 320 * 320], 16_000, rate).astype(np.float32)
     wav = await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/wav", wav_bytes(resampled, rate))
     raw = await post(
         http, f"{embedded_url}/v2/decode/batch/default", "audio/pcm", pcm16(resampled), sample_rate=rate
     )
     for response in (wav, raw):
         assert response.status_code == 200, response.text
-        assert abs(response.json()["metadata"]["audio_length_samples"] - samples.size) <= 2
-    assert wav.json()["metadata"]["tokens"] == list(expected.tokens)
+        assert abs(response.json()["metadata"]["audio_length_samples"] - samples.size) <= 320
+        assert response.json()["transcription"] == text
 
 
 ERROR_CASES = [
@@ -192,6 +218,18 @@ async def test_bad_requests_get_their_documented_error(
 async def test_unknown_model_is_404_never_a_fallback(http: httpx.AsyncClient, embedded_url: str) -> None:
     response = await post(http, f"{embedded_url}/v2/decode/batch/nope", "audio/pcm", b"\x00\x00" * 1600)
     assert response.status_code == 404 and response.json()["error_type"] == "unknown_model"
+
+
+async def test_an_answer_before_the_body_was_read_closes_the_connection(
+    http: httpx.AsyncClient, embedded_url: str
+) -> None:
+    """README: the connection cannot be reused, so the answer says `Connection: close` (a keep-alive
+    client's next request would hang otherwise); an answer after the whole body keeps it open."""
+    body = bytes(16 * 65536 - 2)  # more than Hypercorn reads ahead
+    early = await post(http, f"{embedded_url}/v2/decode/batch/nope", "audio/pcm", body)
+    assert early.status_code == 404 and early.headers["Connection"] == "close"
+    read = await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/pcm", b"\x00\x00" * 1600)
+    assert read.status_code == 200 and read.headers.get("Connection") != "close"
 
 
 async def test_metrics_count_requests_and_errors(http: httpx.AsyncClient, embedded_url: str) -> None:

@@ -28,6 +28,7 @@ from amira.client import open_stream_client, to_pcm16
 from amira.models import shipped_repository
 from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
+from amira.testing.ws_protocol import expect_complete, expect_error, read_until_closed
 
 DRAIN_SECS = 1.5
 CARD_PCM = to_pcm16(read_recording(CARDS[0]))
@@ -96,11 +97,9 @@ async def test_sigterm_finalises_streams_and_batches_in_flight_then_exits_at_onc
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send)
-                async for result in client.results():
-                    if result["status"] == "COMPLETE":
-                        finals[index] = result
-                with trio.fail_after(5):
-                    codes[index] = await client.wait_closed()
+                record = await read_until_closed(client.connection, seconds=30)
+                finals[index] = expect_complete(record, close_code=1001)
+                codes[index] = record.close_code
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
@@ -129,10 +128,9 @@ async def test_sigterm_finalises_streams_and_batches_in_flight_then_exits_at_onc
         assert refused.status_code == 503 and refused.json()["error_type"] == "shutting_down"
         assert refused.headers["Retry-After"] == "1"
         async with open_websocket_url(f"{server.ws_url}/v2/decode/stream/default") as ws:
-            document = json.loads(await ws.get_message())
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.get_message()
-        assert document["error_type"] == "shutting_down" and closed.value.reason.code == 1001
+            refused_stream = await read_until_closed(ws)
+        expect_error(refused_stream, "shutting_down")
+        assert refused_stream.close_code == 1001
         with trio.fail_after(1):
             assert await idle.receive_some(4096) == b""  # closed at once
         await idle.aclose()

@@ -8,7 +8,6 @@ new work at once. The settings that name the endpoints are checked first (no Tri
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import signal
@@ -32,6 +31,7 @@ from amira.models import model_file, shipped_repository
 from amira.settings import Settings, SettingsError, TritonDecodeModel
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
+from amira.testing.ws_protocol import expect_complete
 from amira.tooling.triton_launcher import TritonProcess
 from tests.test_triton_streams import stream, ws
 
@@ -155,17 +155,6 @@ async def tritons(two_tritons: list[TritonProcess]) -> list[TritonProcess]:
         if not triton.is_running():
             await triton.astart()
     return two_tritons
-
-
-async def kill(triton: TritonProcess) -> None:
-    """SIGKILL a Triton (a crash, as far as AMIRA can tell) and what is left of its process group:
-    Python-backend stubs busy in a call outlive their Triton. (The launcher does not clean up after
-    a kill yet; its shared-memory regions stay in /dev/shm.)"""
-    group = triton.pid  # Triton leads a session, so its pid is its process group's id
-    await triton.akill()
-    if group is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
 
 
 def pool_settings(tritons: list[TritonProcess], tmp_path: Path, **overrides: object) -> Settings:
@@ -297,7 +286,7 @@ async def test_a_triton_killed_under_load_loses_nothing_and_comes_back(
     answers: dict[int, httpx.Response] = {}
 
     async def one_stream(i: int) -> None:
-        finals[i] = (await stream(ws(base, "slow"), STREAM_AUDIO[i], 0.1, pace=0.1))[-1]
+        finals[i] = expect_complete(await stream(ws(base, "slow"), STREAM_AUDIO[i], 0.1, pace=0.1))
 
     async def one_batch(i: int) -> None:
         answers[i] = await batch(http, base, BATCH_AUDIO[i], "slow")
@@ -319,7 +308,7 @@ async def test_a_triton_killed_under_load_loses_nothing_and_comes_back(
             work.start_soon(one_batch, i)
         await trio.sleep(0.1)
         await wait_until(calls_in_flight, within=10, step=0.01)
-        await kill(victim[0])
+        await victim[0].akill()  # its stubs and shared memory go with it
         killed_at = time.monotonic()
     assert time.monotonic() - killed_at > 1.0  # the streams went on well after the kill
     for i in range(5):
@@ -359,7 +348,7 @@ async def test_both_tritons_down_refuses_new_work_then_recovers(
     1013; both Tritons back, the same server serves again."""
     base = await start_server(nursery, pool_settings(tritons, tmp_path))
     for triton in tritons:
-        await kill(triton)
+        await triton.akill()  # its stubs and shared memory go with it
 
     async def both_down() -> bool:
         return set((await endpoint_states(http, base)).values()) == {"down"}
@@ -389,7 +378,7 @@ async def test_both_tritons_down_refuses_new_work_then_recovers(
     await wait_until(ready_again, within=5)
     response = await batch(http, base, BATCH_AUDIO[0])
     assert response.status_code == 200 and response.json()["transcription"] == references.batch[0]
-    final = (await stream(ws(base, "default"), STREAM_AUDIO[1], 0.5))[-1]
+    final = expect_complete(await stream(ws(base, "default"), STREAM_AUDIO[1], 0.5))
     assert final["metadata"]["tokens"] == references.streams[1]
 
 
@@ -440,7 +429,7 @@ async def test_an_endpoint_without_every_model_or_with_other_models_gets_no_call
 
     base = await start_server(nursery, pool_settings(tritons, tmp_path))
     second = tritons[1]
-    await kill(second)
+    await second.akill()  # its stubs and shared memory go with it
     lacking = build_repository(
         shipped_repository(), tmp_path / "lacking", "cpu", models=SETS["default"], instance_count=1
     )
@@ -529,7 +518,7 @@ async def test_calls_from_a_worker_thread_fail_over_too(tritons: list[TritonProc
                 calls.start_soon(pool.run_blocking, work, trio.CapacityLimiter(1))
                 await wait_until(one_in_flight, within=10, step=0.01)
                 [victim] = [i for i, endpoint in enumerate(pool.endpoints) if endpoint.in_flight]
-                await kill(tritons[victim])
+                await tritons[victim].akill()  # its stubs and shared memory go with it
             nursery.cancel_scope.cancel()
     finally:
         await pool.aclose()

@@ -8,14 +8,26 @@ import httpx
 import numpy as np
 import pytest
 import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
 
-from amira.client import StreamError, open_stream_client
+from amira.client import to_pcm16
 from amira.models import shipped_repository
+from amira.protocols.native_stream import END_OF_STREAM
 from amira.testing.recordings import LIBRIVOX, read_recording
-from amira.testing.servers import embedded_settings, start_server, write_model_sets
+from amira.testing.servers import embedded_settings, start_server, wait_for_metric, write_model_sets
+from amira.testing.ws_protocol import (
+    StreamRecord,
+    WireChecker,
+    WirePhase,
+    expect_complete,
+    expect_error,
+    read_until_closed,
+)
 from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository
 from tests.conftest import TritonFixture
+
+pytestmark = pytest.mark.triton  # every test here runs a real Triton
 
 CLIP = read_recording(LIBRIVOX[0])
 OWN_SET = ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "vocab_test.txt")  # a set rich in tokens
@@ -25,35 +37,32 @@ def ws(base: str, model: str = "tdt") -> str:
     return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
 
 
-async def stream(url: str, samples: np.ndarray, frame_seconds: float, pace: float = 0.0) -> list[dict]:
-    """Stream `samples`; `pace` seconds between frames (0: as fast as possible). A `StreamError`
-    comes out as itself, not inside the nursery's exception group."""
-    try:
-        async with open_stream_client(url) as client, trio.open_nursery() as nursery:
+async def stream(url: str, samples: np.ndarray, frame_seconds: float, pace: float = 0.0) -> StreamRecord:
+    """Stream `samples` (`pace` seconds between frames; 0: as fast as possible) and read to the close;
+    the record passed the wire checker, whatever the stream's outcome."""
+    async with open_websocket_url(url) as ws, trio.open_nursery() as nursery:
 
-            async def send() -> None:
-                step = round(frame_seconds * 16_000)
+        async def send() -> None:
+            step = round(frame_seconds * 16_000)
+            try:
                 for offset in range(0, samples.size, step):
-                    await client.send_samples_frame(samples[offset : offset + step])
+                    await ws.send_message(to_pcm16(samples[offset : offset + step]))
                     await trio.sleep(pace)
-                await client.end()
+                await ws.send_message(END_OF_STREAM)
+            except ConnectionClosed:  # the server ended the stream early: the record says why
+                pass
 
-            nursery.start_soon(send)
-            return [result async for result in client.results()]
-    except BaseExceptionGroup as group:
-        stream_errors, _ = group.split(StreamError)
-        if stream_errors is None:
-            raise
-        while isinstance(stream_errors, BaseExceptionGroup):
-            stream_errors = stream_errors.exceptions[0]
-        raise stream_errors from None
+        nursery.start_soon(send)
+        record = await read_until_closed(ws)
+        nursery.cancel_scope.cancel()
+    return record
 
 
 @pytest.fixture
 async def embedded_finals(nursery: trio.Nursery) -> dict[str, list[int]]:
     url = await start_server(nursery, embedded_settings())
     return {
-        model: (await stream(ws(url, model), CLIP, 0.1))[-1]["metadata"]["tokens"]
+        model: expect_complete(await stream(ws(url, model), CLIP, 0.1))["metadata"]["tokens"]
         for model in ("tdt", "rnnt")
     }
 
@@ -64,32 +73,29 @@ async def test_streams_on_triton_equal_the_embedded_backend(
     url = await start_server(nursery, asr_triton.settings())
     for model in ("tdt", "rnnt"):
         for frame_seconds in (0.1, 1.0):
-            results = await stream(ws(url, model), CLIP, frame_seconds)
-            assert results[-1]["status"] == "COMPLETE"
-            assert results[-1]["metadata"]["tokens"] == embedded_finals[model], (model, frame_seconds)
+            final = expect_complete(await stream(ws(url, model), CLIP, frame_seconds))
+            assert final["metadata"]["tokens"] == embedded_finals[model], (model, frame_seconds)
 
 
 async def test_ten_streams_on_triton_complete_and_the_eleventh_is_refused(
     nursery: trio.Nursery, asr_triton: TritonFixture
 ) -> None:
-    url = ws(await start_server(nursery, asr_triton.settings(max_concurrent_streams=10)))
+    base = await start_server(nursery, asr_triton.settings(max_concurrent_streams=10))
+    url = ws(base)
     finals: list[dict] = []
     audio = CLIP[: 16_000 * 3]
     async with trio.open_nursery() as streams:
         for _ in range(10):
             streams.start_soon(lambda: collect(url, audio, finals))
-        await trio.sleep(0.5)
-        async with open_stream_client(url) as eleventh:
-            with pytest.raises(StreamError) as refused:
-                async for _ in eleventh.results():
-                    pass
-        assert refused.value.error_type == "capacity_exceeded" and refused.value.code == 1013
+        await wait_for_metric(base, "amira_active_streams", lambda active: active == 10, 30)
+        async with open_websocket_url(url) as eleventh:
+            expect_error(await read_until_closed(eleventh), "capacity_exceeded")
     assert len(finals) == 10
     assert len({tuple(f["metadata"]["tokens"]) for f in finals}) == 1
 
 
 async def collect(url: str, audio: np.ndarray, finals: list[dict]) -> None:
-    finals.append((await stream(url, audio, 0.1, pace=0.05))[-1])
+    finals.append(expect_complete(await stream(url, audio, 0.1, pace=0.05)))
 
 
 @pytest.fixture
@@ -106,6 +112,7 @@ async def own_triton(tmp_path: Path) -> TritonProcess:
     finally:
         with trio.CancelScope(shield=True):
             await triton.astop()
+    assert triton.leftovers() == ([], [])  # killed and restarted: no stub, no shared memory left
 
 
 def own_settings(triton: TritonProcess, tmp_path: Path, **overrides: object):
@@ -116,21 +123,23 @@ def own_settings(triton: TritonProcess, tmp_path: Path, **overrides: object):
 async def test_a_stream_rides_through_a_triton_restart(
     nursery: trio.Nursery, own_triton: TritonProcess, tmp_path: Path, embedded_finals: dict[str, list[int]]
 ) -> None:
-    url = ws(await start_server(nursery, own_settings(own_triton, tmp_path, inference_timeout_secs=1.0)))
-    results: list[dict] = []
+    base = await start_server(nursery, own_settings(own_triton, tmp_path, inference_timeout_secs=1.0))
+    url = ws(base)
+    records: list[StreamRecord] = []
     async with trio.open_nursery() as inner:
 
         async def run() -> None:
-            results.extend(await stream(url, CLIP, 0.1, pace=0.05))
+            records.append(await stream(url, CLIP, 0.1, pace=0.05))
 
         inner.start_soon(run)
-        await trio.sleep(1.0)
+        # the stream is under way (its first window encoded) when Triton dies, and stays down 1 s
+        await wait_for_metric(base, "amira_backend_calls_total", lambda calls: calls >= 1, 30, role="encoder")
         await own_triton.akill()
         await trio.sleep(1.0)
         await own_triton.astart()
-    assert results[-1]["status"] == "COMPLETE"
-    assert results[-1]["metadata"]["tokens"] == embedded_finals["tdt"]
-    assert results[-1]["metadata"]["audio_seconds"] == round(CLIP.size / 16_000, 3)
+    final = expect_complete(records[0])
+    assert final["metadata"]["tokens"] == embedded_finals["tdt"]
+    assert final["metadata"]["audio_seconds"] == round(CLIP.size / 16_000, 3)
 
 
 async def test_a_stream_gets_backend_unavailable_when_triton_stays_down(
@@ -138,17 +147,21 @@ async def test_a_stream_gets_backend_unavailable_when_triton_stays_down(
 ) -> None:
     settings = own_settings(own_triton, tmp_path, inference_timeout_secs=1.0, stream_outage_secs=1.0)
     base = await start_server(nursery, settings)
-    async with open_stream_client(ws(base)) as client:
-        await client.send_samples_frame(CLIP[: 16_000 * 3])
-        results = client.results()
-        partial = await anext(results)
+    async with open_websocket_url(ws(base)) as connection:
+        await connection.send_message(to_pcm16(CLIP[: 16_000 * 3]))
+        checker = WireChecker()
+        partial = checker.feed(await connection.get_message())
         assert partial["status"] == "ACTIVE" and partial["committed"]
         await own_triton.akill()
-        await client.send_samples_frame(CLIP[16_000 * 3 :])
-        with trio.fail_after(15), pytest.raises(StreamError) as failed:
-            async for _ in results:
-                pass
-    assert failed.value.error_type == "backend_unavailable" and failed.value.code == 1011
+        await connection.send_message(to_pcm16(CLIP[16_000 * 3 :]))
+        with trio.fail_after(15):
+            while checker.phase is WirePhase.STREAMING:
+                checker.feed(await connection.get_message())
+        with pytest.raises(ConnectionClosed) as closed:
+            await connection.get_message()
+        record = checker.close(closed.value.reason.code)
+    assert expect_error(record, "backend_unavailable")["transcription"].startswith(partial["committed"])
+    assert record.close_code == 1011
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{base}/health")).status_code == 200
 
@@ -167,10 +180,10 @@ async def test_a_slow_model_times_out_one_stream_and_not_its_neighbour(
     neighbour: list[dict] = []
     async with trio.open_nursery() as streams:
         streams.start_soon(lambda: collect(ws(base), CLIP[: 16_000 * 3], neighbour))
-        with pytest.raises(StreamError) as slow:
-            await stream(ws(base, "slow"), CLIP[: 16_000 * 3], 0.1)
-    assert slow.value.error_type == "timeout" and slow.value.code == 1011
-    assert neighbour[-1]["status"] == "COMPLETE" and neighbour[-1]["metadata"]["tokens"]
+        slow = await stream(ws(base, "slow"), CLIP[: 16_000 * 3], 0.1)
+    expect_error(slow, "timeout")
+    assert slow.close_code == 1011
+    assert neighbour[-1]["metadata"]["tokens"]
 
 
 async def test_a_batch_in_flight_when_triton_dies_gets_backend_unavailable(tmp_path: Path) -> None:
@@ -196,7 +209,8 @@ async def test_a_batch_in_flight_when_triton_dies_gets_backend_unavailable(tmp_p
 
                 async with trio.open_nursery() as requests:
                     requests.start_soon(post)
-                    await trio.sleep(0.5)  # the request is waiting on the slow encoder
+                    # the request is admitted, on its way to the slow encoder (1.5 s)
+                    await wait_for_metric(base, "amira_active_batches", lambda active: active == 1, 30)
                     started = trio.current_time()
                     await triton.akill()
                 assert trio.current_time() - started < 3.0

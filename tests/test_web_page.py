@@ -9,7 +9,6 @@ messages. `.ci/run` installs Debian's `chromium` and `chromium-driver`; only whe
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from amira.client import open_stream_client
 from amira.settings import Settings, SettingsError
 from amira.testing.recordings import DATA, read_recording
 from amira.testing.servers import embedded_settings, start_server
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 RECORDING = DATA / "cards" / "005.wav"
 REFERENCE = "eight of spades four of clubs seven of hearts"
@@ -221,7 +221,7 @@ async def test_capacity_and_unknown_model_errors_are_explained(
 
         capacity = await in_browser(refused)
         await holder.end()
-        _ = [result async for result in holder.results()]
+        expect_complete(await read_until_closed(holder.connection))
     assert "capacity_exceeded" in capacity
 
     def unknown() -> str:
@@ -257,7 +257,7 @@ async def test_the_page_origin_may_open_streams_other_origins_may_not(nursery: t
     url = base.replace("http://", "ws://") + "/v2/decode/stream/default"
     async with open_websocket_url(url, extra_headers=[("Origin", base)]) as connection:
         await connection.send_message(b"\x00")
-        assert json.loads(await connection.get_message())["status"] == "COMPLETE"
+        expect_complete(await read_until_closed(connection))
     with pytest.raises(ConnectionRejected) as rejected:
         async with open_websocket_url(url, extra_headers=[("Origin", "http://elsewhere.example:8057")]):
             pass

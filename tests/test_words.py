@@ -105,3 +105,11 @@ def test_confidence_is_nemo_max_prob_among_non_blank_tokens_of_the_least_sure_to
     assert a.confidence == pytest.approx((5 * 0.99 - 1) / 4)
     assert segment_confidence([bcd, a]) == pytest.approx((bcd.confidence + a.confidence) / 2)
     assert segment_confidence([]) == 0.0
+
+
+def test_token_confidence_with_two_tokens_and_out_of_range_probabilities() -> None:
+    """Two non-blank tokens, evenly split: 0 (nothing known); one token alone: 1; probabilities that
+    do not add up (float rounding) stay within [0, 1]."""
+    assert token_confidence(Emission(0, 0, 0.5, 0.0), 3) == 0.0
+    assert token_confidence(Emission(0, 0, 0.3, 0.4), 2) == 1.0
+    assert token_confidence(Emission(0, 0, 1.0, 0.5), 129) == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,18 +13,27 @@ import soundfile
 import soxr
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from amira.backends.embedded import EmbeddedBackend
-from amira.client import StreamError, open_stream_client, to_pcm16
+from amira.client import open_stream_client, to_pcm16
 from amira.engine import Engine
+from amira.models import shipped_repository
 from amira.protocols.native_batch import word_document
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.server.stream_handler import THREAD_RESAMPLE_BYTES
-from amira.testing.conversation import check_segment_rules, without_timing
+from amira.testing.conversation import without_timing
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
-from amira.testing.servers import embedded_settings
+from amira.testing.reference import reference_decoder
+from amira.testing.servers import embedded_settings, start_server
+from amira.testing.ws_protocol import (
+    WireChecker,
+    WirePhase,
+    expect_complete,
+    expect_error,
+    read_until_closed,
+)
 
 CLIP = read_recording(LIBRIVOX[0])  # 7.1 s: several windows
 SHORT = read_recording(CARDS[0])  # 1.1 s: shorter than one window (chunk + right context = 2.8 s)
@@ -46,28 +56,20 @@ def ws_url(server: tuple[str, Recognizer], model: str = "tdt", query: str = "") 
 async def stream(
     url: str, samples: np.ndarray, frame_seconds: float, realtime: bool = False
 ) -> tuple[list[dict], int]:
+    """Send `samples` and read to the close; the wire rules (one COMPLETE, nothing after it, close
+    1000) are checked by `read_until_closed` and `expect_complete`."""
     async with open_stream_client(url) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, samples, frame_seconds, realtime)
-        results = [result async for result in client.results()]
-        with trio.fail_after(5):
-            code = await client.wait_closed()
-    return results, code
-
-
-def check_results(results: list[dict]) -> None:
-    """api.md's rules: one `COMPLETE` at the end, made of the segment finals; within a segment,
-    committed only grows and transcription always starts with it."""
-    assert [r["status"] for r in results].count("COMPLETE") == 1
-    check_segment_rules(results)
+        record = await read_until_closed(client.connection)
+    expect_complete(record)
+    return record.results, record.close_code
 
 
 @pytest.mark.parametrize("model", ["tdt", "rnnt"])
 async def test_frame_size_invariance(server: tuple[str, Recognizer], model: str) -> None:
     finals = {}
     for frame_seconds in (0.01, 0.1, 1.0, CLIP.size / 16_000):
-        results, code = await stream(ws_url(server, model), CLIP, frame_seconds)
-        assert code == 1000
-        check_results(results)
+        results, _ = await stream(ws_url(server, model), CLIP, frame_seconds)
         finals[frame_seconds] = [without_timing(r) for r in results if r["is_final"]]
     assert len({json.dumps(f) for f in finals.values()}) == 1
     assert finals[0.1][-1]["metadata"]["tokens"]
@@ -75,11 +77,13 @@ async def test_frame_size_invariance(server: tuple[str, Recognizer], model: str)
 
 @pytest.mark.parametrize("model", ["tdt", "rnnt"])
 async def test_a_stream_shorter_than_a_window_equals_the_batch_result(
-    server: tuple[str, Recognizer], model: str
+    server: tuple[str, Recognizer], model: str, tmp_path: Path
 ) -> None:
+    """... and onnx-asr's decode of the same audio, a reference that is not the project's own."""
     batch = await server[1].transcribe(SHORT, model)
     results, _ = await stream(ws_url(server, model), SHORT, 0.1)
     assert results[-1]["metadata"]["tokens"] == list(batch.tokens)
+    assert list(batch.tokens) == reference_decoder(shipped_repository(), model, tmp_path)(SHORT)[0]
     assert results[-1]["transcription"] == batch.text
     assert results[-1]["metadata"]["words"] == [word_document(w) for w in batch.words]  # times, confidences
 
@@ -94,12 +98,15 @@ async def test_partials_arrive_while_audio_is_still_sent(server: tuple[str, Reco
             done_sending.set()
 
         nursery.start_soon(send)
-        results, partials_before_end = [], 0
-        async for result in client.results():
-            results.append(result)
-            if not done_sending.is_set() and result["status"] == "ACTIVE":
-                partials_before_end += 1
-    check_results(results)
+        partials_before_end = 0
+
+        def count(result: dict) -> None:
+            nonlocal partials_before_end
+            partials_before_end += not done_sending.is_set() and result["status"] == "ACTIVE"
+
+        record = await read_until_closed(client.connection, on_message=count)
+    expect_complete(record)
+    results = record.results
     assert partials_before_end >= 2
     assert all(r["is_final"] is False for r in results[:-2])  # one segment: its final, then COMPLETE
 
@@ -111,20 +118,16 @@ async def test_control_messages(server: tuple[str, Recognizer]) -> None:
         await ws.send_message(b"\x01")
         await ws.send_message(json.dumps({"type": "KeepAlive"}))
         await ws.send_message(json.dumps({"type": "Finalize"}))
-        finalized = json.loads(await ws.get_message())
+        checker = WireChecker()
+        finalized = checker.feed(await ws.get_message())
         while not finalized["is_final"]:
-            finalized = json.loads(await ws.get_message())
+            finalized = checker.feed(await ws.get_message())
         assert finalized["status"] == "ACTIVE" and finalized["metadata"]["audio_seconds"] == 1.0
         await ws.send_message(pcm[32_000:])
         await ws.send_message(json.dumps({"type": "CloseStream"}))
-        last = json.loads(await ws.get_message())
-        while last["status"] != "COMPLETE":
-            last = json.loads(await ws.get_message())
-        assert last["is_final"] and last["committed"].startswith(finalized["committed"])
+        last = expect_complete(await read_until_closed(ws, checker=checker))
+        assert last["committed"].startswith(finalized["committed"])
         assert last["metadata"]["audio_seconds"] == 3.0
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.get_message()
-        assert closed.value.reason.code == 1000
 
 
 @pytest.mark.parametrize(
@@ -156,13 +159,9 @@ async def test_malformed_frames_get_their_error_and_close_code(
             await ws.send_message(to_pcm16(SHORT[:1600]))
             for frame in frames:
                 await ws.send_message(frame)
-            message = json.loads(await ws.get_message())
-            while message["status"] != "ERROR":
-                message = json.loads(await ws.get_message())
-            assert message["error_type"] == error_type and "stream " in message["message"]
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.get_message()
-            assert closed.value.reason.code == code
+            record = await read_until_closed(ws)
+        assert "stream " in expect_error(record, error_type)["message"]
+        assert record.close_code == code
         with trio.fail_after(10):
             await neighbour.wait()
     batch = await server[1].transcribe(SHORT, "tdt")
@@ -170,88 +169,33 @@ async def test_malformed_frames_get_their_error_and_close_code(
 
 
 async def test_unknown_model(server: tuple[str, Recognizer]) -> None:
-    async with open_stream_client(ws_url(server, "nope")) as client:
-        with pytest.raises(StreamError) as error:
-            async for _ in client.results():
-                pass
-    assert error.value.error_type == "unknown_model" and error.value.code == 1008
-
-
-async def test_capacity_and_release(server: tuple[str, Recognizer]) -> None:
-    url, recognizer = ws_url(server), server[1]
-    pool = recognizer.engine.model_set("tdt").states
-    async with trio.open_nursery() as nursery:
-        clients, finals = [], []
-        for _ in range(10):
-            client = await nursery.start(hold_stream, url, finals)
-            clients.append(client)
-        assert pool.available == pool.size - 30  # a state, a scratch state and a checkpoint per stream
-        async with open_stream_client(url) as eleventh:
-            with pytest.raises(StreamError) as refused:
-                async for _ in eleventh.results():
-                    pass
-        assert refused.value.error_type == "capacity_exceeded" and refused.value.code == 1013
-        await clients[0].end()  # a normal end frees a slot ...
-        with trio.fail_after(1):
-            while len(finals) < 1:
-                await trio.sleep(0.01)
-        await accepted_within_a_second(url)
-        await clients[1].connection._stream.aclose()  # ... and so does a client that drops its TCP connection
-        await accepted_within_a_second(url)
-        for client in clients[2:]:
-            await client.end()
-    assert len(finals) == 9
-    with trio.fail_after(2):
-        while pool.available != pool.size:
-            await trio.sleep(0.01)
-
-
-async def hold_stream(url: str, finals: list, task_status: trio.TaskStatus) -> None:
-    async with open_stream_client(url) as client:
-        await client.send_pcm(to_pcm16(SHORT[:8000]))
-        task_status.started(client)
-        try:
-            async for result in client.results():
-                if result["status"] == "COMPLETE":
-                    finals.append(result)
-        except (StreamError, ConnectionClosed):
-            pass
-
-
-async def accepted_within_a_second(url: str) -> None:
-    with trio.fail_after(1):
-        while True:
-            async with open_stream_client(url) as client:
-                await client.end()
-                try:
-                    async for result in client.results():
-                        if result["status"] == "COMPLETE":
-                            return
-                except StreamError as error:
-                    assert error.error_type == "capacity_exceeded"
-            await trio.sleep(0.05)
+    async with open_websocket_url(ws_url(server, "nope")) as ws:
+        record = await read_until_closed(ws)
+    expect_error(record, "unknown_model")
+    assert record.close_code == 1008 and record.statuses == ["ERROR"]
 
 
 async def test_inactivity_finalises_and_keepalives_prevent_it(server: tuple[str, Recognizer]) -> None:
+    """The final comes no sooner than the 1.5 s timeout after the last keepalive (a lower bound,
+    which load cannot break), and a stream finalised earlier would refuse the keepalives."""
+    arrived: list[float] = []
     async with open_stream_client(ws_url(server)) as client:
         await client.send_pcm(to_pcm16(SHORT))
         for _ in range(4):  # 2 s of keepalives every 0.5 s: past the 1.5 s timeout
             await trio.sleep(0.5)
             await client.keepalive()
-        with trio.fail_after(5):
-            results = [result async for result in client.results()]
-            started = trio.current_time()
-            assert await client.wait_closed() == 1000
-        assert results[-1]["status"] == "COMPLETE"
-        assert results[-1]["metadata"]["audio_seconds"] == round(SHORT.size / 16_000, 3)
-        assert trio.current_time() - started < 1.0
+        last_keepalive = trio.current_time()
+        record = await read_until_closed(
+            client.connection, seconds=10, on_message=lambda _: arrived.append(trio.current_time())
+        )
+    final = expect_complete(record)
+    assert final["metadata"]["audio_seconds"] == round(SHORT.size / 16_000, 3)
+    assert arrived[-1] - last_keepalive >= 1.5 - 0.05
 
 
 async def test_a_fast_sender_gets_all_its_audio_transcribed(server: tuple[str, Recognizer]) -> None:
     long_audio = np.concatenate([read_recording(p) for p in LIBRIVOX] * 3)[: 16_000 * 60]
-    results, code = await stream(ws_url(server), long_audio, 0.5)
-    assert code == 1000
-    check_results(results)
+    results, _ = await stream(ws_url(server), long_audio, 0.5)
     assert results[-1]["metadata"]["audio_seconds"] == 60.0
     assert len(results[-1]["metadata"]["tokens"]) > 100
 
@@ -272,8 +216,9 @@ async def test_amira_stream_command(server: tuple[str, Recognizer], tmp_path) ->
     ]
     result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
-    documents = [json.loads(line) for line in result.stdout.decode().splitlines()]
-    check_results(documents)
+    checker = WireChecker()
+    documents = [checker.feed(line) for line in result.stdout.decode().splitlines()]
+    assert checker.phase is WirePhase.COMPLETE
     assert documents[-1]["metadata"]["audio_seconds"] == pytest.approx(CLIP.size / 16_000, abs=0.01)
     assert documents[-1]["metadata"]["tokens"]
     refused = await trio.run_process(
@@ -299,9 +244,7 @@ async def test_stream_metrics_move(server: tuple[str, Recognizer]) -> None:
     await stream(ws_url(server), SHORT, 0.1)
     async with open_websocket_url(ws_url(server)) as ws:
         await ws.send_message(b"\x02")
-        with pytest.raises(ConnectionClosed):
-            while True:
-                await ws.get_message()
+        expect_error(await read_until_closed(ws), "bad_request")
     after = await samples()
     audio = ("amira_audio_seconds_total", (("mode", "stream"), ("model", "tdt"), ("protocol", "native")))
     assert after[audio] - before.get(audio, 0) == pytest.approx(SHORT.size / 16_000, abs=0.01)
@@ -321,9 +264,25 @@ async def test_a_live_source_with_pauses_is_kept_alive(server: tuple[str, Recogn
             for piece in np.array_split(CLIP[: 16_000 * 3], 3):
                 await send.send(piece)
                 await trio.sleep(2.0)
-        results = [r async for r in client.results()]
-    assert [r["status"] for r in results].count("COMPLETE") == 1
-    assert results[-1]["metadata"]["audio_seconds"] == 3.0
+        record = await read_until_closed(client.connection)
+    assert expect_complete(record)["metadata"]["audio_seconds"] == 3.0
+
+
+async def test_frames_past_the_rate_limit_are_read_more_slowly_not_refused(nursery: trio.Nursery) -> None:
+    """`MAX_FRAMES_PER_SEC` = 50: 201 frames of 10 ms sent at once take the server at least 3 s to
+    read (4 windows of one second; a lower bound, which load cannot break; unlimited, it takes a
+    fraction of a second), and all their audio is transcribed."""
+    base = await start_server(nursery, embedded_settings(max_frames_per_sec=50))
+    frame = to_pcm16(SHORT[:160])
+    async with open_websocket_url(f"{base.replace('http://', 'ws://')}/v2/decode/stream/tdt") as ws:
+        started = trio.current_time()
+        for _ in range(200):
+            await ws.send_message(frame)
+        await ws.send_message(b"\x00")
+        record = await read_until_closed(ws)
+    elapsed = trio.current_time() - started
+    assert expect_complete(record)["metadata"]["audio_seconds"] == 2.0
+    assert elapsed >= 3.0 - 0.05, elapsed
 
 
 async def test_resampled_streams_do_not_depend_on_the_frame_size(server: tuple[str, Recognizer]) -> None:
@@ -335,7 +294,7 @@ async def test_resampled_streams_do_not_depend_on_the_frame_size(server: tuple[s
         url = ws_url(server, "tdt")
         async with open_stream_client(url, sample_rate=48_000) as client, trio.open_nursery() as nursery:
             nursery.start_soon(client.send_samples, clip, frame_seconds)
-            finals.append([result async for result in client.results()][-1])
+            finals.append(expect_complete(await read_until_closed(client.connection)))
     assert 2 * 48_000 * 1.0 > THREAD_RESAMPLE_BYTES > 2 * 48_000 * 0.1
     assert (
         finals[0]["metadata"]["tokens"] and finals[0]["metadata"]["tokens"] == finals[1]["metadata"]["tokens"]

@@ -20,6 +20,8 @@ Tensors (batch first, as Triton's dynamic batcher wants them; one request is one
 | output | type, shape | |
 |---|---|---|
 | `tokens`, `token_frames` | INT32 [1, E] | emissions; frames relative to the first frame sent |
+| `token_probabilities`, `blank_probabilities` | FP64 [1, E] | the emissions' softmax values (`Emission`) |
+| `token_durations` | INT32 [1, E] | the emissions' TDT durations (1 for RNN-T) |
 | `states_1`, `states_2` | FP32 [1, L, H] | the state after the span |
 | `state` | INT32 [1, 3] | last token, symbols on the frame, the frame reached (relative) |
 | `calls` | INT32 [1, 1] | `decoder_joint` calls the span took |
@@ -36,7 +38,17 @@ from amira.core.errors import BackendError
 from amira.core.joint import Array, Span
 
 DECODE_MODEL_SUFFIX = "_decode"
-DECODE_OUTPUTS = ("tokens", "token_frames", "states_1", "states_2", "state", "calls")
+DECODE_OUTPUTS = (
+    "tokens",
+    "token_frames",
+    "token_probabilities",
+    "blank_probabilities",
+    "token_durations",
+    "states_1",
+    "states_2",
+    "state",
+    "calls",
+)
 
 
 def decode_model_name(decoder_joint: str) -> str:
@@ -68,15 +80,22 @@ def apply_response(span: Span, outputs: Mapping[str, Array]) -> int:
     base = state.frame
     try:
         tokens, frames = outputs["tokens"].reshape(-1), outputs["token_frames"].reshape(-1)
+        probabilities = outputs["token_probabilities"].reshape(-1)
+        blank_probabilities = outputs["blank_probabilities"].reshape(-1)
+        durations = outputs["token_durations"].reshape(-1)
         last, symbols, reached = (int(v) for v in outputs["state"].reshape(3))
         h = outputs["states_1"].reshape(state.h.shape[1], state.h.shape[0], state.h.shape[2])
         c = outputs["states_2"].reshape(h.shape)
         calls = int(outputs["calls"].reshape(1)[0])
     except (KeyError, ValueError) as exc:
         raise BackendError(f"the decode model answered tensors that do not fit: {exc}") from exc
-    if tokens.shape != frames.shape or reached < 0 or not 0 <= last < decoder.spec.vocab_size:
+    shapes = {a.shape for a in (tokens, frames, probabilities, blank_probabilities, durations)}
+    if len(shapes) != 1 or reached < 0 or not 0 <= last < decoder.spec.vocab_size:
         raise BackendError("the decode model answered an inconsistent state")
-    decoder.emissions.extend(Emission(int(t), base + int(f)) for t, f in zip(tokens, frames, strict=True))
+    decoder.emissions.extend(
+        Emission(int(t), base + int(f), float(p), float(b), int(d))
+        for t, f, p, b, d in zip(tokens, frames, probabilities, blank_probabilities, durations, strict=True)
+    )
     np.copyto(state.h, h.transpose(1, 0, 2))
     np.copyto(state.c, c.transpose(1, 0, 2))
     state.last, state.symbols_on_frame, state.frame = last, symbols, base + reached
@@ -121,6 +140,11 @@ def span_response(span: Span) -> dict[str, Array]:
     return {
         "tokens": np.array([[e.token for e in emissions]], np.int32).reshape(1, -1),
         "token_frames": np.array([[e.frame for e in emissions]], np.int32).reshape(1, -1),
+        "token_probabilities": np.array([[e.probability for e in emissions]], np.float64).reshape(1, -1),
+        "blank_probabilities": np.array([[e.blank_probability for e in emissions]], np.float64).reshape(
+            1, -1
+        ),
+        "token_durations": np.array([[e.duration for e in emissions]], np.int32).reshape(1, -1),
         "states_1": np.ascontiguousarray(state.h.transpose(1, 0, 2)),
         "states_2": np.ascontiguousarray(state.c.transpose(1, 0, 2)),
         "state": np.array([[state.last, state.symbols_on_frame, state.frame]], np.int32),

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
@@ -218,8 +219,26 @@ def track_requests(app: ASGIApp, state: ServerState) -> ASGIApp:
     return wrapped
 
 
+class _Config(Config):
+    """Hypercorn's configuration, with `TCP_USER_TIMEOUT` on the listening sockets (accepted connections
+    inherit it): data the client has not acknowledged for `STREAM_TIMEOUT_SECS`, such as results a
+    client never reads, aborts the connection. Hypercorn shields its socket writes from cancellation,
+    so no timeout in the application can end a send that a never-reading client has stalled; the
+    kernel's can, and the stream then ends and frees its slot (`tests/test_admission.py`)."""
+
+    send_timeout_ms: int = 0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and self.send_timeout_ms:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.send_timeout_ms)
+        return sockets
+
+
 def hypercorn_config(settings: Settings) -> Config:
-    config = Config()
+    config = _Config()
+    config.send_timeout_ms = round(settings.stream_timeout_secs * 1000)
     config.bind = [f"{settings.server_host}:{settings.server_port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through the application's logging, once

@@ -13,6 +13,7 @@ from amira.core.segments import SegmentOptions
 from amira.core.transcript import StreamResult
 from amira.recognizer import Recognizer
 from amira.testing.recordings import CARDS, DATA, LIBRIVOX, read_recording
+from amira.testing.ws_protocol import check_results
 
 PAUSE_SECS = 1.0
 NOISE = 0.003  # the pauses' noise level (RMS, full scale 1): -50 dB
@@ -75,7 +76,8 @@ async def streamed_final(
     frame: int = 1600,
     options: SegmentOptions | None = None,
 ) -> StreamResult:
-    """Stream `samples` in process, in frames of `frame` samples; the final result."""
+    """Stream `samples` in process, in frames of `frame` samples; the final result (the results
+    passed the wire rules of `amira.testing.ws_protocol`: one COMPLETE, at the end)."""
     async with (
         recognizer.open_stream(model, options=options) as stream,
         trio.open_nursery() as nursery,
@@ -87,9 +89,6 @@ async def streamed_final(
             await stream.end()
 
         nursery.start_soon(send)
-        final = None
-        async for result in stream:
-            final = result
-    if final is None:
-        raise RuntimeError("the stream ended without a final result")
-    return final
+        results = [result async for result in stream]
+    check_results(results)
+    return results[-1]

@@ -17,6 +17,12 @@ The wheel carries `pytriton/tritonserver/bin/tritonserver`, the Python backend
 The server listens on HTTP only, on `127.0.0.1` by default (`--http-address`); gRPC, metrics,
 SageMaker and Vertex AI endpoints are off unless asked for.
 
+Each Python-backend model instance runs in a stub process and talks to Triton through a region
+of `/dev/shm`. A Triton that is killed leaves both behind (stubs orphaned, regions of 1 MiB or more
+each), so every `TritonProcess` gives its regions a prefix of its own
+(`--backend-config=python,shm-region-prefix-name=...`) and, whenever it stops, kills what is left
+of its process group and removes its regions (`leftovers()` lists them; the tests assert it is empty).
+
 `local_triton()` is a trio async context manager; `TritonProcess` has blocking and async methods
 (start, wait until ready, stop, kill, restart on the same port); `serve()` runs Triton in the
 foreground for the `amira triton` command.
@@ -28,6 +34,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -152,6 +159,24 @@ def prepare_backends(cache_dir: Path | None = None, python_version: str = PYTHON
     return backends
 
 
+def standin_backends(dest: Path, cache_dir: Path | None = None) -> Path:
+    """A backend directory under `dest` on which the wheel's Triton loads *production* repositories.
+
+    The wheel has no onnxruntime backend, so `platform: "onnxruntime_onnx"` models could not load.
+    Beside the Python backend, this directory holds a Python-based backend named `onnxruntime`
+    (Triton's fallback when `libtriton_onnxruntime.so` is missing: `onnxruntime/model.py`), which
+    runs each model's own `1/model.onnx` with onnxruntime on the CPU. The repository's configs and
+    layout are loaded as written; only `KIND_GPU` instance groups must become `KIND_CPU` here.
+    """
+    from amira.tooling.triton_repository import python_model_source
+
+    backends = dest / "backends"
+    shutil.copytree(prepare_backends(cache_dir), backends)
+    (backends / "onnxruntime").mkdir()
+    shutil.copyfile(python_model_source(), backends / "onnxruntime" / "model.py")
+    return backends
+
+
 def _shared_libpython_dir() -> str | None:
     """The directory of the running interpreter's own `libpython3.X.so.1.0`, if it is a shared build
     (pyenv, python.org Docker images, actions/setup-python): the stub then embeds the very same
@@ -215,9 +240,11 @@ def triton_command(
     exit_timeout: int = 20,  # Python-backend models (the decode model) take seconds to unload
     auto_complete_config: bool = False,
     log_verbose: int = 0,
+    shm_prefix: str | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The `tritonserver` command line: HTTP on `host:http_port`; gRPC and metrics only when given a port."""
+    """The `tritonserver` command line: HTTP on `host:http_port`; gRPC and metrics only when given a port;
+    `shm_prefix` names the Python backend's shared-memory regions."""
     repositories = [repository] if isinstance(repository, str | os.PathLike) else list(repository)
     command = [str(tritonserver_binary())]
     command += [f"--model-repository={Path(repo).resolve()}" for repo in repositories]
@@ -248,8 +275,49 @@ def triton_command(
         ]
     if not auto_complete_config:
         command.append("--disable-auto-complete-config")
+    if shm_prefix is not None:
+        command.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     command += list(extra_args)
     return command
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a Triton leaves behind: its process group (Python-backend stubs) and shared-memory regions
+
+SHM_DIR = Path("/dev/shm")
+
+
+def new_shm_prefix() -> str:
+    """A shared-memory region prefix that no other Triton on this machine uses."""
+    return f"amira_triton_{os.getpid()}_{secrets.token_hex(4)}_"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid` (Linux `/proc`)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def shm_regions(prefix: str) -> list[Path]:
+    return sorted(SHM_DIR.glob(f"{prefix}*"))
+
+
+def clean_up_after(pgid: int, shm_prefix: str) -> None:
+    """Kill what is left of a stopped Triton's process group and remove its shared-memory regions."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for region in shm_regions(shm_prefix):
+        region.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,6 +378,7 @@ class TritonProcess:
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         cache_dir: Path | None = None,
+        backend_directory: Path | None = None,
         die_with_parent: bool = True,
     ) -> None:
         self.repository = repository
@@ -323,13 +392,15 @@ class TritonProcess:
             os.close(handle)
             log_path = Path(name)
         self.log_path = Path(log_path)
+        self.shm_prefix = new_shm_prefix()
         self.command = triton_command(
             repository,
             http_port=self.http_port,
             host=host,
-            backend_directory=prepare_backends(cache_dir),
+            backend_directory=backend_directory or prepare_backends(cache_dir),
             metrics_port=metrics_port,
             grpc_port=grpc_port,
+            shm_prefix=self.shm_prefix,
             extra_args=extra_args,
         )
         self.env = triton_env(env)
@@ -352,6 +423,14 @@ class TritonProcess:
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def leftovers(self) -> tuple[list[int], list[Path]]:
+        """Live processes of the last Triton's group and its shared-memory regions: empty once stopped."""
+        return (group_members(self.process.pid) if self.process else []), shm_regions(self.shm_prefix)
+
+    def _clean_up(self) -> None:
+        if self.process is not None:
+            clean_up_after(self.process.pid, self.shm_prefix)  # the group leader's pid is the group id
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -419,6 +498,7 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=self.stop_timeout)
+        self._clean_up()
         return process.returncode
 
     def kill(self) -> int | None:
@@ -430,6 +510,7 @@ class TritonProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait(timeout=self.stop_timeout)
+        self._clean_up()
         return process.returncode
 
     # async ------------------------------------------------------------------------------------------
@@ -467,6 +548,7 @@ class TritonProcess:
                 process.send_signal(signal.SIGTERM)
             if not await self._await_exit(self.stop_timeout):
                 return await self.akill()
+        await trio.to_thread.run_sync(self._clean_up)
         return process.returncode
 
     async def akill(self) -> int | None:
@@ -478,6 +560,7 @@ class TritonProcess:
                 process.kill()
             if not await self._await_exit(self.stop_timeout):
                 raise TritonLaunchError(f"Triton (pid {process.pid}) did not die after SIGKILL")
+        await trio.to_thread.run_sync(self._clean_up)
         return process.returncode
 
     async def arestart(self) -> None:
@@ -549,6 +632,7 @@ def serve(
         metrics_port=metrics_port,
         grpc_port=grpc_port,
         log_verbose=log_verbose,
+        shm_prefix=(shm_prefix := new_shm_prefix()),
     )
     process = subprocess.Popen(command, env=triton_env(), start_new_session=True)
 
@@ -581,5 +665,6 @@ def serve(
         if process.poll() is None:
             process.kill()
             process.wait()
+        clean_up_after(process.pid, shm_prefix)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -225,6 +225,9 @@ def decode_config_pbtxt(
             [
                 ("tokens", "TYPE_INT32", [-1], False),
                 ("token_frames", "TYPE_INT32", [-1], False),
+                ("token_probabilities", "TYPE_FP64", [-1], False),
+                ("blank_probabilities", "TYPE_FP64", [-1], False),
+                ("token_durations", "TYPE_INT32", [-1], False),
                 ("states_1", "TYPE_FP32", state, False),
                 ("states_2", "TYPE_FP32", state, False),
                 ("state", "TYPE_INT32", [3], False),
