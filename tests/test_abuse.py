@@ -47,6 +47,7 @@ from amira.testing.process import (
     ticks_over,
 )
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 KEYS = ("key-a", "key-b")
 KEY_A, KEY_B = {"X-API-Key": KEYS[0]}, {"X-API-Key": KEYS[1]}
@@ -450,18 +451,23 @@ async def hold_with_keepalives(url: str, endings: list[tuple[str, int]]) -> None
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_alive)
-            results = [result async for result in client.results()]
+            record = await read_until_closed(client.connection, seconds=120)
             nursery.cancel_scope.cancel()
-        with trio.fail_after(5):
-            endings.append((results[-1]["status"], await client.wait_closed()))
+        endings.append((record.messages[-1]["status"], record.close_code))
 
 
 async def transcribe_streamed(url: str) -> str:
+    """The stream's transcript, read to the close through the wire checker; a refusal (its ERROR and
+    close code) raises `StreamError`."""
     async with open_stream_client(url) as client:
         with contextlib.suppress(ConnectionClosed):  # refused: the ERROR message tells why
             await client.send_pcm(pcm16(CARD))
             await client.end()
-        return [result async for result in client.results()][-1]["transcription"]
+        record = await read_until_closed(client.connection)
+    if record.error is not None:
+        error_type, message = record.error["error_type"], record.error["message"]
+        raise StreamError(f"{error_type}: {message}", error_type, record.close_code)
+    return str(expect_complete(record)["transcription"])
 
 
 async def test_row6_keepalive_only_streams_end_after_the_idle_limit_and_free_their_slots(

@@ -25,6 +25,7 @@ from amira.testing.conversation import check_segment_rules, overlapping, segment
 from amira.testing.long_audio import DOMAIN, held_out, joined_utterances
 from amira.testing.recordings import read_recording
 from amira.testing.servers import embedded_settings
+from amira.testing.ws_protocol import expect_complete, read_until_closed
 
 RATE = 16_000
 MAX_PARTIAL_BYTES = 4096
@@ -47,13 +48,12 @@ async def server(nursery: trio.Nursery) -> tuple[str, Recognizer]:
 
 
 async def stream(url: str, samples: np.ndarray, frame_seconds: float = 0.1, query: str = "") -> list[dict]:
+    """Stream `samples`, read to the close: the wire checker holds the segment rules, one COMPLETE, 1000."""
     async with open_stream_client(url + query) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, samples, frame_seconds, False)
-        results = [result async for result in client.results()]
-        with trio.fail_after(5):
-            assert await client.wait_closed() == 1000
-    check_segment_rules(results)
-    return results
+        record = await read_until_closed(client.connection)
+    expect_complete(record)
+    return record.results
 
 
 async def test_each_utterance_ends_with_a_speech_final_equal_to_its_batch_transcript(
@@ -222,13 +222,16 @@ async def test_a_long_stream_keeps_every_partial_small(server: tuple[str, Recogn
     audio = np.tile(np.concatenate(pieces), 1 + LONG_STREAM_SECS * RATE // sum(p.size for p in pieces))
     audio = audio[: LONG_STREAM_SECS * RATE]
     largest = {"partial": 0, "final": 0}
+
+    def measure(result: dict) -> None:
+        if result["status"] == "ACTIVE":
+            kind = "final" if result["is_final"] else "partial"
+            largest[kind] = max(largest[kind], len(json.dumps(result).encode()))
+
     async with open_stream_client(server[0]) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, audio, 8.0, False)
-        async for result in client.results():
-            if result["status"] == "ACTIVE":
-                kind = "final" if result["is_final"] else "partial"
-                largest[kind] = max(largest[kind], len(json.dumps(result).encode()))
-            complete = result
+        record = await read_until_closed(client.connection, seconds=600, on_message=measure)
+    complete = expect_complete(record)
     print(f"\nlargest partial {largest['partial']} bytes, largest segment final {largest['final']} bytes")
     assert complete["metadata"]["audio_seconds"] == LONG_STREAM_SECS
     assert len(complete["metadata"]["segments"]) > 300

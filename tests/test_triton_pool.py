@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import open_websocket_url
 
 from amira import open_recognizer
 from amira.backends.embedded import EmbeddedBackend
 from amira.backends.triton_pool import EndpointState, TritonPool
-from amira.client import StreamError, open_stream_client
 from amira.core.joint import JOINT_OUTPUTS
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings, SettingsError, TritonDecodeModel
 from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
-from amira.testing.ws_protocol import expect_complete
+from amira.testing.ws_protocol import StreamRecord, expect_complete, read_until_closed
 from amira.tooling.triton_launcher import TritonProcess
 from tests.test_triton_streams import stream, ws
 
@@ -197,13 +197,12 @@ async def wait_until(condition: object, within: float, step: float = 0.05) -> fl
     return time.monotonic() - began
 
 
-async def refusal(url: str) -> StreamError:
-    """The error of a stream that the server refuses right after the upgrade."""
-    async with open_stream_client(url) as client:
-        with pytest.raises(StreamError) as refused:
-            async for _ in client.results():
-                pass
-    return refused.value
+async def refusal(url: str) -> StreamRecord:
+    """A stream that the server refuses right after the upgrade: its one ERROR and close code."""
+    async with open_websocket_url(url) as connection:
+        record = await read_until_closed(connection)
+    assert record.statuses == ["ERROR"], record.statuses
+    return record
 
 
 async def batch(
@@ -365,7 +364,8 @@ async def test_both_tritons_down_refuses_new_work_then_recovers(
     assert response.json()["error_type"] == "backend_unavailable"
     assert "no Triton endpoint is healthy" in response.json()["error"]
     refused = await refusal(ws(base, "default"))
-    assert refused.error_type == "backend_unavailable" and refused.code == 1013
+    assert refused.error is not None and refused.error["error_type"] == "backend_unavailable"
+    assert refused.close_code == 1013
     assert await metric(http, base, "amira_rejected_total", kind="batch") == 1
     assert await metric(http, base, "amira_rejected_total", kind="stream") == 1
 
@@ -410,7 +410,8 @@ async def test_a_long_call_queue_sheds_new_work_at_once(
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["error_type"] == "capacity_exceeded", refused.text
         closed = await refusal(ws(base, "default"))
-        assert closed.error_type == "capacity_exceeded" and closed.code == 1013
+        assert closed.error is not None and closed.error["error_type"] == "capacity_exceeded"
+        assert closed.close_code == 1013
     expected = [*references.batch, references.batch[0]]
     assert sorted(a.json().get("transcription", a.text) for a in answers) == sorted(expected)
     assert await metric(http, base, "amira_backend_queued_calls") == 0
