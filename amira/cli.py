@@ -8,9 +8,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -20,30 +21,31 @@ import trio
 from amira.core import audio
 from amira.core.errors import RequestError
 from amira.core.model_set import ModelSetError
-from amira.protocols.native_batch import batch_document
+from amira.core.transcript import Transcript
+from amira.protocols.native_batch import batch_document, text_body
 from amira.recognizer import open_recognizer
 from amira.settings import Settings, SettingsError
 
-PROGRESS_MIN_FILES = 3
-PROGRESS_MIN_SECONDS = 30.0
+FORMATS = ("text", "json", "srt", "vtt")
+BAR_WIDTH = 30
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown only when it is worth it and stderr is a terminal."""
+class ProgressBar:
+    """One line on stderr per file being transcribed: audio seconds done of the total and the speed
+    as a multiple of real time; only when stderr is a terminal (never in pipes or logs)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled and sys.stderr.isatty()
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled, self.started = label, enabled, time.perf_counter()
 
-    def step(self, label: str) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = int(30 * self.done / self.total)
-            bar = "#" * filled + "-" * (30 - filled)
-            print(
-                f"\r[{bar}] {self.done}/{self.total} {label[-40:]:<40}", end="", file=sys.stderr, flush=True
-            )
-            if self.done == self.total:
-                print(file=sys.stderr)
+    def __call__(self, done: float, total: float) -> None:
+        if not self.enabled:
+            return
+        filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
+        speed = done / max(time.perf_counter() - self.started, 1e-9)
+        line = f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done:.1f}/{total:.1f} s {speed:.1f}x RT"
+        print(f"{line} {self.label[-40:]}", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
 
 
 def read_audio_file(path: Path) -> npt.NDArray[np.float32]:
@@ -54,29 +56,61 @@ def read_audio_file(path: Path) -> npt.NDArray[np.float32]:
     return audio.from_sound_file(data)
 
 
-async def transcribe_files(settings: Settings, paths: Sequence[Path], model: str, as_json: bool) -> int:
+def render(transcript: Transcript, path: Path, model: str, response_format: str, several: bool) -> str:
+    """One file's output: a text line (`path: ` before it with several files), a JSON line (the
+    batch document and `file`), or SubRip/WebVTT subtitles."""
+    if response_format == "json":
+        return json.dumps(batch_document(transcript, model, 0.0) | {"file": str(path)}) + "\n"
+    body = text_body([transcript], response_format, multichannel=False)
+    return f"{path}: {body}" if several and response_format == "text" else body
+
+
+async def transcribe_files(
+    settings: Settings,
+    paths: Sequence[Path],
+    model: str,
+    response_format: str,
+    output: TextIO = sys.stdout,
+    output_dir: Path | None = None,
+) -> int:
+    """Transcribe each file in turn (one in memory at a time) and write its output to `output`, or,
+    for subtitles of several files, to `<output_dir>/<name>.srt|vtt` (subtitles do not concatenate)."""
+    several = len(paths) > 1
     status = 0
     async with open_recognizer(settings) as recognizer:
-        loaded = []
         for path in paths:
             try:
-                loaded.append((path, read_audio_file(path)))
+                samples = await trio.to_thread.run_sync(read_audio_file, path)
             except (OSError, RequestError) as exc:
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = 1
-        seconds = sum(samples.size for _, samples in loaded) / audio.MODEL_SAMPLE_RATE
-        progress = Progress(len(loaded), len(loaded) >= PROGRESS_MIN_FILES or seconds >= PROGRESS_MIN_SECONDS)
-        for path, samples in loaded:
-            transcript = await recognizer.transcribe(samples, model)
-            progress.step(str(path))
-            if as_json:
-                document = batch_document(transcript, model, 0.0)
-                document["file"] = str(path)
-                print(json.dumps(document))
+                continue
+            bar = ProgressBar(str(path), sys.stderr.isatty())
+            transcript = await recognizer.transcribe(samples, model, progress=bar)
+            text = render(transcript, path, model, response_format, several)
+            if output_dir is not None:
+                await trio.Path(output_dir / f"{path.stem}.{response_format}").write_text(
+                    text, encoding="utf-8"
+                )
             else:
-                prefix = f"{path}: " if len(paths) > 1 else ""
-                print(f"{prefix}{transcript.text}")
+                output.write(text)
+                output.flush()
     return status
+
+
+def run_transcribe(settings: Settings, args: argparse.Namespace) -> int:
+    response_format = "json" if args.json else args.format
+    subtitles_of_several = len(args.files) > 1 and response_format in ("srt", "vtt")
+    if subtitles_of_several and not (args.output and args.output.is_dir()):
+        print(f"amira: {response_format} of several files needs --output DIRECTORY", file=sys.stderr)
+        return 2
+    if args.output is None or subtitles_of_several:
+        output_dir = args.output if subtitles_of_several else None
+        return trio.run(
+            transcribe_files, settings, args.files, args.model, response_format, sys.stdout, output_dir
+        )
+    with args.output.open("w", encoding="utf-8") as output:
+        return trio.run(transcribe_files, settings, args.files, args.model, response_format, output)
 
 
 async def serve_until_signalled(settings: Settings) -> None:
@@ -217,7 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("files", nargs="+", type=Path)
     transcribe.add_argument("--model", default="default", help="model set name (default: %(default)s)")
     transcribe.add_argument(
-        "--json", action="store_true", help="print the full result as JSON, one line per file"
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (default), json (the batch document, one line per file), srt or vtt",
+    )
+    transcribe.add_argument("--json", action="store_true", help="the same as --format json")
+    transcribe.add_argument(
+        "--output",
+        type=Path,
+        help="write here, not to standard output (a directory for srt/vtt of several files)",
     )
 
     serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
@@ -327,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(**overrides)
         if args.command == "transcribe":
-            return trio.run(transcribe_files, settings, args.files, args.model, args.json)
+            return run_transcribe(settings, args)
         if args.command == "serve":
             trio.run(serve_until_signalled, settings)
             exit_at_once()

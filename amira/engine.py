@@ -37,7 +37,7 @@ from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_ste
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.state_pool import StatePool
 from amira.core.vocabulary import Vocabulary, VocabularyError
-from amira.core.windowing import StreamingConfig, StreamingConfigError
+from amira.core.windowing import BATCH_WINDOW_SETTINGS, StreamingConfig, StreamingConfigError
 from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
 T = TypeVar("T")
@@ -67,11 +67,12 @@ class Encoded:
 
 @attrs.frozen
 class LoadedModelSet:
-    """A model set ready to serve: validated, its streaming windows in frames, its state pool."""
+    """A model set ready to serve: validated, its streaming and batch windows in frames, its state pool."""
 
     model_set: ModelSet
     streaming: StreamingConfig
     states: StatePool
+    batch_windows: StreamingConfig  # the windows of batch recordings longer than one of them
 
     @property
     def name(self) -> str:
@@ -226,6 +227,14 @@ class Engine:
                     frame_samples=model_set.frame_samples,
                     sample_rate=model_set.sample_rate,
                 )
+                batch_windows = StreamingConfig.from_seconds(
+                    chunk=settings.batch_chunk_secs,
+                    left=settings.batch_left_context_secs,
+                    right=settings.batch_right_context_secs,
+                    frame_samples=model_set.frame_samples,
+                    sample_rate=model_set.sample_rate,
+                    settings=BATCH_WINDOW_SETTINGS,
+                )
             except StreamingConfigError as exc:
                 raise ModelSetError(f"model set {name!r}: {exc}") from exc
             states = StatePool(
@@ -235,7 +244,7 @@ class Engine:
                 STATES_PER_STREAM * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
             await self._find_decode_model(model_set)
-            self.model_sets[name] = LoadedModelSet(model_set, streaming, states)
+            self.model_sets[name] = LoadedModelSet(model_set, streaming, states, batch_windows)
 
     async def _find_decode_model(self, model_set: ModelSet) -> None:
         """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it

@@ -10,10 +10,11 @@ the state pools and the backend calls; streams are `amira.stream_session`'s, on 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 import trio
@@ -21,10 +22,32 @@ import trio
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
 from amira.core.decoding import GreedyDecoder
 from amira.core.segments import SegmentOptions
-from amira.core.transcript import Transcript, build_transcript
-from amira.engine import CallPolicy, Engine, create_backend
+from amira.core.transcript import (
+    ResultStatus,
+    StreamResult,
+    Transcript,
+    build_transcript,
+    transcript_from_segments,
+)
+from amira.engine import CallPolicy, Engine, LoadedModelSet, create_backend
 from amira.settings import Settings
 from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
+
+
+@contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """An error out of a nursery, unwrapped from trio's exception groups: the first one raised, so
+    that callers get the `AmiraError` itself (a request's answer, never a 500)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+
+
+Progress = Callable[[float, float], None]  # (audio seconds decoded so far, total): a progress bar
 
 
 class Recognizer:
@@ -42,17 +65,38 @@ class Recognizer:
         samples: npt.NDArray[Any],
         model: str = "default",
         policy: CallPolicy | None = None,
+        progress: Progress | None = None,
     ) -> Transcript:
-        """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call."""
+        """Decode one recording (16 kHz mono float32) of any length.
+
+        A recording up to `BATCH_WHOLE_SECS` (30 s) is one preprocessor and encoder call over all
+        of it, one segment: the most accurate decode, which every batch request was before. A longer
+        one goes through the streaming session with batch windows (`BATCH_CHUNK_SECS` etc.) and the
+        streams' endpointing: segments cut at pauses, each decoded
+        from a fresh decoder state carried across its windows, so that its segments, words and
+        confidences are made exactly as a stream's. `progress` is called with the seconds of audio
+        handed to the decoder so far and the total, after each window's worth.
+        """
         engine = self.engine
         loaded = engine.model_set(model)
-        model_set = loaded.model_set
         samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
         policy = policy or engine.batch_calls
-        encoded = await engine.encode(model_set, samples, policy)
+        if samples.size <= self.settings.batch_whole_secs * MODEL_SAMPLE_RATE:
+            transcript = await self._transcribe_whole(loaded, samples, policy)
+        else:
+            transcript = await self._transcribe_long(loaded, samples, policy, progress)
+        if progress is not None:
+            progress(samples.size / MODEL_SAMPLE_RATE, samples.size / MODEL_SAMPLE_RATE)
+        return transcript
+
+    async def _transcribe_whole(
+        self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
+    ) -> Transcript:
+        model_set = loaded.model_set
+        encoded = await self.engine.encode(model_set, samples, policy)
         with loaded.states.state() as state:
             decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
-            await engine.decode(model_set, decoder, encoded, 0, policy)
+            await self.engine.decode(model_set, decoder, encoded, 0, policy)
         return build_transcript(
             model_set.vocabulary,
             decoder.emissions,
@@ -61,6 +105,55 @@ class Recognizer:
             sample_rate=MODEL_SAMPLE_RATE,
             features_length=encoded.features_length,
             encoded_length=encoded.length,
+        )
+
+    async def _transcribe_long(
+        self,
+        loaded: LoadedModelSet,
+        samples: npt.NDArray[np.float32],
+        policy: CallPolicy,
+        progress: Progress | None,
+    ) -> Transcript:
+        """The stream session in process: the samples go in one chunk at a time (the input channel
+        holds one, so memory is the samples plus one window's tensors), no partials come out."""
+        windows = loaded.batch_windows
+        options = attrs.evolve(self.settings.segment_options(), interim_results=False, interim_secs=None)
+        piece = windows.chunk_frames * windows.frame_samples
+        total = samples.size / MODEL_SAMPLE_RATE
+        complete: StreamResult | None = None
+        with unwrapped_errors():
+            async with (
+                open_stream(
+                    self.engine,
+                    loaded.name,
+                    options=options,
+                    input_capacity=0,
+                    output_capacity=1,
+                    windows=windows,
+                    calls=policy,
+                ) as stream,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def feed() -> None:
+                    for start in range(0, samples.size, piece):
+                        await stream.send_audio(samples[start : start + piece])
+                        if progress is not None:
+                            progress(min(start + piece, samples.size) / MODEL_SAMPLE_RATE, total)
+                    await stream.end()
+
+                nursery.start_soon(feed)
+                async for result in stream:
+                    if result.status is ResultStatus.COMPLETE:
+                        complete = result
+        assert complete is not None  # every stream that ends gets its COMPLETE
+        model_set = loaded.model_set
+        return transcript_from_segments(
+            complete.segments,
+            audio_samples=samples.size,
+            sample_rate=MODEL_SAMPLE_RATE,
+            features_length=samples.size // model_set.hop_samples + 1,
+            encoded_length=samples.size // model_set.frame_samples + 1,
         )
 
     def open_stream(

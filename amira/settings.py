@@ -20,7 +20,6 @@ from amira.core.endpoints import parse_endpoint_list
 from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
-BODY_LIMIT_FRAMES = 16  # the batch body limit, in units of MAX_FRAME_BYTES
 BODY_BUFFER_BODIES = 3  # the default BODY_BUFFER_BYTES, in batch body limits
 
 
@@ -218,8 +217,13 @@ class Settings:
     max_concurrent_streams: int = 10
     max_concurrent_batches: int = 50
     stream_timeout_secs: float = 30.0
-    max_batch_audio_secs: float = 30.0
+    max_batch_audio_secs: float = 4 * 3600.0
+    max_batch_body_bytes: int = 256 * 1_048_576
     max_frame_bytes: int = 1_048_576
+    batch_whole_secs: float = 30.0
+    batch_chunk_secs: float = 4.0  # from bench.batch_windows: README "Long recordings"
+    batch_left_context_secs: float = 4.0
+    batch_right_context_secs: float = 1.6
     stream_chunk_secs: float = 1.6
     stream_left_context_secs: float = 4.0
     stream_right_context_secs: float = 1.2
@@ -252,13 +256,13 @@ class Settings:
         if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
             raise SettingsError(
                 f"BODY_BUFFER_BYTES={self.body_buffer_bytes}: must be at least the batch body limit, "
-                f"{BODY_LIMIT_FRAMES} x MAX_FRAME_BYTES = {self.max_body_bytes}"
+                f"MAX_BATCH_BODY_BYTES = {self.max_body_bytes}"
             )
 
     @property
     def max_body_bytes(self) -> int:
-        """The largest batch request body."""
-        return BODY_LIMIT_FRAMES * self.max_frame_bytes
+        """The largest batch request body (`MAX_BATCH_BODY_BYTES`: sized for compressed audio)."""
+        return self.max_batch_body_bytes
 
     @property
     def body_budget(self) -> int:
@@ -335,7 +339,12 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", _positive_int),
     "STREAM_TIMEOUT_SECS": ("stream_timeout_secs", _positive_float),
     "MAX_BATCH_AUDIO_SECS": ("max_batch_audio_secs", _positive_float),
+    "MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _positive_int),
     "MAX_FRAME_BYTES": ("max_frame_bytes", _positive_int),
+    "BATCH_WHOLE_SECS": ("batch_whole_secs", _positive_float),
+    "BATCH_CHUNK_SECS": ("batch_chunk_secs", _positive_float),
+    "BATCH_LEFT_CONTEXT_SECS": ("batch_left_context_secs", _non_negative_float),
+    "BATCH_RIGHT_CONTEXT_SECS": ("batch_right_context_secs", _non_negative_float),
     "STREAM_CHUNK_SECS": ("stream_chunk_secs", _positive_float),
     "STREAM_LEFT_CONTEXT_SECS": ("stream_left_context_secs", _non_negative_float),
     "STREAM_RIGHT_CONTEXT_SECS": ("stream_right_context_secs", _non_negative_float),

@@ -62,8 +62,8 @@ from amira.core.transcript import (
     shift_words,
     words_from_emissions,
 )
-from amira.core.windowing import Window
-from amira.engine import Encoded, Engine, LoadedModelSet
+from amira.core.windowing import StreamingConfig, Window
+from amira.engine import CallPolicy, Encoded, Engine, LoadedModelSet
 
 INPUT_CAPACITY = 16  # audio messages in flight: seconds of audio at typical WebSocket frame sizes
 OUTPUT_CAPACITY = 8  # results a slow reader may fall behind by before decoding waits for it
@@ -98,10 +98,14 @@ class Stream:
         options: SegmentOptions,
         input_capacity: int,
         output_capacity: int,
+        windows: StreamingConfig | None = None,
+        calls: CallPolicy | None = None,
     ) -> None:
         self._engine = engine
         self._loaded = loaded
         self._model_set = model_set = loaded.model_set
+        self._windows = windows or loaded.streaming
+        self._calls = calls or engine.stream_calls
         self._state, self._scratch, self._checkpoint = states
         self._config = SegmentConfig.from_options(options, model_set.frame_samples, MODEL_SAMPLE_RATE)
         self._next_id = 0
@@ -110,7 +114,7 @@ class Stream:
         self._received = 0
         self._open_text = ""  # of the open segment's latest result
         self._current = self._after_segment(
-            0, lead_frames=loaded.streaming.chunk_frames + loaded.streaming.right_frames
+            0, lead_frames=self._windows.chunk_frames + self._windows.right_frames
         )
         self._audio_send, self._audio_receive = trio.open_memory_channel[npt.NDArray[np.float32] | _Finalize](
             input_capacity
@@ -176,7 +180,7 @@ class Stream:
         self._state.reset(self._model_set.decoding.blank)
         self._open_text = ""
         return OpenSegment.open(
-            self._next_id, start_sample, self._loaded.streaming, self._config, self._model_set.vocabulary
+            self._next_id, start_sample, self._windows, self._config, self._model_set.vocabulary
         )
 
     def _after_segment(self, position: int, lead_frames: int = 0) -> OpenSegment | SpeechOnset:
@@ -211,7 +215,7 @@ class Stream:
 
     async def _encode(self, samples: npt.NDArray[np.float32], window: Window) -> tuple[Encoded, int]:
         """The window's encoder output, and where committed decoding of it stops."""
-        encoded = await self._engine.encode(self._model_set, samples, self._engine.stream_calls)
+        encoded = await self._engine.encode(self._model_set, samples, self._calls)
         try:
             return encoded, window.decode_stop(encoded.length)
         except ValueError as exc:
@@ -221,7 +225,7 @@ class Stream:
         self, state: DecoderState, encoded: Encoded, first_frame: int, stop: int
     ) -> list[Emission]:
         decoder = GreedyDecoder(self._model_set.decoding, state, stop)
-        await self._engine.decode(self._model_set, decoder, encoded, first_frame, self._engine.stream_calls)
+        await self._engine.decode(self._model_set, decoder, encoded, first_frame, self._calls)
         return decoder.emissions
 
     async def _decode_window(
@@ -270,6 +274,21 @@ class Stream:
             segment.decoded_frames = stop
         segment.weaver.propose(())
 
+    async def _drain(self, segment: OpenSegment, started: float) -> OpenSegment | None:
+        """The end of the stream: the audio not yet committed is decoded as last windows that still
+        look for endpoints (a batch window's worth of audio can hold many utterances); returns the
+        segment still open at the end, None when the audio after the last endpoint had no speech."""
+        while (window := segment.chunker.flush()) is not None:
+            rest = await self._decode_window(segment, window, started)
+            if rest is None:
+                break
+            await self._feed(rest)
+            if isinstance(self._current, SpeechOnset):
+                return None
+            segment = self._current
+        segment.weaver.propose(())
+        return segment
+
     async def _refresh(self, segment: OpenSegment) -> None:
         """Decode the open segment's audio up to the newest sample from a copy of the state: a new tail."""
         interim = segment.chunker.interim()
@@ -296,9 +315,13 @@ class Stream:
             segment = self._open_segment(self._received if early is None else early[0])
             if early is not None:
                 segment.chunker.feed(early[1])
-        await self._commit_final(segment, segment.chunker.flush())
-        if reason is SegmentEnd.END_OF_STREAM and not segment.weaver.committed:
-            return
+        if reason is SegmentEnd.END_OF_STREAM:
+            last = await self._drain(segment, started)
+            if last is None or not last.weaver.committed:
+                return
+            segment = last
+        else:
+            await self._commit_final(segment, segment.chunker.flush())
         await self._finish_segment(segment, reason, started)
         self._current = self._after_segment(self._received)
 
@@ -344,6 +367,7 @@ class Stream:
             text=text,
             tokens=tuple(e.token for e in emissions),
             token_frames=tuple(segment.frame_offset + e.frame for e in emissions),
+            token_probabilities=tuple(e.probability for e in emissions),
             words=shift_words(words, segment.start_sample / MODEL_SAMPLE_RATE),
             ended_by=reason,
         )
@@ -394,10 +418,14 @@ async def open_stream(
     options: SegmentOptions | None = None,
     input_capacity: int = INPUT_CAPACITY,
     output_capacity: int = OUTPUT_CAPACITY,
+    windows: StreamingConfig | None = None,
+    calls: CallPolicy | None = None,
 ) -> AsyncIterator[Stream]:
     """A stream on model set `model`; raises `UnknownModel` or `BackendUnavailable` up front.
 
-    `options` (segments, endpointing, partials) default to the engine's settings.
+    `options` (segments, endpointing, partials) default to the engine's settings; `windows` and
+    `calls` to the streaming windows and the streams' call policy (a long batch decode passes its
+    own: `Recognizer.transcribe`).
     """
     loaded = engine.model_set(model)
     options = options or engine.settings.segment_options()
@@ -408,7 +436,14 @@ async def open_stream(
     ):
         async with trio.open_nursery() as nursery:
             stream = Stream(
-                engine, loaded, (state, scratch, checkpoint), options, input_capacity, output_capacity
+                engine,
+                loaded,
+                (state, scratch, checkpoint),
+                options,
+                input_capacity,
+                output_capacity,
+                windows,
+                calls,
             )
             nursery.start_soon(stream.run)
             try:

@@ -58,6 +58,9 @@ MAX_AUDIO_SECS = 60
 ENV = {
     "API_KEYS": ",".join(KEYS),
     "MAX_BATCH_AUDIO_SECS": str(MAX_AUDIO_SECS),
+    # The body limit the rows are measured at: the default (256 MiB, hours of compressed audio)
+    # makes the body budget 768 MiB, past these memory bounds by design.
+    "MAX_BATCH_BODY_BYTES": str(16 * 2**20),
     "KEEP_ALIVE_TIMEOUT_SECS": str(KEEP_ALIVE_SECS),
     "BODY_TIMEOUT_SECS": str(BODY_TIMEOUT_SECS),
     "STREAM_TIMEOUT_SECS": "10",

@@ -1,8 +1,10 @@
 """Audio in: s16le PCM, float arrays and sound files, to 16 kHz mono float32 in [-1, 1).
 
-The models want 16 kHz mono; everything else is converted here, once, at the edge. Sound files
-are read block by block up to a duration limit: their headers are not trusted (a 216-byte FLAC
-can claim 2^36 frames of 8 channels), and a small compressed file can hold hours of audio.
+The models want 16 kHz mono; everything else is converted here, once, at the edge. Multi-channel
+audio is mixed down, or kept as one array per channel where a request asks for channels separately.
+Sound files are read block by block up to a duration limit: their headers are not trusted (a
+216-byte FLAC can claim 2^36 frames of 8 channels), and a small compressed file can hold hours of
+audio.
 """
 
 from __future__ import annotations
@@ -74,29 +76,53 @@ def from_pcm16(data: bytes | bytearray, rate: int = MODEL_SAMPLE_RATE) -> npt.ND
 
 
 def sniff_container(data: bytes | bytearray) -> str | None:
-    """`wav`, `flac` or `ogg` from a file's first bytes; None for anything else."""
+    """`wav`, `flac`, `ogg`, `au` or `mp3` from a file's first bytes; None for anything else."""
     if data[:4] in (b"RIFF", b"RIFX", b"RF64") and data[8:12] == b"WAVE":
         return "wav"
     if data[:4] == b"fLaC":
         return "flac"
     if data[:4] == b"OggS":
         return "ogg"
+    if data[:4] == b".snd":
+        return "au"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"  # an ID3 tag or an MPEG audio frame's sync word
     return None
 
 
 def from_sound_file(
     data: bytes | bytearray, max_seconds: float = math.inf, containers: tuple[str, ...] | None = None
 ) -> npt.NDArray[np.float32]:
-    """A sound file's bytes, decoded block by block, mixed down and resampled.
+    """A sound file's bytes, decoded block by block, mixed down and resampled."""
+    (samples,) = sound_file_channels(data, max_seconds, containers=containers)
+    return samples
 
-    The file's first bytes must show one of `containers` (`wav`, `flac`, `ogg`: the one a request's
-    Content-Type names, or `CONTAINERS`), so that libsndfile's other parsers are never reached; None
-    takes any file libsndfile reads (the command line's local files). Decoding stops with
-    `TooLarge` one block past `max_seconds`, whatever the header claims; channel counts above
-    `MAX_CHANNELS` and rates outside `MIN_SAMPLE_RATE`..`MAX_SAMPLE_RATE` are `BadAudio`.
+
+def _too_long(seconds: float, max_seconds: float) -> TooLarge:
+    return TooLarge(f"the audio lasts more than {seconds:.2f} s, past the limit of {max_seconds:g} s")
+
+
+def sound_file_channels(
+    data: bytes | bytearray,
+    max_seconds: float = math.inf,
+    multichannel: bool = False,
+    containers: tuple[str, ...] | None = None,
+) -> list[npt.NDArray[np.float32]]:
+    """A sound file (WAV with PCM, float, µ-law or A-law samples, FLAC, OGG, MP3, AU where the
+    installed libsndfile reads them) as 16 kHz float32, mixed down or one array per channel.
+
+    The file's first bytes must show one of `containers` (the one a request's Content-Type names,
+    or `CONTAINERS`), so that libsndfile's other parsers are never reached; None takes any file
+    libsndfile reads (the command line's local files). The file is read and resampled block by
+    block (the original rate is never held whole) and refused with `TooLarge` one block past
+    `max_seconds`, whatever the header claims; channel counts above `MAX_CHANNELS` and rates
+    outside `MIN_SAMPLE_RATE`..`MAX_SAMPLE_RATE` are `BadAudio`, and so is a file that turns out
+    corrupt half-way.
     """
     if containers is not None and (found := sniff_container(data)) not in containers:
-        what = f"a {found.upper()} file" if found else "not a WAV, FLAC or OGG file"
+        what = (
+            f"a {found.upper()} file" if found else f"not a {' or '.join(c.upper() for c in containers)} file"
+        )
         expected = " or ".join(container.upper() for container in containers)
         raise BadAudio(f"the body is {what}; expected {expected}")
     blocks: list[npt.NDArray[np.float32]] = []
@@ -105,15 +131,45 @@ def from_sound_file(
             rate, channels = check_sample_rate(sound.samplerate), sound.channels
             if not 1 <= channels <= MAX_CHANNELS:
                 raise BadAudio(f"{channels} channels; at most {MAX_CHANNELS} are supported")
-            limit, frames = max_seconds * rate, 0
+            kept = channels if multichannel else 1
+            resampler = None
+            if rate != MODEL_SAMPLE_RATE:  # block by block: only 16 kHz samples are ever held
+                resampler = soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, kept, "float32", quality="HQ")
+            frames = 0
             while len(block := sound.read(SOUND_FILE_BLOCK_FRAMES, dtype="float32", always_2d=True)):
                 frames += len(block)
-                if frames > limit:
-                    raise TooLarge(f"the audio lasts more than the limit of {max_seconds:g} s")
-                blocks.append(to_mono(block))
+                if frames > max_seconds * rate:
+                    raise _too_long(frames / rate, max_seconds)
+                if not np.all(np.isfinite(block)):
+                    raise BadAudio("audio contains NaN or infinite samples")
+                block = block if multichannel else to_mono(block)[:, None]
+                blocks.append(block if resampler is None else resampler.resample_chunk(block))
+            if resampler is not None:
+                blocks.append(resampler.resample_chunk(np.zeros((0, kept), np.float32), last=True))
     except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise BadAudio(f"cannot read the sound file: {exc}") from exc
-    return from_float(np.concatenate(blocks) if blocks else np.zeros(0, np.float32), rate)
+    resampled = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    del blocks
+    return [require_audio(np.ascontiguousarray(resampled[:, c])) for c in range(resampled.shape[1])]
+
+
+def pcm_channels(
+    pcm: bytes, rate: int, channels: int, max_seconds: float = math.inf, multichannel: bool = False
+) -> list[npt.NDArray[np.float32]]:
+    """Interleaved s16le PCM of `channels` channels, mixed down or one 16 kHz array per channel;
+    the duration is checked from the length before anything is converted."""
+    rate = check_sample_rate(rate)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadAudio(f"{channels} channels; at most {MAX_CHANNELS} are supported")
+    if len(pcm) % (2 * channels):
+        raise BadAudio(f"the body is not a whole number of {channels}-channel 16-bit frames")
+    frames = len(pcm) // (2 * channels)
+    if frames > max_seconds * rate:
+        raise _too_long(frames / rate, max_seconds)
+    interleaved = pcm16_to_float(pcm).reshape(frames, channels)
+    if not multichannel:
+        return [from_float(interleaved, rate)]
+    return [from_float(np.ascontiguousarray(interleaved[:, c]), rate) for c in range(channels)]
 
 
 def require_audio(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

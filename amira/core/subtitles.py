@@ -4,7 +4,10 @@ Cues follow the usual broadcast rules: at most `MAX_LINES` lines of at most `MAX
 characters, at most `MAX_CUE_SECS` on screen, a new cue after a pause of `PAUSE_SECS` (so that a
 cue never stays up over silence and the next utterance starts fresh), never overlapping the next
 cue and never past the end of the audio. A single word longer than a line gets a cue of its own.
-The OpenAI dialect's `srt`, `vtt` and `verbose_json` segments use them.
+Cues never span two segments (utterances): `cues_from_segments`. The native batch endpoint's
+`srt` and `vtt` and the OpenAI dialect's `srt`, `vtt` and `verbose_json` segments use them; with
+several channels, each cue is labelled with its channel (`[ch0] ...`), the label counted in its
+first line, and channels' cues may overlap where their speakers do.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from amira.core.transcript import Word
+from amira.core.transcript import Segment, Word
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -77,6 +80,22 @@ def cues_from_words(
             end = min(end, words[groups[number + 1][0]].start)
         lines = _lines([words[i].word for i in group], max_line_chars)
         cues.append(Cue(start, end, tuple(lines), group[0], group[-1]))
+    return cues
+
+
+def cues_from_segments(segments: Sequence[Segment], audio_seconds: float, label: str = "") -> list[Cue]:
+    """The cues of each segment's words, in order; `first`/`last` index the words of all segments
+    together (a transcript's `words`). `label` (e.g. `[ch1]`) starts every cue's first line."""
+    max_line_chars = MAX_LINE_CHARS - (len(label) + 1 if label else 0)
+    cues: list[Cue] = []
+    offset = 0
+    for segment in segments:
+        for cue in cues_from_words(segment.words, audio_seconds, max_line_chars=max_line_chars):
+            if cues and cues[-1].end > cue.start:
+                cues[-1] = attrs.evolve(cues[-1], end=cue.start)
+            lines = (f"{label} {cue.lines[0]}", *cue.lines[1:]) if label else cue.lines
+            cues.append(attrs.evolve(cue, lines=lines, first=cue.first + offset, last=cue.last + offset))
+        offset += len(segment.words)
     return cues
 
 

@@ -27,7 +27,8 @@ class Word:
 @attrs.frozen
 class Transcript:
     """A decoded recording: `tokens`, the frames they were emitted at and the probability the joint gave
-    each (`Emission.probability`), the words, and the lengths behind them."""
+    each (`Emission.probability`), the words, the lengths behind them, and its `segments` (the
+    utterances; their tokens and words, in order, are the transcript's)."""
 
     text: str
     tokens: tuple[int, ...]
@@ -38,6 +39,7 @@ class Transcript:
     audio_seconds: float
     features_length: int
     encoded_length: int
+    segments: tuple[Segment, ...] = ()
 
 
 def token_confidence(emission: Emission, vocab_size: int) -> float:
@@ -145,17 +147,49 @@ def build_transcript(
     features_length: int,
     encoded_length: int,
 ) -> Transcript:
+    """One whole decode's transcript; it is one segment (none without a token), as long as the audio."""
     tokens = tuple(e.token for e in emissions)
+    text = vocabulary.detokenize(tokens)
+    frames = tuple(e.frame for e in emissions)
+    probabilities = tuple(e.probability for e in emissions)
+    words = words_from_emissions(vocabulary, emissions, frame_seconds, encoded_length)
+    span = SegmentSpan(0, 0.0, audio_samples / sample_rate)
     return Transcript(
-        text=vocabulary.detokenize(tokens),
+        text=text,
         tokens=tokens,
-        token_frames=tuple(e.frame for e in emissions),
-        token_probabilities=tuple(e.probability for e in emissions),
-        words=words_from_emissions(vocabulary, emissions, frame_seconds, encoded_length),
+        token_frames=frames,
+        token_probabilities=probabilities,
+        words=words,
         audio_samples=audio_samples,
         audio_seconds=audio_samples / sample_rate,
         features_length=features_length,
         encoded_length=encoded_length,
+        segments=(Segment(span, text, tokens, frames, words, SegmentEnd.END_OF_STREAM, probabilities),)
+        if tokens
+        else (),
+    )
+
+
+def transcript_from_segments(
+    segments: Sequence[Segment],
+    *,
+    audio_samples: int,
+    sample_rate: int,
+    features_length: int,
+    encoded_length: int,
+) -> Transcript:
+    """A recording decoded segment by segment (a long batch decode): the segments' texts joined."""
+    return Transcript(
+        text=" ".join(segment.text for segment in segments if segment.text),
+        tokens=tuple(t for segment in segments for t in segment.tokens),
+        token_frames=tuple(f for segment in segments for f in segment.token_frames),
+        token_probabilities=tuple(p for segment in segments for p in segment.token_probabilities),
+        words=tuple(w for segment in segments for w in segment.words),
+        audio_samples=audio_samples,
+        audio_seconds=audio_samples / sample_rate,
+        features_length=features_length,
+        encoded_length=encoded_length,
+        segments=tuple(segments),
     )
 
 
@@ -208,6 +242,7 @@ class Segment:
     token_frames: tuple[int, ...]
     words: tuple[Word, ...]
     ended_by: SegmentEnd
+    token_probabilities: tuple[float, ...] = ()
 
     @property
     def confidence(self) -> float:

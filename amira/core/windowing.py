@@ -30,9 +30,8 @@ import numpy.typing as npt
 from amira.core.decoding import Emission
 from amira.core.vocabulary import Vocabulary
 
-CHUNK_SETTING = "STREAM_CHUNK_SECS"
-LEFT_SETTING = "STREAM_LEFT_CONTEXT_SECS"
-RIGHT_SETTING = "STREAM_RIGHT_CONTEXT_SECS"
+STREAM_WINDOW_SETTINGS = ("STREAM_CHUNK_SECS", "STREAM_LEFT_CONTEXT_SECS", "STREAM_RIGHT_CONTEXT_SECS")
+BATCH_WINDOW_SETTINGS = ("BATCH_CHUNK_SECS", "BATCH_LEFT_CONTEXT_SECS", "BATCH_RIGHT_CONTEXT_SECS")
 FRAME_TOLERANCE = 1e-6  # in frames: 1.6 s / 0.08 s is 20.000000000000004 in floating point
 
 
@@ -64,21 +63,35 @@ class StreamingConfig:
 
     @classmethod
     def from_seconds(
-        cls, *, chunk: float, left: float, right: float, frame_samples: int, sample_rate: int = 16_000
+        cls,
+        *,
+        chunk: float,
+        left: float,
+        right: float,
+        frame_samples: int,
+        sample_rate: int = 16_000,
+        settings: tuple[str, str, str] = STREAM_WINDOW_SETTINGS,
     ) -> StreamingConfig:
-        """Lengths in seconds, as configured: each must be a whole number of frames (0.08 s for NeMo)."""
-        chunk_frames = _whole_frames(CHUNK_SETTING, chunk, frame_samples, sample_rate)
+        """Lengths in seconds, as configured: each must be a whole number of frames (0.08 s for NeMo).
+        `settings` names the chunk, left and right settings in error messages."""
+        chunk_setting, left_setting, right_setting = settings
+        chunk_frames = _whole_frames(chunk_setting, chunk, frame_samples, sample_rate)
         if chunk_frames < 1:
-            raise StreamingConfigError(f"{CHUNK_SETTING}={chunk:g} must be at least one encoder frame")
-        for setting, seconds in ((LEFT_SETTING, left), (RIGHT_SETTING, right)):
+            raise StreamingConfigError(f"{chunk_setting}={chunk:g} must be at least one encoder frame")
+        for setting, seconds in ((left_setting, left), (right_setting, right)):
             if seconds < 0:
                 raise StreamingConfigError(f"{setting}={seconds:g} must be 0 or more")
         return cls(
             chunk_frames,
-            _whole_frames(LEFT_SETTING, left, frame_samples, sample_rate),
-            _whole_frames(RIGHT_SETTING, right, frame_samples, sample_rate),
+            _whole_frames(left_setting, left, frame_samples, sample_rate),
+            _whole_frames(right_setting, right, frame_samples, sample_rate),
             frame_samples,
         )
+
+    @property
+    def window_samples(self) -> int:
+        """The samples of a full window: left context, chunk and right context."""
+        return (self.left_frames + self.chunk_frames + self.right_frames) * self.frame_samples
 
 
 @attrs.frozen

@@ -16,29 +16,49 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from amira.core import audio
+from amira.core import audio, g711
 from amira.core.errors import BadRequest, TooLarge, UnsupportedMediaType
-from amira.core.transcript import Transcript, Word
-from amira.protocols.values import DECODER, check_pcm16_length, checked_json, parse_sample_rate, shown
+from amira.core.subtitles import cues_from_segments, srt, vtt
+from amira.core.transcript import Segment, Transcript, Word
+from amira.protocols.values import (
+    DECODER,
+    check_pcm16_length,
+    checked_json,
+    parse_bool,
+    parse_sample_rate,
+    shown,
+)
 
 JSON_TYPES = ("application/json",)
 PCM_TYPES = ("application/octet-stream", "audio/l16", "audio/pcm")
+G711_TYPES = {"audio/basic": "mulaw", "audio/pcmu": "mulaw", "audio/pcma": "alaw"}
 SOUND_FILE_CONTAINERS = {
     "audio/wav": "wav",
     "audio/x-wav": "wav",
     "audio/wave": "wav",
     "audio/flac": "flac",
+    "audio/x-flac": "flac",
     "audio/ogg": "ogg",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
 }
 SOUND_FILE_TYPES = tuple(SOUND_FILE_CONTAINERS)
 # Not a Content-Type the native endpoint takes: what the other dialects parse a sound file as,
-# whose container is known only from its first bytes (WAV, FLAC or OGG).
+# whose container is known only from its first bytes.
 ANY_SOUND_FILE = "audio/*"
+DIALECT_CONTAINERS = (*audio.CONTAINERS, "mp3")
+ENCODINGS = ("linear16", "mulaw", "alaw")
+TELEPHONY_RATE = 8_000  # G.711's rate: the default sample rate of µ-law and A-law bodies
+AU_MAGIC = b".snd"  # an `audio/basic` body with this header is a Sun .au file, not bare µ-law
+FORMATS = ("json", "text", "srt", "vtt")
+TEXT_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+MAX_RAW_CHANNELS = audio.MAX_CHANNELS
 NO_OPAQUE = object()
 AUDIO_KEY = "audio_buffer"
 MAX_FIELD_BYTES = 65_536  # each JSON field but audio_buffer (an opaque is echoed back), as UTF-8
@@ -57,9 +77,50 @@ _IN_ARRAY[ord(",")] = True
 
 
 @attrs.frozen
+class BatchOptions:
+    """The query parameters of a batch request (api.md): how raw audio is encoded (`sample_rate`,
+    `encoding`, `channels`), whether channels are transcribed separately, and the response format."""
+
+    format: str = "json"
+    multichannel: bool = False
+    sample_rate: int | None = None
+    encoding: str | None = None
+    channels: int = 1
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> BatchOptions:
+        response_format = query.get("format", "json").strip().lower()
+        if response_format not in FORMATS:
+            raise BadRequest(f"format must be one of {', '.join(FORMATS)}, got {response_format[:40]!r}")
+        encoding = query.get("encoding")
+        if encoding is not None and (encoding := encoding.strip().lower()) not in ENCODINGS:
+            raise BadRequest(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding[:40]!r}")
+        channels = query.get("channels", "1").strip()
+        if not (channels.isascii() and channels.isdigit() and 1 <= int(channels[:2]) <= MAX_RAW_CHANNELS):
+            raise BadRequest(
+                f"channels must be a whole number from 1 to {MAX_RAW_CHANNELS}, got {channels[:40]!r}"
+            )
+        rate = query.get("sample_rate")
+        return cls(
+            format=response_format,
+            multichannel=parse_bool("multichannel", query.get("multichannel", "false")),
+            sample_rate=None if rate is None else parse_sample_rate(rate),
+            encoding=encoding,
+            channels=int(channels),
+        )
+
+
+@attrs.frozen
 class BatchInput:
-    samples: npt.NDArray[np.float32]
+    """A request's audio: one 16 kHz array, or one per channel with `multichannel`."""
+
+    channels: tuple[npt.NDArray[np.float32], ...]
     opaque: object = NO_OPAQUE
+
+    @property
+    def samples(self) -> npt.NDArray[np.float32]:
+        """The audio of a request that did not ask for channels: its one (mixed) channel."""
+        return self.channels[0]
 
 
 @attrs.frozen
@@ -214,6 +275,19 @@ def check_duration(samples: int, rate: int, max_seconds: float) -> None:
         raise TooLarge(f"the audio lasts {samples / rate:.2f} s; the limit is {max_seconds:g} s")
 
 
+def _raw(body: Body, law: str, options: BatchOptions, max_seconds: float) -> list[npt.NDArray[np.float32]]:
+    """A headerless body: interleaved s16le PCM (`linear16`) or G.711 bytes (`mulaw`, `alaw`)."""
+    default_rate = audio.MODEL_SAMPLE_RATE if law == "linear16" else TELEPHONY_RATE
+    rate = options.sample_rate or default_rate
+    pcm = bytes(body)
+    if law != "linear16":
+        check_duration(len(pcm) // options.channels, rate, max_seconds)  # before the bytes double
+        pcm = g711.to_pcm16(pcm, law)
+    else:
+        check_pcm16_length(pcm)
+    return audio.pcm_channels(pcm, rate, options.channels, max_seconds, options.multichannel)
+
+
 def parse_json_body(body: Body, max_seconds: float) -> BatchInput:
     """`{"audio_buffer": ..., "sample_rate": ..., "opaque": ...}`: the duration is checked first."""
     fields, span = read_json_fields(body)
@@ -222,36 +296,38 @@ def parse_json_body(body: Body, max_seconds: float) -> BatchInput:
     rate = parse_sample_rate(fields.get("sample_rate", audio.MODEL_SAMPLE_RATE))
     check_duration(span.byte_count(body) // 2, rate, max_seconds)
     pcm = check_pcm16_length(span.decode(body))
-    return BatchInput(audio.from_pcm16(pcm, rate), fields.get("opaque", NO_OPAQUE))
+    return BatchInput((audio.from_pcm16(pcm, rate),), fields.get("opaque", NO_OPAQUE))
 
 
 def check_media_type(mimetype: str) -> str:
     """The body's media type, lower case, when the API takes it; `UnsupportedMediaType` otherwise.
     Checked before the body is read."""
     mimetype = mimetype.lower()
-    if mimetype in JSON_TYPES or mimetype in PCM_TYPES or mimetype in SOUND_FILE_TYPES:
+    if mimetype in (*JSON_TYPES, *PCM_TYPES, *G711_TYPES, *SOUND_FILE_TYPES):
         return mimetype
-    accepted = ", ".join((*JSON_TYPES, *PCM_TYPES, *SOUND_FILE_TYPES))
+    accepted = ", ".join((*JSON_TYPES, *PCM_TYPES, *G711_TYPES, *SOUND_FILE_TYPES))
     raise UnsupportedMediaType(f"unsupported Content-Type {mimetype or '(none)'!r}; use one of {accepted}")
 
 
-def parse_batch_body(
-    mimetype: str, body: Body, query_sample_rate: str | None, max_seconds: float
-) -> BatchInput:
-    """Decode a body by its media type; the duration limit is checked before anything is resampled
-    (before anything is decoded, where the length tells)."""
+def parse_batch_body(mimetype: str, body: Body, options: BatchOptions, max_seconds: float) -> BatchInput:
+    """Decode a body by its media type (and `encoding` for raw bodies), never past `max_seconds`
+    of audio: the duration is checked before raw audio is converted, and sound files are decoded
+    block by block. CPU-heavy on long audio: servers call it in a worker thread."""
     if mimetype == ANY_SOUND_FILE:
-        return BatchInput(audio.from_sound_file(body, max_seconds, audio.CONTAINERS))
+        channels = audio.sound_file_channels(body, max_seconds, options.multichannel, DIALECT_CONTAINERS)
+        return BatchInput(tuple(channels))
     mimetype = check_media_type(mimetype)
+    if options.encoding is not None and mimetype not in PCM_TYPES:
+        raise BadRequest(f"encoding is for raw audio ({', '.join(PCM_TYPES)}), not {mimetype}")
     if mimetype in JSON_TYPES:
         return parse_json_body(body, max_seconds)
     if mimetype in PCM_TYPES:
-        rate = (
-            parse_sample_rate(query_sample_rate) if query_sample_rate is not None else audio.MODEL_SAMPLE_RATE
-        )
-        check_duration(len(check_pcm16_length(body)) // 2, rate, max_seconds)
-        return BatchInput(audio.from_pcm16(body, rate))
-    return BatchInput(audio.from_sound_file(body, max_seconds, (SOUND_FILE_CONTAINERS[mimetype],)))
+        return BatchInput(tuple(_raw(body, options.encoding or "linear16", options, max_seconds)))
+    if mimetype in G711_TYPES and not body.startswith(AU_MAGIC):
+        return BatchInput(tuple(_raw(body, G711_TYPES[mimetype], options, max_seconds)))
+    container = SOUND_FILE_CONTAINERS.get(mimetype, "au")  # G.711 types with a .snd header
+    channels = audio.sound_file_channels(body, max_seconds, options.multichannel, (container,))
+    return BatchInput(tuple(channels))
 
 
 def word_document(word: Word) -> dict[str, object]:
@@ -262,6 +338,21 @@ def word_document(word: Word) -> dict[str, object]:
         "end": round(word.end, 3),
         "confidence": round(word.confidence, 4),
     }
+
+
+def segment_document(segment: Segment, channel: int | None = None) -> dict[str, object]:
+    """A segment of the `segments` list: its span, text, words and confidence (and channel)."""
+    document: dict[str, object] = {
+        "id": segment.span.id,
+        "start": round(segment.span.start, 3),
+        "end": round(segment.span.end, 3),
+        "text": segment.text,
+        "words": [word_document(w) for w in segment.words],
+        "confidence": round(segment.confidence, 4),
+    }
+    if channel is not None:
+        document["channel"] = channel
+    return document
 
 
 def batch_document(
@@ -281,7 +372,69 @@ def batch_document(
             "words": [word_document(w) for w in transcript.words],
             "processing_time_ms": round(processing_ms, 1),
         },
+        "segments": [segment_document(segment) for segment in transcript.segments],
     }
     if opaque is not NO_OPAQUE:
         document["opaque"] = opaque
     return document
+
+
+def timeline(transcripts: Sequence[Transcript]) -> list[tuple[int, Segment]]:
+    """Every channel's segments as `(channel, segment)`, in order of their start (then channel)."""
+    return sorted(
+        ((channel, segment) for channel, t in enumerate(transcripts) for segment in t.segments),
+        key=lambda item: (item[1].span.start, item[0]),
+    )
+
+
+def multichannel_document(
+    transcripts: Sequence[Transcript], model: str, processing_ms: float, opaque: object = NO_OPAQUE
+) -> dict[str, object]:
+    """`multichannel=true`: `channels` holds each channel's own document (as if it had been sent
+    alone); the top level is the conversation: the segments of all channels in order of their
+    start, each with its `channel`, and their text, tokens and words in that order."""
+    ordered = timeline(transcripts)
+    first = transcripts[0]
+    document: dict[str, object] = {
+        "transcription": " ".join(segment.text for _, segment in ordered if segment.text),
+        "status": "COMPLETE",
+        "metadata": {
+            "model": model,
+            "audio_length_samples": first.audio_samples,
+            "audio_seconds": round(first.audio_seconds, 3),
+            "channels": len(transcripts),
+            "tokens": [t for _, segment in ordered for t in segment.tokens],
+            "words": [word_document(w) | {"channel": c} for c, segment in ordered for w in segment.words],
+            "processing_time_ms": round(processing_ms, 1),
+        },
+        "segments": [segment_document(segment, channel) for channel, segment in ordered],
+        "channels": [
+            {"channel": channel, **batch_document(t, model, processing_ms)}
+            for channel, t in enumerate(transcripts)
+        ],
+    }
+    if opaque is not NO_OPAQUE:
+        document["opaque"] = opaque
+    return document
+
+
+def text_body(transcripts: Sequence[Transcript], response_format: str, multichannel: bool) -> str:
+    """`format=text|srt|vtt`: the transcript, or subtitles from its segments' words (api.md).
+
+    With `multichannel`, text is one line per segment in order, `[chN] ` before it, and every cue's
+    first line starts with its channel's label."""
+    if response_format == "text":
+        if not multichannel:
+            return transcripts[0].text + "\n"
+        return "".join(f"[ch{c}] {segment.text}\n" for c, segment in timeline(transcripts) if segment.text)
+    cues = sorted(
+        (
+            cue
+            for channel, transcript in enumerate(transcripts)
+            for cue in cues_from_segments(
+                transcript.segments, transcript.audio_seconds, f"[ch{channel}]" if multichannel else ""
+            )
+        ),
+        key=lambda cue: cue.start,
+    )
+    return srt(cues) if response_format == "srt" else vtt(cues)

@@ -29,7 +29,7 @@ from amira.core.errors import (
     Unauthorized,
     UnknownModel,
 )
-from amira.core.subtitles import Cue, cues_from_words, srt, vtt
+from amira.core.subtitles import Cue, cues_from_segments, srt, vtt
 from amira.core.transcript import Transcript
 from amira.core.vocabulary import Vocabulary
 from amira.protocols.live import parse_boolean
@@ -172,7 +172,7 @@ def verbose_document(
             {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words
         ]
     if "segment" in request.granularities or not request.granularities:
-        cues = cues_from_words(transcript.words, transcript.audio_seconds)
+        cues = cues_from_segments(transcript.segments, transcript.audio_seconds)
         document["segments"] = segment_documents(transcript, cues, vocabulary)
     document["usage"] = {"type": "duration", "seconds": round(transcript.audio_seconds, 3)}
     return document
@@ -182,7 +182,7 @@ def text_body(transcript: Transcript, response_format: str) -> str:
     """`text`, `srt` and `vtt`: the body, served as `TEXT_TYPES[response_format]`."""
     if response_format == "text":
         return transcript.text + "\n"
-    cues = cues_from_words(transcript.words, transcript.audio_seconds)
+    cues = cues_from_segments(transcript.segments, transcript.audio_seconds)
     return srt(cues) if response_format == "srt" else vtt(cues)
 
 

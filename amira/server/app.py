@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
+import trio
 from quart import Quart, Response, g, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 import amira
 from amira.core.errors import BadRequest, InternalError, TooLarge
-from amira.protocols.native_batch import BatchInput, batch_document, check_media_type, parse_batch_body
+from amira.protocols.native_batch import (
+    TEXT_TYPES,
+    BatchInput,
+    BatchOptions,
+    batch_document,
+    check_media_type,
+    multichannel_document,
+    parse_batch_body,
+    text_body,
+)
 from amira.protocols.values import parse_request_id
 from amira.server import security
-from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch
+from amira.server.batch_requests import UNKNOWN, BatchCall, answer_batch, transcribe_channels
 from amira.server.deepgram_routes import add_deepgram_routes
 from amira.server.errors import dialect_error_response, dialect_of
 from amira.server.openai_routes import add_openai_routes
@@ -106,22 +115,32 @@ def create_app(state: ServerState) -> Quart:
         return response
 
     async def _batch(model: str, started: float) -> Response:
-        mimetype = request.mimetype
-        parse = partial(
-            parse_batch_body, mimetype, query_sample_rate=request.args.get("sample_rate"),
-            max_seconds=settings.max_batch_audio_secs,
-        )  # fmt: skip
+        mimetype, query = request.mimetype, request.args
+        chosen: list[BatchOptions] = []  # the query's options, read before the body
+
+        def check() -> None:
+            check_media_type(mimetype)
+            chosen.append(BatchOptions.from_query(query))
+
+        def parse(body: bytearray) -> BatchInput:
+            return parse_batch_body(mimetype, body, chosen[0], settings.max_batch_audio_secs)
 
         async def transcribe(call: BatchCall, parsed: BatchInput) -> Response:
-            transcript = await recognizer.transcribe(parsed.samples, model)
-            call.audio_seconds = transcript.audio_seconds
+            options = chosen[0]
+            transcripts = await transcribe_channels(recognizer, parsed.channels, model)
+            call.audio_seconds = sum(t.audio_seconds for t in transcripts)
             processing_ms = (time.perf_counter() - started) * 1000
-            return jsonify(batch_document(transcript, model, processing_ms, parsed.opaque))
+            if options.format in TEXT_TYPES:
+                text = await trio.to_thread.run_sync(
+                    text_body, transcripts, options.format, options.multichannel
+                )
+                return Response(text, content_type=TEXT_TYPES[options.format] + "; charset=utf-8")
+            if options.multichannel:
+                return jsonify(multichannel_document(transcripts, model, processing_ms, parsed.opaque))
+            return jsonify(batch_document(transcripts[0], model, processing_ms, parsed.opaque))
 
         call = BatchCall(state, "native")
-        return await answer_batch(
-            call, request.path, parse, transcribe, model, check=lambda: check_media_type(mimetype)
-        )
+        return await answer_batch(call, request.path, parse, transcribe, model, check=check)
 
     security.install(app, settings, metrics)
     add_stream_route(app, state)

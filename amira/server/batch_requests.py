@@ -14,16 +14,20 @@ budget, and recognition.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from typing import TypeVar
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 import trio
 from quart import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from amira.core.errors import AmiraError, RequestTimeout, ShuttingDown, TooLarge
+from amira.core.transcript import Transcript
+from amira.recognizer import Recognizer, unwrapped_errors
 from amira.server.errors import dialect_error_response
 from amira.server.state import BodyHold, ServerState
 
@@ -109,3 +113,20 @@ async def answer_batch(
     metrics.request_seconds.labels(call.protocol, call.model).observe(time.perf_counter() - started)
     metrics.audio_seconds.labels(call.protocol, call.model, "batch").inc(call.audio_seconds)
     return response
+
+
+async def transcribe_channels(
+    recognizer: Recognizer, channels: Sequence[npt.NDArray[np.float32]], model: str
+) -> list[Transcript]:
+    """Each channel transcribed on its own, all at once (a stereo call takes the time of one
+    channel when the backend has room); the first error cancels the others and is raised."""
+    transcripts: list[Transcript | None] = [None] * len(channels)
+
+    async def one(index: int) -> None:
+        transcripts[index] = await recognizer.transcribe(channels[index], model)
+
+    with unwrapped_errors():
+        async with trio.open_nursery() as nursery:
+            for index in range(len(channels)):
+                nursery.start_soon(one, index)
+    return [t for t in transcripts if t is not None]

@@ -21,6 +21,7 @@ from amira.protocols.native_batch import (
     JSON_TYPES,
     PCM_TYPES,
     BatchInput,
+    BatchOptions,
     parse_batch_body,
     read_json_fields,
 )
@@ -62,11 +63,13 @@ def add_deepgram_routes(app: Quart, state: ServerState) -> None:
             if mimetype in JSON_TYPES:
                 refuse_url(data)
             if options.encoding is None:
-                channels = [parse_batch_body(ANY_SOUND_FILE, data, None, settings.max_batch_audio_secs)]
-            else:
-                rate = str(options.sample_rate)
                 channels = [
-                    parse_batch_body(PCM_TYPES[0], pcm, rate, settings.max_batch_audio_secs)
+                    parse_batch_body(ANY_SOUND_FILE, data, BatchOptions(), settings.max_batch_audio_secs)
+                ]
+            else:
+                raw = BatchOptions(sample_rate=options.sample_rate)
+                channels = [
+                    parse_batch_body(PCM_TYPES[0], pcm, raw, settings.max_batch_audio_secs)
                     for pcm in deepgram.raw_channels(data, options)
                 ]
             return channels, hashlib.sha256(data).hexdigest()

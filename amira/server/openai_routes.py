@@ -2,7 +2,9 @@
 `WS /v1/realtime?intent=transcription`.
 
 The wire is `amira.protocols.openai_audio`'s and `openai_realtime`'s; the audio file goes through
-the native batch parser and `Recognizer.transcribe`, the live sessions through `amira.server.live`.
+the native batch parser (in a worker thread) and `Recognizer.transcribe` (the long-batch path for
+recordings longer than a window, so that `srt`/`vtt` are the native endpoint's), the live
+sessions through `amira.server.live`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from quart import Quart, Response, jsonify, request, websocket
 
 from amira.core.errors import BadRequest, UnknownModel
 from amira.protocols import openai_audio
-from amira.protocols.native_batch import ANY_SOUND_FILE, BatchInput, parse_batch_body
+from amira.protocols.native_batch import ANY_SOUND_FILE, BatchInput, BatchOptions, parse_batch_body
 from amira.protocols.openai_realtime import RealtimeTranscription
 from amira.server.batch_requests import BatchCall, answer_batch
 from amira.server.errors import dialect_error_response
@@ -47,7 +49,9 @@ def add_openai_routes(app: Quart, state: ServerState) -> None:
         def parse(body: bytearray) -> tuple[openai_audio.TranscriptionRequest, BatchInput]:
             form = openai_audio.parse_transcription_form(content_type, bytes(body))
             call.use_model(form.model)  # before the audio is decoded
-            return form, parse_batch_body(ANY_SOUND_FILE, form.audio, None, settings.max_batch_audio_secs)
+            return form, parse_batch_body(
+                ANY_SOUND_FILE, form.audio, BatchOptions(), settings.max_batch_audio_secs
+            )
 
         async def transcribe(
             call: BatchCall, parsed: tuple[openai_audio.TranscriptionRequest, BatchInput]
