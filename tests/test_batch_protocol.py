@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from amira.core.errors import AmiraError, BadRequest, TooLarge
 from amira.protocols import native_batch
 from amira.protocols.native_batch import MAX_FIELD_BYTES, parse_batch_body, parse_json_body
+from tests.test_native_protocols import rate_options
 
 FIELDS = ("audio_buffer", "opaque", "sample_rate")
 opaques = st.recursive(
@@ -57,9 +58,9 @@ def test_well_formed_bodies_read_as_json_loads_reads_them(
         parsed = parse_json_body(body, max_seconds=60)
     except AmiraError as exc:  # the same audio as raw PCM fails the same way (one sample, resampled)
         with pytest.raises(type(exc)):
-            parse_batch_body("application/octet-stream", pcm, str(rate or 16000), 60)
+            parse_batch_body("application/octet-stream", pcm, rate_options(str(rate or 16000)), 60)
         return
-    reference = parse_batch_body("application/octet-stream", pcm, str(rate or 16000), 60)
+    reference = parse_batch_body("application/octet-stream", pcm, rate_options(str(rate or 16000)), 60)
     assert np.array_equal(parsed.samples, reference.samples)
     assert parsed.opaque == json.loads(body)["opaque"]
 
@@ -101,10 +102,10 @@ def test_json_escapes_of_slashes_in_base64_are_read() -> None:
     pcm = bytes(range(256)) * 4
     text = base64.b64encode(pcm).decode().replace("/", "\\/")
     parsed = parse_json_body(b'{"audio_buffer": "' + text.encode() + b'"}', max_seconds=60)
-    assert np.array_equal(parsed.samples, parse_batch_body("audio/pcm", pcm, None, 60).samples)
+    assert np.array_equal(parsed.samples, parse_batch_body("audio/pcm", pcm, rate_options(None), 60).samples)
 
 
 def test_long_arrays_are_read_in_chunks_with_the_same_result() -> None:
     pcm = np.random.default_rng(0).integers(0, 256, 3 * native_batch.CHUNK_BYTES // 4 * 2, np.uint8).tobytes()
     parsed = parse_json_body(json.dumps({"audio_buffer": list(pcm)}).encode(), max_seconds=600)
-    assert np.array_equal(parsed.samples, parse_batch_body("audio/pcm", pcm, None, 600).samples)
+    assert np.array_equal(parsed.samples, parse_batch_body("audio/pcm", pcm, rate_options(None), 600).samples)

@@ -16,7 +16,6 @@ from amira.core.segments import SegmentOptions
 from amira.core.transcript import ResultStatus, StreamResult, Transcript, Word
 from amira.protocols.native_batch import (
     NO_OPAQUE,
-    BatchInput,
     BatchOptions,
     batch_document,
     check_duration,
@@ -40,6 +39,11 @@ pytestmark = pytest.mark.timeout(30)
 
 PCM = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
 WORDS = (Word("four", 0.08049, 0.40049, 0.912345), Word("queen", 0.48, 0.9604, 1.0))
+
+
+def rate_options(sample_rate: str | None) -> BatchOptions:
+    """The options of a request whose query has only `sample_rate` (or nothing)."""
+    return BatchOptions.from_query({} if sample_rate is None else {"sample_rate": sample_rate})
 
 
 def result(status: ResultStatus, committed: str = "four", tail: str = " queen") -> StreamResult:
@@ -184,12 +188,6 @@ def test_the_server_ending_the_input_keeps_a_finished_phase() -> None:
 # --- batch bodies -------------------------------------------------------------------------------------
 
 
-def parse(content_type: str, body: bytes, sample_rate: str | None, max_seconds: float) -> BatchInput:
-    """`parse_batch_body` with the query's `sample_rate` (None: not given)."""
-    query = {} if sample_rate is None else {"sample_rate": sample_rate}
-    return parse_batch_body(content_type, body, BatchOptions.from_query(query), max_seconds)
-
-
 def test_every_documented_body_form_gives_the_same_samples() -> None:
     expected = np.array([0.0, 0.5, -1.0, 32767 / 32768], np.float32)
     wav = io.BytesIO()
@@ -207,7 +205,7 @@ def test_every_documented_body_form_gives_the_same_samples() -> None:
         "audio/wave": wav.getvalue(),
     }
     for content_type, body in bodies.items():
-        parsed = parse(content_type.split(";")[0], body, None, 10)
+        parsed = parse_batch_body(content_type.split(";")[0], body, rate_options(None), 10)
         assert parsed.samples.dtype == np.float32, content_type
         np.testing.assert_array_equal(parsed.samples, expected, err_msg=content_type)
         assert parsed.opaque is NO_OPAQUE
@@ -215,17 +213,16 @@ def test_every_documented_body_form_gives_the_same_samples() -> None:
 
 def test_json_bodies_carry_opaque_and_sample_rate() -> None:
     body = json.dumps({"audio_buffer": list(bytes(16_000)), "opaque": {"id": 7}, "sample_rate": 8000})
-    parsed = parse("application/json", body.encode(), "44100", 10)
+    parsed = parse_batch_body("application/json", body.encode(), rate_options("44100"), 10)
     assert parsed.opaque == {"id": 7} and parsed.samples.size == 16_000  # 1 s at 8 kHz is 16000 at 16 kHz
-    nothing = parse(
-        "application/json", json.dumps({"audio_buffer": [0, 0], "opaque": None}).encode(), None, 10
-    )
+    document = json.dumps({"audio_buffer": [0, 0], "opaque": None}).encode()
+    nothing = parse_batch_body("application/json", document, rate_options(None), 10)
     assert nothing.opaque is None
 
 
 def test_raw_pcm_takes_the_query_sample_rate() -> None:
-    assert parse("audio/pcm", bytes(16_000), "8000", 10).samples.size == 16_000
-    assert parse("audio/pcm", bytes(16_000), None, 10).samples.size == 8000
+    assert parse_batch_body("audio/pcm", bytes(16_000), rate_options("8000"), 10).samples.size == 16_000
+    assert parse_batch_body("audio/pcm", bytes(16_000), rate_options(None), 10).samples.size == 8000
 
 
 @pytest.mark.parametrize(
@@ -257,7 +254,7 @@ def test_bad_bodies_get_the_documented_error(
     content_type: str, body: bytes, query: str | None, error: type, match: str | None
 ) -> None:
     with pytest.raises(error, match=match):
-        parse(content_type, body, query, 1.0)
+        parse_batch_body(content_type, body, rate_options(query), 1.0)
 
 
 def test_the_duration_limit_is_inclusive() -> None:
@@ -311,7 +308,7 @@ def test_the_batch_document_is_the_contracts() -> None:
             "words": [word_document(w) for w in WORDS],
             "processing_time_ms": 41.2,
         },
-        "segments": [],
+        "segments": [],  # a transcript built without segments (issue 15 adds them to the document)
     }
     assert batch_document(transcript, "default", 1.0, opaque=None)["opaque"] is None
     assert word_document(WORDS[1]) == {"word": "queen", "start": 0.48, "end": 0.96, "confidence": 1.0}
