@@ -386,13 +386,19 @@ async def test_a_long_call_queue_sheds_new_work_at_once(
     nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path,
     references: References,
 ) -> None:  # fmt: skip
-    """`MAX_CALLS_PER_ENDPOINT=1`, `MAX_QUEUED_CALLS=1`: with six requests on the slowed encoder,
-    calls queue in AMIRA; while more than one waits, a new request gets `503 capacity_exceeded` with
-    `Retry-After` and a new stream close 1013, at once. The queued work completes, and then new work
-    is taken again."""
+    """`MAX_CALLS_PER_ENDPOINT=1`, `MAX_QUEUED_CALLS=1`: four requests on the slowed encoder, each
+    admitted before the next is sent, make calls queue in AMIRA (two run, two wait); while more than
+    one waits, a new request gets `503 capacity_exceeded` with `Retry-After` and a new stream close
+    1013, at once. The queued work completes, and then new work is taken again.
+
+    Four, not more: a request is admitted while at most one call waits, and with two endpoints busy
+    the first three requests can keep at most one waiting, so the fourth is surely admitted; a fifth
+    could already meet two waiting calls and be refused, which is the behaviour under test but would
+    make the setup a race."""
     settings = pool_settings(tritons, tmp_path, max_calls_per_endpoint=1, max_queued_calls=1)
     base = await start_server(nursery, settings)
     answers: list[httpx.Response] = []
+    admitted = BATCH_AUDIO[:4]
 
     async def queued() -> bool:
         return await metric(http, base, "amira_backend_queued_calls") >= 2
@@ -401,8 +407,13 @@ async def test_a_long_call_queue_sheds_new_work_at_once(
         answers.append(await batch(http, base, samples, "slow"))
 
     async with trio.open_nursery() as work:
-        for samples in BATCH_AUDIO + BATCH_AUDIO[:1]:
+        for count, samples in enumerate(admitted, start=1):
             work.start_soon(one, samples)
+
+            async def active(count: int = count) -> bool:
+                return await metric(http, base, "amira_active_batches") >= count or len(answers) > 0
+
+            await wait_until(active, within=5, step=0.005)
         await wait_until(queued, within=5, step=0.01)
         began = time.monotonic()
         refused = await batch(http, base, BATCH_AUDIO[0])
@@ -412,7 +423,7 @@ async def test_a_long_call_queue_sheds_new_work_at_once(
         closed = await refusal(ws(base, "default"))
         assert closed.error is not None and closed.error["error_type"] == "capacity_exceeded"
         assert closed.close_code == 1013
-    expected = [*references.batch, references.batch[0]]
+    expected = references.batch[: len(admitted)]
     assert sorted(a.json().get("transcription", a.text) for a in answers) == sorted(expected)
     assert await metric(http, base, "amira_backend_queued_calls") == 0
     response = await batch(http, base, BATCH_AUDIO[0])
