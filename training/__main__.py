@@ -31,6 +31,11 @@ def main() -> None:
     )
     parser.add_argument("--train-utterances", type=int, default=6000)
     parser.add_argument("--test-utterances", type=int, default=400)
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="train the causal cache-aware variant (the default-streaming set) instead",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     metrics = run(
@@ -45,6 +50,7 @@ def main() -> None:
         args.resume_stage2,
         args.copies,
         args.joined_copies,
+        args.streaming,
     )
     print(
         f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "

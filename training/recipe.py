@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import grammar, synth
-from .export import OnnxGreedy, export
+from .causal import CausalEncoder
+from .export import OnnxGreedy, OnnxStreamingGreedy, export, export_streaming
 from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
 from .joining import held_out_joined, join
 from .model import Sizes, Transducer, encoded_length
@@ -204,8 +205,12 @@ def run(
     resume: Path | None = None,
     copies: int = 8,
     joined_copies: int = 4,
+    streaming: bool = False,
 ) -> dict:
+    """The whole recipe; `streaming` trains the causal cache-aware variant (`training/causal.py`) on
+    the streaming features instead, and exports it as the `default-streaming` set."""
     torch.set_num_threads(1)
+    prefix = "streaming-" if streaming else ""  # of the files in `work`
     repo_root = Path(__file__).resolve().parent.parent
     torch.manual_seed(seed)
     np_rng = np.random.default_rng(seed)
@@ -216,11 +221,11 @@ def run(
     test_waves, test_texts = _waves(data, "test"), [str(t) for t in data["test_texts"]]
     train_targets = [grammar.encode(t) for t in train_texts]
     order = np.argsort([len(w) for w in train_waves], kind="stable")
-    pre = Preprocessor()
+    pre = Preprocessor(streaming)
     test_features = clean_features(pre, test_waves)
 
     sizes = Sizes(vocab_size=len(grammar.PIECES))
-    model = Transducer(sizes)
+    model = Transducer(sizes, CausalEncoder(sizes) if streaming else None)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
     train_started = time.time()
 
@@ -274,6 +279,9 @@ def run(
     # that it depends on the stage-1 weights alone (--resume-stage2).
     if resume is None:
         pool = augmented_pool(pre, train_waves, order, copies, np_rng)
+        if isinstance(model.encoder, CausalEncoder):  # unnormalised features: standardise inside
+            frames = torch.from_numpy(np.concatenate(pool[0], axis=1).astype(np.float32))
+            model.encoder.set_statistics(frames.mean(1), frames.std(1))
 
         def draw_utterances(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[int]]]:
             start = int(rng.integers(0, len(order) - batch + 1))
@@ -284,7 +292,7 @@ def run(
 
         train(steps, 2e-3, min(500, steps // 10), np_rng, draw_utterances)
         del pool
-        torch.save(model.state_dict(), work / "stage1.pt")
+        torch.save(model.state_dict(), work / f"{prefix}stage1.pt")
     else:
         model.load_state_dict(torch.load(resume))
         log(f"stage 1 weights from {resume}")
@@ -302,7 +310,8 @@ def run(
             chosen = examples[start : start + size]
             return [f for f, _ in chosen], [t for _, t in chosen]
 
-        train(finetune_steps, 1e-3, 100, stage2_rng, draw_joined, WINDOW_CONSISTENCY)
+        # a causal encoder streams exactly as it encodes whole: no window agreement to learn
+        train(finetune_steps, 1e-3, 100, stage2_rng, draw_joined, 0.0 if streaming else WINDOW_CONSISTENCY)
     train_s = time.time() - train_started
 
     wer, hyps = evaluate(model, test_features, test_texts)
@@ -315,12 +324,17 @@ def run(
     )
     log(f"held-out joined WER {joined_wer:.3%} over {len(joined)} recordings (3+ utterances, 8+ s)")
     shipping = output.resolve() == (repo_root / "amira" / "models" / "repository").resolve()
-    write_held_out(
-        joined[:HELD_OUT_SHIPPED],
-        repo_root / "tests" / "data" / "held_out" if shipping else work / "held_out",
-    )
-    export(model, output, grammar.PIECES)
-    onnx_greedy = OnnxGreedy(output)
+    onnx_greedy: OnnxGreedy | OnnxStreamingGreedy
+    if streaming:
+        export_streaming(model, output, grammar.PIECES)
+        onnx_greedy = OnnxStreamingGreedy(output)
+    else:
+        write_held_out(
+            joined[:HELD_OUT_SHIPPED],
+            repo_root / "tests" / "data" / "held_out" if shipping else work / "held_out",
+        )
+        export(model, output, grammar.PIECES)
+        onnx_greedy = OnnxGreedy(output)
     mismatches = 0
     for f, hyp in zip(test_features, hyps, strict=True):
         mismatches += grammar.decode(onnx_greedy(f, f.shape[1])) != hyp
@@ -333,6 +347,7 @@ def run(
         log(f"{name}: {hyp!r} ({'exact' if hyp == ref else 'expected ' + repr(ref)})")
     metrics = {
         "seed": seed,
+        "streaming": streaming,
         "steps": steps,
         "finetune_steps": finetune_steps,
         "batch": batch,
@@ -349,6 +364,6 @@ def run(
         "voices": sorted(set(map(str, data["train_voices"]))),
         "total_s": round(time.time() - started),
     }
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    torch.save(model.state_dict(), work / "model.pt")
+    (work / f"{prefix}metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    torch.save(model.state_dict(), work / f"{prefix}model.pt")
     return metrics
