@@ -6,6 +6,11 @@ record (the validated set, its streaming windows computed once, its pool of deco
 makes the backend calls (preprocessor + encoder, the `decoder_joint` loop), counts and times them,
 and rides through a backend outage by retrying under a kind of work's `CallPolicy`.
 
+Decoding a span (`Engine.decode`) drives the sans-IO `GreedyDecoder` through `amira.core.joint`
+in one of the ways `DECODE_MODE` names (see `amira.settings.DecodeMode`): batched across spans by
+the model set's `JointScheduler` (while the engine runs, `Engine.run`), one worker thread per span,
+or one worker-thread hand-off per call; or, with Triton, in Triton's decode model.
+
 Files (vocabularies) are read here, not in `amira.core`, which stays free of I/O.
 """
 
@@ -13,8 +18,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import attrs
 import numpy as np
@@ -22,15 +27,18 @@ import numpy.typing as npt
 import trio
 
 from amira.backends.base import Backend
+from amira.batching import JointScheduler
+from amira.core.decode_model import DECODE_OUTPUTS, apply_response, decode_model_name, span_request
 from amira.core.decoding import GreedyDecoder
 from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
+from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_step, receive_outputs
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.state_pool import StatePool
 from amira.core.vocabulary import Vocabulary, VocabularyError
 from amira.core.windowing import StreamingConfig, StreamingConfigError
-from amira.settings import Settings
+from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
-JOINT_OUTPUTS = ("outputs", "output_states_1", "output_states_2")
+T = TypeVar("T")
 OUTAGE_RETRY_SECS = 0.25
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
 
@@ -104,6 +112,42 @@ class Engine:
         self.batch_calls = CallPolicy(trio.CapacityLimiter(settings.max_concurrent_batches))
         self.calls: Counter[str] = Counter()
         self.on_call: Callable[[str, str, float], None] | None = None
+        self.schedulers: dict[str, JointScheduler] = {}
+        self.decode_models: dict[str, str] = {}  # model set -> its Triton decode model, where it has one
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the batching schedulers (`DECODE_MODE=batched`) until cancelled.
+
+        `serve` and `open_recognizer` run it; an engine that is not running decodes each span in a
+        worker thread of its own instead.
+        """
+        if self.running:
+            raise RuntimeError("the engine is running already")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self.schedulers.clear()
+
+    def _scheduler(self, model_set: ModelSet) -> JointScheduler | None:
+        """The set's batching scheduler, started on first use; None when spans are not batched."""
+        if self.settings.decode_mode is not DecodeMode.BATCHED or self._nursery is None:
+            return None
+        scheduler = self.schedulers.get(model_set.name)
+        if scheduler is None:
+            model = model_set.config.decoder_joint
+            scheduler = JointScheduler(self.backend, model, self.settings.decoder_batch_window_ms / 1000)
+            self.schedulers[model_set.name] = scheduler
+            self._nursery.start_soon(scheduler.run)
+        return scheduler
 
     def load_vocabularies(self) -> None:
         """Read every vocabulary now: a missing or malformed file is a start-up error, not a runtime one."""
@@ -148,7 +192,16 @@ class Engine:
                 model_set.state_hidden,
                 2 * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
+            await self._find_decode_model(model_set)
             self.model_sets[name] = LoadedModelSet(model_set, streaming, states)
+
+    async def _find_decode_model(self, model_set: ModelSet) -> None:
+        """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it ready."""
+        if self.backend.kind != "triton" or self.settings.triton_decode_model is TritonDecodeModel.OFF:
+            return
+        name = decode_model_name(model_set.config.decoder_joint)
+        if await self.backend.is_model_ready(name):
+            self.decode_models[model_set.name] = name
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
@@ -182,6 +235,24 @@ class Engine:
                 f"model set {name!r} is not loaded yet: the backend has not answered"
             ) from None
 
+    def _record(self, model_set: ModelSet, role: str, timings: list[float]) -> None:
+        """Count and time calls of `role`, one per entry of `timings` (seconds)."""
+        self.calls[role] += len(timings)
+        if self.on_call is not None:
+            for seconds in timings:
+                self.on_call(model_set.name, role, seconds)
+
+    async def _riding_through(self, policy: CallPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`, retried while the backend is unreachable, for up to the policy's ride-through."""
+        give_up_at = trio.current_time() + policy.ride_through_secs
+        while True:
+            try:
+                return await attempt()
+            except BackendUnavailable:
+                if trio.current_time() + OUTAGE_RETRY_SECS > give_up_at:
+                    raise
+            await trio.sleep(OUTAGE_RETRY_SECS)
+
     async def _infer(
         self,
         model_set: ModelSet,
@@ -191,21 +262,17 @@ class Engine:
         policy: CallPolicy,
     ) -> dict[str, npt.NDArray[Any]]:
         """One backend call for a model of the set, counted and timed, retried through an outage."""
-        give_up_at = trio.current_time() + policy.ride_through_secs
-        while True:
+
+        async def attempt() -> dict[str, npt.NDArray[Any]]:
             started = time.perf_counter()
             try:
                 return await self.backend.infer(
                     model_set.config.models[role], inputs, outputs, policy.limiter
                 )
-            except BackendUnavailable:
-                if trio.current_time() + OUTAGE_RETRY_SECS > give_up_at:
-                    raise
             finally:
-                self.calls[role] += 1
-                if self.on_call is not None:
-                    self.on_call(model_set.name, role, time.perf_counter() - started)
-            await trio.sleep(OUTAGE_RETRY_SECS)
+                self._record(model_set, role, [time.perf_counter() - started])
+
+        return await self._riding_through(policy, attempt)
 
     async def encode(
         self, model_set: ModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
@@ -243,26 +310,61 @@ class Engine:
         policy: CallPolicy,
     ) -> None:
         """Run `decoder` to its end; `encoded` holds absolute frames `offset`, `offset + 1`, ..."""
-        state = decoder.state
-        while (call := decoder.next_call()) is not None:
-            frames = np.ascontiguousarray(encoded.frames[None, :, call.start - offset : call.stop - offset])
-            out = await self._infer(
-                model_set,
-                "decoder_joint",
-                {
-                    "encoder_outputs": frames,
-                    "targets": np.array([[call.target]], np.int32),
-                    "target_length": np.array([1], np.int32),
-                    "input_states_1": state.h,
-                    "input_states_2": state.c,
-                },
-                JOINT_OUTPUTS,
-                policy,
+        span = Span(decoder, encoded.frames, offset)
+        decode_model = self.decode_models.get(model_set.name)
+        if decode_model is not None:
+            await self._riding_through(
+                policy, lambda: self._decode_in_triton(model_set, decode_model, span, policy)
             )
-            logits = out["outputs"]
-            if logits.ndim != 4 or logits.shape[2] != 1:
-                raise BackendError(f"decoder_joint returned outputs of shape {logits.shape}")
-            try:
-                decoder.receive(logits[0, :, 0, :], out["output_states_1"], out["output_states_2"])
-            except ValueError as exc:
-                raise BackendError(f"decoder_joint returned unusable outputs: {exc}") from exc
+            return
+        if self.settings.decode_mode is DecodeMode.PER_CALL:
+            while (request := span.request()) is not None:
+                outputs = await self._infer(
+                    model_set, "decoder_joint", joint_inputs([request]), JOINT_OUTPUTS, policy
+                )
+                receive_outputs([request], outputs)
+                span.answered()
+            return
+        await self._riding_through(policy, lambda: self._decode_span(model_set, span, policy))
+
+    async def _decode_in_triton(
+        self, model_set: ModelSet, decode_model: str, span: Span, policy: CallPolicy
+    ) -> None:
+        """The rest of `span` in one call of Triton's decode model; its `decoder_joint` calls are counted
+        (not timed: they happen inside Triton)."""
+        inputs = span_request(span)
+        if inputs is None:
+            return
+        started = time.perf_counter()
+        try:
+            outputs = await self.backend.infer(decode_model, inputs, DECODE_OUTPUTS, policy.limiter)
+        finally:
+            self._record(model_set, "decode", [time.perf_counter() - started])
+        self.calls["decoder_joint"] += apply_response(span, outputs)
+
+    async def _decode_span(self, model_set: ModelSet, span: Span, policy: CallPolicy) -> None:
+        """The rest of `span` in one go: batched by the set's scheduler, or in a thread of its own."""
+        timings: list[float] = []
+        try:
+            scheduler = self._scheduler(model_set)
+            if scheduler is not None:
+                await scheduler.decode(span, policy.limiter, timings)
+                return
+            model = model_set.config.decoder_joint
+
+            def run(inputs: dict[str, Array]) -> dict[str, Array]:
+                started = time.perf_counter()
+                try:
+                    return self.backend.infer_blocking(model, inputs, JOINT_OUTPUTS)
+                finally:
+                    timings.append(time.perf_counter() - started)
+
+            def work() -> None:
+                while True:
+                    trio.from_thread.check_cancelled()  # a cancelled request stops at the next call
+                    if not joint_step([span], run):
+                        return
+
+            await self.backend.run_blocking(work, policy.limiter)
+        finally:
+            self._record(model_set, "decoder_joint", timings)

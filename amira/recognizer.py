@@ -81,7 +81,12 @@ async def open_recognizer(settings: Settings | None = None) -> AsyncIterator[Rec
     try:
         engine = Engine(backend, settings)
         await engine.load()
-        yield Recognizer(engine)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            try:
+                yield Recognizer(engine)
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()

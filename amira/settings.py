@@ -6,6 +6,7 @@ message that names the variable, rather than a guess that fails later under load
 
 from __future__ import annotations
 
+import enum
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +21,39 @@ from amira.models import shipped_repository
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
+
+
+class DecodeMode(enum.Enum):
+    """How the engine drives the greedy decoders' `decoder_joint` calls (`DECODE_MODE`).
+
+    * `batched`: a scheduler per model set runs the calls of every span in progress (batch requests
+      and streams) in one worker thread, as one call with B rows per step;
+    * `span`: each span runs in a worker thread of its own, one thread hand-off per span;
+    * `per-call`: one worker-thread hand-off per call, the way AMIRA first worked (for comparison).
+
+    With Triton, a repository's decode model (`TRITON_DECODE_MODEL`) replaces all three.
+    """
+
+    BATCHED = "batched"
+    SPAN = "span"
+    PER_CALL = "per-call"
+
+
+class TritonDecodeModel(enum.Enum):
+    """Whether spans are decoded by Triton's decode model (`<decoder_joint>_decode`) when it has one."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+
+def _choice(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    def parse(text: str) -> enum.Enum:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"must be one of {', '.join(m.value for m in kind)}") from None
+
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -40,6 +74,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of milliseconds, 0 or more")
     return value
 
 
@@ -146,6 +187,9 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
+    decode_mode: DecodeMode = DecodeMode.BATCHED
+    decoder_batch_window_ms: float = 0.0
+    triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
     # None: the browser page at `/` is on for the embedded backend (a newcomer's first run), off
     # behind Triton (production), where an operator turns it on with WEB_UI=true.
     web_ui: bool | None = None
@@ -212,5 +256,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
+    "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
+    "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
+    "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),
     "WEB_UI": ("web_ui", _boolean),
 }

@@ -69,6 +69,7 @@ class Stream:
         )
         self._results_send, self._results_receive = trio.open_memory_channel[StreamResult](output_capacity)
         self.transcription = ""  # of the latest result: what an error message shows as "so far"
+        self._decoded_frames = 0  # where the latest committed decoding stopped: the end of the last word
 
     async def send_audio(self, samples: npt.NDArray[Any]) -> None:
         """Queue 16 kHz mono samples (copied); waits while the infer task is behind."""
@@ -128,6 +129,7 @@ class Stream:
             raise BackendError(str(exc)) from exc
         committed = GreedyDecoder(model_set.decoding, self._state, stop)
         await engine.decode(model_set, committed, encoded, window.first_frame, policy)
+        self._decoded_frames = stop
         self._weaver.commit(committed.emissions)
         tentative: list[Emission] = []
         if window.tentative_stop > self._state.frame:
@@ -141,7 +143,9 @@ class Stream:
         emissions = snapshot.emissions
         words: tuple[Word, ...] = ()
         if status is not ResultStatus.PARTIAL:
-            words = words_from_emissions(self._model_set.vocabulary, emissions, self._model_set.frame_seconds)
+            words = words_from_emissions(
+                self._model_set.vocabulary, emissions, self._model_set.frame_seconds, self._decoded_frames
+            )
         self.transcription = snapshot.transcription
         await self._results_send.send(
             StreamResult(

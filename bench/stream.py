@@ -2,6 +2,7 @@
 
     python -m bench.stream [--backend embedded|triton|both] [--model small|parakeet|both]
                            [--json out.json] [--quick] [--repeat N] [--streams 1,2,5,10,20]
+                           [--decode-modes per-call,batched]
 
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
 C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s) and `MAX_CONCURRENT_STREAMS` raised to the
@@ -23,6 +24,10 @@ one repetition):
 * the largest event-loop stall in the server (a task that sleeps 10 ms and measures how late it
   wakes), and errors (streams without a normal final result).
 
+With `--decode-modes per-call,batched` one server runs per decode path (`DECODE_MODE`; with Triton
+the per-call server also has `TRITON_DECODE_MODEL=off`, the batched one uses the decode model) and
+every scenario runs on each in turn, so that their CPU per audio second is compared in one run.
+
 Figures are medians over `--repeat` repetitions of each scenario. Separately, each stream's final
 `metadata.tokens` are compared with the batch endpoint's tokens for the same audio (token-level
 Levenshtein distance), for the real-time streams and for longer recordings (25 s and 40 s, streamed
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AsyncExitStack
 
 import httpx
 import trio
@@ -218,10 +224,18 @@ async def batch_tokens(http: httpx.AsyncClient, server: ServerProcess, item: Rec
     return response.json()["metadata"]["tokens"]
 
 
+def mode_settings(mode: str) -> dict[str, object]:
+    """The server settings of one decode path: per-call also turns Triton's decode model off."""
+    if mode == "per-call":
+        return {"decode_mode": mode, "triton_decode_model": "off"}
+    return {"decode_mode": mode}
+
+
 async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  # type: ignore[no-untyped-def]
     levels = tuple(args.streams) if args.streams else (QUICK_STREAMS if args.quick else STREAMS)
     repeat = args.repeat or (1 if args.quick else 2)
     recordings = stream_recordings(args.quick)
+    modes = args.decode_modes
     settings = {
         "max_concurrent_streams": max(max(levels), 10),
         "max_batch_audio_secs": 60,
@@ -231,9 +245,18 @@ async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  #
     }
     async with (
         open_subject(backend, model, args.workdir) as subject,
-        running_server(subject, args.workdir / "server.log", **settings) as server,
+        AsyncExitStack() as stack,
         httpx.AsyncClient(timeout=120) as http,
     ):
+        servers = {
+            mode: await stack.enter_async_context(
+                running_server(
+                    subject, args.workdir / f"server-{mode}.log", **settings, **mode_settings(mode)
+                )
+            )
+            for mode in modes
+        }
+        server = servers[modes[0]]
         idle = await idle_cpu(server)
         reference = {r.name: await batch_tokens(http, server, r) for r in recordings}
         # edit distance on longer audio, streamed as fast as the server takes it (also a warm-up)
@@ -254,44 +277,50 @@ async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  #
                     "error": streamed["error"],
                 }
             )
-        runs: dict[int, list[dict[str, object]]] = {n: [] for n in levels}
+        runs: dict[tuple[str, int], list[dict[str, object]]] = {(m, n): [] for m in modes for n in levels}
         for rep in range(repeat):
             for n in levels:
-                run = await scenario(server, subject, n, recordings)
-                run["edit_rates"] = [
-                    levenshtein(tokens, reference[name]) / max(1, len(reference[name]))
-                    for tokens, name in zip(run["streamed_tokens"], run["recordings"], strict=True)
-                    if tokens is not None
-                ]
-                runs[n].append(run)
-                print(
-                    f"  {subject.label} N={n} rep {rep + 1}: partial p50 {fmt(run['partial_p50_ms'])} ms, "
-                    f"final p99 {fmt(run['final_p99_ms'])} ms, stall {fmt(run['max_stall_ms'])} ms, "
-                    f"errors {int(run['errors'])}",  # type: ignore[call-overload]
-                    flush=True,
-                )
-    numeric = [k for k, v in runs[levels[0]][0].items() if isinstance(v, float)]
+                for mode in modes if rep % 2 == 0 else modes[::-1]:  # alternate which path goes first
+                    run = await scenario(servers[mode], subject, n, recordings)
+                    run["edit_rates"] = [
+                        levenshtein(tokens, reference[name]) / max(1, len(reference[name]))
+                        for tokens, name in zip(run["streamed_tokens"], run["recordings"], strict=True)
+                        if tokens is not None
+                    ]
+                    runs[mode, n].append(run)
+                    print(
+                        f"  {subject.label} {mode} N={n} rep {rep + 1}: partial p50 "
+                        f"{fmt(run['partial_p50_ms'])} ms, final p99 {fmt(run['final_p99_ms'])} ms, "
+                        f"CPU {fmt(run['server_cpu_per_audio_s'], 4)} s/audio s, "
+                        f"stall {fmt(run['max_stall_ms'])} ms, errors {int(run['errors'])}",  # type: ignore[call-overload]
+                        flush=True,
+                    )
+    numeric = [k for k, v in runs[modes[0], levels[0]][0].items() if isinstance(v, float)]
     rows = []
-    for n in levels:
-        row: dict[str, object] = {"backend": backend, "model": model, "streams": n, "repeat": repeat}
-        row.update({k: median(run[k] for run in runs[n]) for k in numeric})  # type: ignore[misc]
-        row["errors"] = sum(run["errors"] for run in runs[n])  # type: ignore[misc]
-        row["worst_stall_ms"] = max(run["max_stall_ms"] for run in runs[n])  # type: ignore[type-var]
-        row["edit_rate_median"] = median(rate for run in runs[n] for rate in run["edit_rates"])  # type: ignore[attr-defined]
-        row["error_messages"] = [m for run in runs[n] for m in run["error_messages"]]  # type: ignore[attr-defined]
-        rows.append(row)
+    for mode in modes:
+        for n in levels:
+            found = runs[mode, n]
+            row: dict[str, object] = {
+                "backend": backend, "model": model, "mode": mode, "streams": n, "repeat": repeat
+            }  # fmt: skip
+            row.update({k: median(run[k] for run in found) for k in numeric})  # type: ignore[misc]
+            row["errors"] = sum(run["errors"] for run in found)  # type: ignore[misc]
+            row["worst_stall_ms"] = max(run["max_stall_ms"] for run in found)  # type: ignore[type-var]
+            row["edit_rate_median"] = median(rate for run in found for rate in run["edit_rates"])  # type: ignore[attr-defined]
+            row["error_messages"] = [m for run in found for m in run["error_messages"]]  # type: ignore[attr-defined]
+            rows.append(row)
     return {
         "backend": backend,
         "model": model,
         "idle_cpu_per_s": idle,
         "rows": rows,
         "edit_distance": distances,
-        "runs": runs,
+        "runs": {f"{mode} N={n}": found for (mode, n), found in runs.items()},
     }
 
 
-def targets(subject: dict[str, object]) -> dict[str, object]:
-    rows = {row["streams"]: row for row in subject["rows"]}  # type: ignore[attr-defined]
+def targets(subject: dict[str, object], mode: str) -> dict[str, object]:
+    rows = {row["streams"]: row for row in subject["rows"] if row["mode"] == mode}  # type: ignore[attr-defined]
     out: dict[str, object] = {
         "joint_calls_within_tokens_plus_windows": all(
             r["joint_calls_per_audio_s"] <= r["emitted_per_audio_s"] + r["windows_per_audio_s"] + 1e-9
@@ -319,8 +348,9 @@ def targets(subject: dict[str, object]) -> dict[str, object]:
 
 def report(results: list[dict[str, object]]) -> dict[str, object]:
     columns = (
-        "backend", "model", "N", "partial p50", "p90", "p99", "final p50", "final p99", "CPU s/audio s",
-        "Triton CPU", "joint calls/s", "tokens/s", "windows/s", "stall ms", "errors", "edit rate",
+        "backend", "model", "decode", "N", "partial p50", "p90", "p99", "final p50", "final p99",
+        "CPU s/audio s", "Triton CPU", "joint calls/s", "tokens/s", "windows/s", "stall ms", "errors",
+        "edit rate",
     )  # fmt: skip
     rows = [row for result in results for row in result["rows"]]  # type: ignore[attr-defined]
     table = print_table(
@@ -329,6 +359,7 @@ def report(results: list[dict[str, object]]) -> dict[str, object]:
             (
                 r["backend"],
                 r["model"],
+                r["mode"],
                 r["streams"],
                 r["partial_p50_ms"],
                 r["partial_p90_ms"],
@@ -365,11 +396,27 @@ def report(results: list[dict[str, object]]) -> dict[str, object]:
         ("backend", "model", "recording", "seconds", "batch tokens", "edit distance", "rate"), distance_rows
     )
     print()
-    summary = {}
+    summary: dict[str, object] = {}
     for result in results:
-        label = f"{result['backend']}/{result['model']}"
-        summary[label] = found = targets(result)
-        print(f"{label}: {found}")
+        modes = list(dict.fromkeys(row["mode"] for row in result["rows"]))  # type: ignore[attr-defined]
+        for mode in modes:
+            label = f"{result['backend']}/{result['model']}/{mode}"
+            summary[label] = found = targets(result, mode)
+            print(f"{label}: {found}")
+        if {"per-call", "batched"} <= set(modes):
+            cpu = {
+                row["mode"]: row["server_cpu_per_audio_s"]
+                + (  # type: ignore[operator]
+                    0.0 if math.isnan(row["triton_cpu_per_audio_s"]) else row["triton_cpu_per_audio_s"]  # type: ignore[arg-type]
+                )
+                for row in result["rows"]  # type: ignore[attr-defined]
+                if row["streams"] == 10
+            }
+            if cpu:
+                ratio = cpu["batched"] / cpu["per-call"]
+                label = f"{result['backend']}/{result['model']}: CPU per audio s at N=10, batched / per-call"
+                summary[label] = {"ratio": ratio, "met": ratio <= 0.5}
+                print(f"{label}: {ratio:.2f} (target <= 0.5: {'met' if ratio <= 0.5 else 'NOT met'})")
     return {"table": table, "edit_distance_table": distance_table, "targets": summary}
 
 
@@ -387,6 +434,12 @@ if __name__ == "__main__":
     command_line = parser(__doc__)
     command_line.add_argument(
         "--streams", type=lambda text: [int(n) for n in text.split(",")], help="e.g. 1,2,5,10,20"
+    )
+    command_line.add_argument(
+        "--decode-modes",
+        type=lambda text: text.split(","),
+        default=["batched"],
+        help="decode paths to compare side by side (DECODE_MODE), e.g. per-call,batched",
     )
     arguments = command_line.parse_args()
     started = time.perf_counter()

@@ -19,12 +19,14 @@ ALLOWED = {
     "amira.core": ("amira.core",),
     "amira.protocols": ("amira.core", "amira.protocols"),
     "amira.backends": ("amira.core", "amira.backends", "amira.models"),
-    "amira.engine": ("amira.core", "amira.backends", "amira.models", "amira.settings"),
+    "amira.batching": ("amira.core", "amira.backends"),
+    "amira.engine": ("amira.core", "amira.backends", "amira.batching", "amira.models", "amira.settings"),
     "amira.stream_session": ("amira.core", "amira.engine"),
     "amira.recognizer": ("amira.core", "amira.engine", "amira.settings", "amira.stream_session"),
 }
-SERVING = ("amira.core", "amira.protocols", "amira.backends", "amira.engine", "amira.stream_session",
-           "amira.recognizer", "amira.server", "amira.client", "amira.settings", "amira.models")  # fmt: skip
+SERVING = ("amira.core", "amira.protocols", "amira.backends", "amira.batching", "amira.engine",
+           "amira.stream_session", "amira.recognizer", "amira.server", "amira.client", "amira.settings",
+           "amira.models")  # fmt: skip
 
 
 def module_name(path: Path) -> str:

@@ -76,7 +76,11 @@ async def test_build_from_a_nemo_export(tmp_path: Path) -> None:
         "model-repo", "build", "--from-nemo", str(export), "--output", str(dest), "--instances", "2"
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in dest.iterdir()) == ["decoder_joint", "encoder", "preprocessor", "vocab.txt"]
+    names = sorted(p.name for p in dest.iterdir())
+    assert names == ["decoder_joint", "decoder_joint_decode", "encoder", "preprocessor", "vocab.txt"]
+    decode = (dest / "decoder_joint_decode" / "config.pbtxt").read_text()  # the token loop, next to the joint
+    assert 'backend: "python"' in decode and 'string_value: "decoder_joint"' in decode
+    assert (dest / "decoder_joint_decode" / "1" / "amira" / "core" / "decoding.py").is_file()
     preprocessor = (dest / "preprocessor" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in preprocessor and "dims: [ -1, 128, -1 ]" in preprocessor
     assert "count: 2" in (dest / "decoder_joint" / "config.pbtxt").read_text()

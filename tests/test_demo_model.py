@@ -15,10 +15,10 @@ from amira.client import open_stream_client
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
+from amira.testing.reference import reference_decoder
 from amira.testing.servers import start_server
 
 from .conftest import TritonFixture
-from .reference import reference_decoder
 
 REPOSITORY = shipped_repository()
 DEMO_FILES = ("encoder", "decoder_joint", "vocab.txt")

@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 from amira.models import model_file, shipped_repository
+from amira.testing.reference import reference_decoder
 from amira.tooling.test_models import (
     DEFAULT_SEED,
     SMALL,
@@ -20,7 +21,6 @@ from amira.tooling.test_models import (
     greedy_stats,
     vocabulary,
 )
-from tests.reference import reference_decoder
 
 REPOSITORY = shipped_repository()
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 
 import httpx
@@ -106,6 +107,8 @@ async def test_opaque_is_echoed_and_words_have_times(http: httpx.AsyncClient, em
     words = document["metadata"]["words"]
     assert words and " ".join(w["word"] for w in words) == document["transcription"]
     assert all(0 <= w["start"] < w["end"] <= document["metadata"]["audio_seconds"] + 0.08 for w in words)
+    assert all(set(w) == {"word", "start", "end", "confidence"} and 0 <= w["confidence"] <= 1 for w in words)
+    assert all(a["start"] < b["start"] and a["end"] <= b["start"] for a, b in itertools.pairwise(words))
     assert (
         "opaque" not in (await post(http, f"{embedded_url}/v2/decode/batch/default", "audio/l16", pcm)).json()
     )

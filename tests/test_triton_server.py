@@ -18,11 +18,11 @@ import trio
 from amira import open_recognizer
 from amira.models import shipped_repository
 from amira.testing.recordings import CARDS, LIBRIVOX, MODEL_SETS, RECORDINGS, pcm16, read_recording
+from amira.testing.reference import reference_decoder
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository
 from tests.conftest import BROKEN_MAX_FEATURES, SLOW_DELAY, TritonFixture
-from tests.reference import reference_decoder
 from tests.test_http_batch import ERROR_CASES, bodies, post, wav_bytes
 
 

@@ -24,10 +24,10 @@ def test_words_group_on_word_marks() -> None:
 
 def test_word_times_come_from_token_frames() -> None:
     vocab = Vocabulary.parse(TEXT)
-    emissions = [Emission(0, 2), Emission(1, 5), Emission(2, 5), Emission(3, 7)]
-    assert words_from_emissions(vocab, emissions, 0.08) == (
-        Word("he", 2 * 0.08, 3 * 0.08),
-        Word("wasn't", 5 * 0.08, 8 * 0.08),
+    emissions = [Emission(0, 2), Emission(1, 5, 0.5), Emission(2, 5), Emission(3, 7)]
+    assert words_from_emissions(vocab, emissions, 0.08, 10) == (
+        Word("he", 2 * 0.08, 3 * 0.08, 1.0),
+        Word("wasn't", 5 * 0.08, 8 * 0.08, (5 * 0.5 - 1) / 4),  # among the 5 non-blank tokens
     )
 
 

@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from amira.backends.embedded import EmbeddedBackend
 from amira.client import StreamError, open_stream_client, to_pcm16
 from amira.engine import Engine
+from amira.protocols.native_batch import word_document
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import CARDS, LIBRIVOX, read_recording
@@ -84,7 +85,7 @@ async def test_a_stream_shorter_than_a_window_equals_the_batch_result(
     results, _ = await stream(ws_url(server, model), SHORT, 0.1)
     assert results[-1]["metadata"]["tokens"] == list(batch.tokens)
     assert results[-1]["transcription"] == batch.text
-    assert [w["word"] for w in results[-1]["metadata"]["words"]] == [w.word for w in batch.words]
+    assert results[-1]["metadata"]["words"] == [word_document(w) for w in batch.words]  # times, confidences
 
 
 async def test_partials_arrive_while_audio_is_still_sent(server: tuple[str, Recognizer]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import grammar, synth
+from . import grammar
 from .causal import CausalEncoder
+from .data import cache_path, log, make_data
 from .export import OnnxGreedy, OnnxStreamingGreedy, export, export_streaming
 from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
 from .joining import held_out_joined, join
@@ -23,42 +23,6 @@ from .model import Sizes, Transducer, encoded_length
 WINDOW_CONSISTENCY = 0.3  # stage 2: weight of the streamed-window agreement loss
 HELD_OUT_SHIPPED = 12  # joined held-out recordings written beside the shipped model, in tests/data/held_out
 Draw = Callable[[np.random.Generator], tuple[list[np.ndarray], list[list[int]]]]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def make_data(seed: int, n_train: int, n_test: int, cache: Path) -> dict:
-    """Synthesised train and held-out sets (held-out sentences never occur in training)."""
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    rng = random.Random(seed)
-    train_texts = [grammar.sentence(rng) for _ in range(n_train)]
-    seen = set(train_texts)
-    test_texts: list[str] = []
-    while len(test_texts) < n_test:
-        text = grammar.sentence(rng)
-        if text not in seen:
-            test_texts.append(text)
-            seen.add(text)
-    out = {}
-    for name, texts in (("train", train_texts), ("test", test_texts)):
-        requests = [synth.random_request(rng, text) for text in texts]
-        started = time.time()
-        waves = synth.synthesize(requests)
-        log(
-            f"synthesised {len(waves)} {name} utterances "
-            f"({sum(map(len, waves)) / 16000 / 3600:.2f} h) in {time.time() - started:.0f} s"
-        )
-        out[f"{name}_audio"] = np.concatenate(waves)
-        out[f"{name}_offsets"] = np.cumsum([0] + [len(w) for w in waves])
-        out[f"{name}_texts"] = np.array(texts)
-        out[f"{name}_voices"] = np.array([f"{r.engine}:{r.voice}" for r in requests])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
-    return out
 
 
 def _waves(data: dict, name: str) -> list[np.ndarray]:
@@ -215,7 +179,7 @@ def run(
     torch.manual_seed(seed)
     np_rng = np.random.default_rng(seed)
     started = time.time()
-    data = make_data(seed, n_train, n_test, work / f"data-{seed}-{n_train}-{n_test}.npz")
+    data = make_data(seed, n_train, n_test, cache_path(work, seed, n_train, n_test))
     synth_s = time.time() - started
     train_waves, train_texts = _waves(data, "train"), [str(t) for t in data["train_texts"]]
     test_waves, test_texts = _waves(data, "test"), [str(t) for t in data["test_texts"]]

@@ -8,9 +8,9 @@ cannot be cancelled, only abandoned, which would leave work running that nobody 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from amira.core.errors import BackendError, BackendUnavailable
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.models import model_file
+
+T = TypeVar("T")
 
 ONNX_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -88,6 +90,16 @@ class EmbeddedBackend:
             return False
         return True
 
+    def infer_blocking(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        session = self._session(model)
+        try:
+            results = session.run(list(outputs), dict(inputs))
+        except ORT_ERRORS as exc:
+            raise BackendError(f"model {model!r} failed: {exc}") from exc
+        return dict(zip(outputs, results, strict=True))
+
     async def infer(
         self,
         model: str,
@@ -95,15 +107,10 @@ class EmbeddedBackend:
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
     ) -> dict[str, npt.NDArray[Any]]:
-        if model in self._sessions:
-            session = self._sessions[model]
-        else:
-            session = await trio.to_thread.run_sync(self._session, model)
-        try:
-            results = await trio.to_thread.run_sync(session.run, list(outputs), dict(inputs), limiter=limiter)
-        except ORT_ERRORS as exc:
-            raise BackendError(f"model {model!r} failed: {exc}") from exc
-        return dict(zip(outputs, results, strict=True))
+        return await trio.to_thread.run_sync(self.infer_blocking, model, inputs, outputs, limiter=limiter)
+
+    async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+        return await trio.to_thread.run_sync(work, limiter=limiter)
 
     async def aclose(self) -> None:
         self._sessions.clear()

@@ -232,13 +232,10 @@ class TritonBackend:
         except BackendFailure:
             return False
 
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        outputs: Sequence[str],
-        limiter: trio.CapacityLimiter,
-    ) -> dict[str, npt.NDArray[Any]]:
+    def _request(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> Callable[[Any], dict[str, npt.NDArray[Any]]]:
+        """The inference call as an action on a thread's client."""
         import tritonclient.http as triton_http
 
         request_inputs = []
@@ -262,7 +259,29 @@ class TritonBackend:
                 arrays[name] = np.array(array)  # a writable copy: as_numpy views the response buffer
             return arrays
 
-        return await self._call(run, f"inference on {model!r}", limiter)
+        return run
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, npt.NDArray[Any]]:
+        return await self._call(self._request(model, inputs, outputs), f"inference on {model!r}", limiter)
+
+    def infer_blocking(
+        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """One call from a `run_blocking` thread, on that thread's client; bounded by the socket timeouts."""
+        return self._in_thread(self._request(model, inputs, outputs), f"inference on {model!r}")
+
+    async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+        """`work` in one worker thread, never abandoned: it may hold state that the caller owns. Each of
+        its calls is bounded by the socket timeouts, and it stops at the next call when cancelled."""
+        if self._closed:
+            raise BackendUnavailable("the Triton backend is closed")
+        return await trio.to_thread.run_sync(work, limiter=limiter)
 
     async def aclose(self) -> None:
         """Refuse further calls. Clients of other threads close when their (idle) threads end."""

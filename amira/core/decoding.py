@@ -88,10 +88,29 @@ class DecoderState:
 
 @attrs.frozen
 class Emission:
-    """An emitted token and the absolute encoder frame it was emitted at."""
+    """An emitted token, the absolute encoder frame it was emitted at, and what the joint said there.
+
+    `probability` and `blank_probability` are the softmax of the joint's token logits `l` (the
+    first V, blank included; never the TDT duration logits) at the emission frame, taken at the
+    emitted token k (their argmax) and at the blank b: `p = exp(l[k]) / sum_j exp(l[j])` over
+    j = 0..V-1, so `1/V <= p <= 1`, and `p_blank = exp(l[b]) / sum_j exp(l[j])`.
+    `duration` is the TDT duration the joint predicted with it (a token at frame t with duration d
+    covers frames t .. t+d-1; 0 means the next token comes on the same frame); RNN-T tokens cover
+    their one frame. The defaults describe a certain one-frame token, for hand-made emissions.
+    """
 
     token: int
     frame: int
+    probability: float = 1.0
+    blank_probability: float = 0.0
+    duration: int = 1
+
+
+def softmax_at(token_logits: npt.NDArray[np.float32], token: int, blank: int) -> tuple[float, float]:
+    """The softmax of `token_logits` at the argmax `token` and at `blank`, in float64, without overflow."""
+    scaled = np.exp(token_logits.astype(np.float64) - float(token_logits[token]))
+    total = float(scaled.sum())
+    return 1.0 / total, float(scaled[blank]) / total
 
 
 @attrs.frozen
@@ -149,13 +168,15 @@ class GreedyDecoder:
         t = state.frame
         while t < call.stop:
             row = logits[t - call.start]
-            token = int(np.argmax(row[: spec.vocab_size]))
+            token_logits = row[: spec.vocab_size]
+            token = int(np.argmax(token_logits))
             duration = spec.durations[int(np.argmax(row[spec.vocab_size :]))] if spec.durations else 1
             if token == spec.blank:
                 t += max(duration, 1)
                 state.symbols_on_frame = 0
                 continue
-            self.emissions.append(Emission(token, t))
+            probability, blank_probability = softmax_at(token_logits, token, spec.blank)
+            self.emissions.append(Emission(token, t, probability, blank_probability, duration))
             state.last = token
             np.copyto(state.h, h)
             np.copyto(state.c, c)

@@ -83,7 +83,13 @@ def parse_batch_body(
 
 
 def word_document(word: Word) -> dict[str, object]:
-    return {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3)}
+    """A word of `metadata.words`: times in seconds to the millisecond, confidence to 4 decimals."""
+    return {
+        "word": word.word,
+        "start": round(word.start, 3),
+        "end": round(word.end, 3),
+        "confidence": round(word.confidence, 4),
+    }
 
 
 def batch_document(

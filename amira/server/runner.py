@@ -149,6 +149,8 @@ async def serve(
             state.shutting_down.set()
 
         async with trio.open_nursery() as nursery:
+            if not engine.running:
+                await nursery.start(engine.run)
             nursery.start_soon(keep_loading, state)
             nursery.start_soon(state.drain_after_shutdown)
             await hypercorn_serve(

@@ -11,6 +11,13 @@ Two flavours:
   instances. This is what the Triton in the `nvidia-pytriton` wheel can serve: it carries no
   onnxruntime backend.
 * `production`: `platform: "onnxruntime_onnx"`, `KIND_GPU` instances, for a real Triton image.
+
+Both flavours get a **decode model** `<decoder_joint>_decode` next to every `decoder_joint` (a model
+whose inputs are `targets` and `input_states_1`): a Python-backend model (`1/model.py`, a copy of
+`amira/tooling/triton_decode_model.py`, with a copy of `amira/core` beside it) that decodes whole
+spans against `decoder_joint` in-process, with dynamic batching (`amira.core.decode_model`). It
+needs numpy and attrs in Triton's Python (`pip install attrs` in a stock Triton image); the
+`decoder_joint` it calls runs where its own config says (on the GPU in production).
 """
 
 from __future__ import annotations
@@ -166,6 +173,93 @@ def python_model_source() -> Path:
     return Path(__file__).with_name("triton_python_model.py")
 
 
+DECODE_MAX_BATCH = 64
+DECODE_QUEUE_DELAY_US = 500
+
+
+def decode_model_source() -> Path:
+    """The Python-backend decode model that every repository gets beside each `decoder_joint`."""
+    return Path(__file__).with_name("triton_decode_model.py")
+
+
+def is_decoder_joint(inputs: Sequence[ConfigTensor]) -> bool:
+    return {"targets", "input_states_1", "encoder_outputs"} <= {tensor.name for tensor in inputs}
+
+
+def decode_config_pbtxt(
+    name: str, decoder_joint: str, inputs: Sequence[ConfigTensor], instance_count: int
+) -> str:
+    """`config.pbtxt` of the decode model of `decoder_joint` (whose ONNX inputs are `inputs`)."""
+    tensors = {tensor.name: tensor.dims for tensor in inputs}
+    dim = tensors["encoder_outputs"][1]
+    layers, hidden = tensors["input_states_1"][0], tensors["input_states_1"][2]
+
+    def block(direction: str, entries: Sequence[tuple[str, str, Sequence[int], bool]]) -> str:
+        items = []
+        for tensor, data_type, dims, ragged in entries:
+            lines = [
+                f'    name: "{tensor}"',
+                f"    data_type: {data_type}",
+                f"    dims: [ {', '.join(map(str, dims))} ]",
+            ]
+            if ragged:
+                lines.append("    allow_ragged_batch: true")
+            items.append("  {\n" + "\n".join(lines) + "\n  }")
+        return f"{direction} [\n" + ",\n".join(items) + "\n]\n"
+
+    state = [layers, hidden]
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {DECODE_MAX_BATCH}\n'
+        + block(
+            "input",
+            [
+                ("encoder_outputs", "TYPE_FP32", [dim, -1], True),
+                ("states_1", "TYPE_FP32", state, False),
+                ("states_2", "TYPE_FP32", state, False),
+                ("state", "TYPE_INT32", [2], False),
+                ("spec", "TYPE_INT32", [-1], True),
+            ],
+        )
+        + block(
+            "output",
+            [
+                ("tokens", "TYPE_INT32", [-1], False),
+                ("token_frames", "TYPE_INT32", [-1], False),
+                ("states_1", "TYPE_FP32", state, False),
+                ("states_2", "TYPE_FP32", state, False),
+                ("state", "TYPE_INT32", [3], False),
+                ("calls", "TYPE_INT32", [1], False),
+            ],
+        )
+        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {DECODE_QUEUE_DELAY_US}\n}}\n"
+        + f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {instance_count}\n  }}\n]\n"
+        + 'parameters {\n  key: "decoder_joint"\n'
+        + f"  value: {{ string_value: {json.dumps(decoder_joint)} }}\n}}\n"
+    )
+
+
+def write_decode_model(joint_onnx: Path, dest: Path, decoder_joint: str, instance_count: int) -> Path:
+    """Write `<dest>/<decoder_joint>_decode/`: config, `1/model.py` and the copy of `amira/core`."""
+    from amira.core.decode_model import decode_model_name
+
+    name = decode_model_name(decoder_joint)
+    version_dir = dest / name / "1"
+    core = version_dir / "amira" / "core"
+    if core.exists():
+        shutil.rmtree(core)
+    core.mkdir(parents=True)
+    (version_dir / "amira" / "__init__.py").write_text(
+        '"""AMIRA\'s sans-IO core, copied for the decode model."""\n'
+    )
+    for module in sorted(Path(__file__).parents[1].joinpath("core").glob("*.py")):
+        shutil.copyfile(module, core / module.name)
+    shutil.copyfile(decode_model_source(), version_dir / "model.py")
+    inputs, _ = onnx_tensors(joint_onnx)
+    text = decode_config_pbtxt(name, decoder_joint, inputs, instance_count)
+    (dest / name / "config.pbtxt").write_text(text, encoding="utf-8")
+    return dest / name
+
+
 def source_models(source_repo: Path) -> list[str]:
     """Names of the models in a source repository: directories with `1/model.onnx` or `1/model.source`."""
     return sorted(
@@ -193,8 +287,10 @@ def write_model(
     instance_count: int | None = None,
     gpus: Sequence[int] | None = None,
     parameters: Mapping[str, str] | None = None,
+    decode_model: bool = True,
 ) -> Path:
-    """Write `<dest>/<name>/` (config, `1/model.onnx` with its external data, `1/model.py` for cpu)."""
+    """Write `<dest>/<name>/` (config, `1/model.onnx` with its external data, `1/model.py` for cpu);
+    for a `decoder_joint`, its decode model too (unless `decode_model` is False)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     model_dir = dest / name
@@ -211,6 +307,8 @@ def write_model(
         name, inputs, outputs, flavour, instance_count=count, gpus=gpus, parameters=parameters
     )
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
+    if decode_model and is_decoder_joint(inputs):
+        write_decode_model(onnx_path, dest, name, 2 if flavour == "cpu" else 1)
     return model_dir
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx_asr
 
 from amira.models import model_file
@@ -20,17 +21,22 @@ class ReferenceDecoder:
 
     adapter: Any  # onnx_asr's TextResultsAsrAdapter
 
-    def __call__(self, waveform: np.ndarray) -> tuple[list[int], list[int]]:
+    def __call__(self, waveform: npt.NDArray[np.float32]) -> tuple[list[int], list[int]]:
         """`(token_ids, token_frames)`: what onnx-asr emits and at which encoder frame."""
+        ids, frames, _ = self.emissions(waveform)
+        return ids, frames
+
+    def emissions(self, waveform: npt.NDArray[np.float32]) -> tuple[list[int], list[int], list[float]]:
+        """`(token_ids, token_frames, probabilities)`: onnx-asr's own log-softmax of the token logits."""
         asr = self.adapter.asr
         waveforms = np.asarray(waveform, dtype=np.float32)[None]
         features = asr._preprocessor(waveforms, np.array([waveforms.shape[1]], np.int64))
-        ((ids, frames, _),) = asr._decoding(*asr._encode(*features))
-        return [int(i) for i in ids], [int(t) for t in frames]
+        ((ids, frames, logprobs),) = asr._decoding(*asr._encode(*features), need_logprobs=True)
+        return [int(i) for i in ids], [int(t) for t in frames], [float(np.exp(p)) for p in logprobs]
 
-    def text(self, waveform: np.ndarray) -> str:
+    def text(self, waveform: npt.NDArray[np.float32]) -> str:
         """onnx-asr's own transcript."""
-        return self.adapter.recognize(np.asarray(waveform, dtype=np.float32), sample_rate=16_000)
+        return str(self.adapter.recognize(np.asarray(waveform, dtype=np.float32), sample_rate=16_000))
 
 
 def reference_decoder(repository: Path, model_set: str, tmp_path: Path) -> ReferenceDecoder:
@@ -66,4 +72,4 @@ def model_output_width(path: Path) -> int:
 
     graph = onnx.load(str(path)).graph
     (outputs,) = (o for o in graph.output if o.name == "outputs")
-    return outputs.type.tensor_type.shape.dim[-1].dim_value
+    return int(outputs.type.tensor_type.shape.dim[-1].dim_value)

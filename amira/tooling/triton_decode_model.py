@@ -1,0 +1,76 @@
+"""The Triton decode model: a Python-backend model that decodes whole spans next to `decoder_joint`.
+
+`amira model-repo build` copies this file to `<repo>/<decoder_joint>_decode/1/model.py`, and
+AMIRA's sans-IO core (`amira/core`) beside it, so the model runs the very `GreedyDecoder` the server
+runs (it needs numpy and attrs in Triton's Python). Each request is one span (tensors:
+`amira.core.decode_model`); Triton's dynamic batcher hands several to one `execute`, and the model
+steps them together: one `decoder_joint` call (Business Logic Scripting, in-process) with one row
+per unfinished span, until every span is decoded. A span whose request does not fit gets an error
+response of its own; a failing `decoder_joint` call fails the spans of that call.
+
+Parameters in `config.pbtxt`: `decoder_joint`, the name of the model to call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the copy of amira/core beside this file
+
+from amira.core.decode_model import span_from_request, span_response
+from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_step
+
+INPUTS = ("encoder_outputs", "states_1", "states_2", "state", "spec")
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.decoder_joint = config["parameters"]["decoder_joint"]["string_value"]
+
+    def _joint(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        request = pb_utils.InferenceRequest(
+            model_name=self.decoder_joint,
+            requested_output_names=list(JOINT_OUTPUTS),
+            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.decoder_joint}: {response.error().message()}")
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in JOINT_OUTPUTS}
+
+    def execute(self, requests: list) -> list:  # type: ignore[type-arg]
+        responses: list = [None] * len(requests)  # type: ignore[type-arg]
+        spans: dict[int, Span] = {}
+        for index, request in enumerate(requests):
+            try:
+                inputs = {}
+                for name in INPUTS:
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    if tensor is None:
+                        raise ValueError(f"missing input {name!r}")
+                    inputs[name] = tensor.as_numpy()
+                spans[index] = span_from_request(inputs)
+            except Exception as error:
+                responses[index] = self._error(error)
+        try:
+            while joint_step(list(spans.values()), self._joint):
+                pass
+            for index, span in spans.items():
+                tensors = [pb_utils.Tensor(name, value) for name, value in span_response(span).items()]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        except Exception as error:
+            for index in spans:
+                responses[index] = self._error(error)
+        return responses
+
+    @staticmethod
+    def _error(error: Exception) -> object:
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(f"{type(error).__name__}: {error}")
+        )

@@ -1,0 +1,396 @@
+"""AMIRA against sherpa-onnx's C++ offline WebSocket server and onnx-asr, on identical weights.
+
+    python -m bench.sherpa [--clients 1,4,8] [--rounds 3] [--requests 40] [--json out.json] [--quick]
+
+The weights are the random-weight RNN-T test set `rnnt` (RNN-T: sherpa-onnx caps TDT at 5 symbols
+a frame where the contract says 10): AMIRA serves it as is, sherpa-onnx gets the same encoder with
+NeMo metadata and `decoder_joint` split into its decoder and joiner by graph surgery
+(`amira.testing.sherpa_models`, exact), onnx-asr loads the same files in this process. Requests are
+the 5 LibriVox clips (4.95 s on average), cycled; `c` clients send them one after another over
+kept-alive connections. Systems, measured in alternating rounds (every system once per round, in
+rotating order), figures the median over rounds:
+
+* `sherpa`: `sherpa-onnx-offline-websocket-server` (`--num-threads=1 --max-batch-size=1`: one
+  onnxruntime thread per call like AMIRA, and no zero-padded batches, which change the output of an
+  encoder without masking; `--num-work-threads` = cores);
+* `amira`: the AMIRA server (`POST /v2/decode/batch/rnnt`, raw PCM) on the embedded backend, the
+  default decode path (spans batched across requests); `amira per-call`: the same with
+  `DECODE_MODE=per-call`, one worker-thread hand-off per `decoder_joint` call (how AMIRA worked
+  before);
+* `amira triton`: the AMIRA server on a CPU-flavour Triton with the decode model (one HTTP call per
+  recording's span); `amira triton per-call`: the same Triton without it (`TRITON_DECODE_MODEL=off`,
+  `DECODE_MODE=per-call`: one HTTP call per `decoder_joint` call);
+* `onnx-asr`: onnx-asr's `recognize` in this process, one worker thread per client.
+
+CPU seconds per audio second come from /proc/<pid>/stat of every process involved (the server
+process, the Triton process tree, this process for onnx-asr), over the requests of each measurement.
+
+sherpa-onnx's server binds 0.0.0.0 with no option, so the whole benchmark re-runs itself in a
+private network namespace (`unshare -n`, loopback up; it needs root): every server it starts is
+reachable on loopback only, and each is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from trio_websocket import WebSocketConnection, connect_websocket_url
+
+from amira.models import shipped_repository
+from amira.testing.reference import reference_decoder
+from amira.testing.servers import write_model_sets
+from amira.testing.sherpa_models import sherpa_model_dir
+from bench.batch import run_round
+from bench.common import (
+    STARTUP_TIMEOUT,
+    Recording,
+    Subject,
+    fmt,
+    librivox_concatenation,
+    machine,
+    median,
+    print_table,
+    process_tree_cpu,
+    running_server,
+    write_json,
+)
+from bench.http1 import Http1Pool
+
+NETNS_MARK = "AMIRA_BENCH_NETNS"
+MODEL_SET = "rnnt"
+RNNT = {"encoder": "encoder_rnnt", "decoder_joint": "decoder_joint_rnnt", "vocabulary": "vocab_test.txt"}
+CLIENTS = (1, 4, 8)
+SHERPA_MESSAGE_BYTES = 10240
+TARGETS = {"throughput_c4": 1.0, "p50_c1": 1.2, "cpu": 1.5, "triton_throughput_c4": 0.5}
+
+Send = Callable[[Recording], Awaitable[object]]
+
+
+def in_private_network() -> None:
+    """Re-run this command in a private network namespace with loopback up (once)."""
+    if os.environ.get(NETNS_MARK) == "1":
+        return
+    command = [sys.executable, "-m", "bench.sherpa", *sys.argv[1:]]
+    script = 'ip link set lo up && exec "$@"'
+    env = os.environ | {NETNS_MARK: "1"}
+    result = subprocess.run(["unshare", "--net", "--", "sh", "-c", script, "sh", *command], env=env)
+    raise SystemExit(result.returncode)
+
+
+def sherpa_binary() -> Path:
+    return Path(sys.executable).with_name("sherpa-onnx-offline-websocket-server")
+
+
+class SherpaPool:
+    """Kept-alive WebSocket connections to sherpa-onnx's offline server; one utterance at a time each."""
+
+    def __init__(self, nursery: trio.Nursery, url: str) -> None:
+        self.nursery, self.url = nursery, url
+        self._idle: list[WebSocketConnection] = []
+        self._all: list[WebSocketConnection] = []
+
+    async def transcribe(self, item: Recording) -> object:
+        connection = self._idle.pop() if self._idle else await self._connect()
+        samples = item.samples.astype("<f4").tobytes()
+        message = struct.pack("<ii", 16_000, len(samples)) + samples
+        with trio.fail_after(60):
+            for start in range(0, len(message), SHERPA_MESSAGE_BYTES):
+                await connection.send_message(message[start : start + SHERPA_MESSAGE_BYTES])
+            reply = await connection.get_message()
+        self._idle.append(connection)
+        return json.loads(reply)
+
+    async def _connect(self) -> WebSocketConnection:
+        connection = await connect_websocket_url(self.nursery, self.url, message_queue_size=4)
+        self._all.append(connection)
+        return connection
+
+    async def aclose(self) -> None:
+        for connection in self._all:
+            with trio.move_on_after(5):
+                await connection.send_message("Done")
+                await connection.aclose()
+
+
+@asynccontextmanager
+async def sherpa_server(model_dir: Path, log: Path) -> AsyncIterator[tuple[str, int]]:
+    """sherpa-onnx's offline WebSocket server on `model_dir`: (URL, PID); stopped by PID on the way out."""
+    port = 6006
+    command = [
+        str(sherpa_binary()),
+        f"--port={port}",
+        f"--encoder={model_dir / 'encoder.onnx'}",
+        f"--decoder={model_dir / 'decoder.onnx'}",
+        f"--joiner={model_dir / 'joiner.onnx'}",
+        f"--tokens={model_dir / 'tokens.txt'}",
+        "--feat-dim=128",
+        "--num-threads=1",
+        "--max-batch-size=1",
+        f"--num-work-threads={os.cpu_count() or 2}",
+        "--num-io-threads=1",
+        f"--log-file={log}",
+    ]
+    with log.open("ab") as output:
+        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output)
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        with trio.fail_after(STARTUP_TIMEOUT):
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"sherpa-onnx's server exited ({process.returncode}); see {log}")
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+        yield url, process.pid
+    finally:
+        with trio.CancelScope(shield=True):
+            process.terminate()
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.poll() is None:
+                process.kill()
+                await process.wait()
+
+
+def amira_env(repository: Path, sets: Path, **settings: str) -> dict[str, str]:
+    return {
+        "MODEL_REPOSITORY": str(repository),
+        "MODEL_SETS_FILE": str(sets),
+        "MAX_CONCURRENT_BATCHES": "64",
+    } | settings
+
+
+async def measure(
+    send: Send, requests: list[Recording], clients: int, pids: tuple[int | None, ...] = (), own: bool = False
+) -> dict[str, float]:
+    """One measurement: throughput, latency, and CPU seconds per audio second of `pids` (or this process)."""
+
+    def cpu() -> float:
+        if own:
+            times = os.times()
+            return times.user + times.system
+        return sum(process_tree_cpu(pid) for pid in pids)
+
+    before = cpu()
+    result = await run_round(send, requests, clients)
+    used = cpu() - before
+    audio = sum(r.seconds for r in requests)
+    return {
+        "requests_per_s": float(result["requests_per_s"]),  # type: ignore[arg-type]
+        "p50_ms": float(result["p50_ms"]),  # type: ignore[arg-type]
+        "errors": float(result["errors"]),  # type: ignore[arg-type]
+        "cpu_per_audio_s": used / audio,
+    }
+
+
+async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from amira.tooling.triton_launcher import local_triton
+    from amira.tooling.triton_repository import build_repository
+
+    clips = [librivox_concatenation([i]) for i in range(5)]
+    count = args.requests or (10 if args.quick else 40)
+    rounds = args.rounds or (1 if args.quick else 3)
+    clients = tuple(int(c) for c in args.clients.split(","))
+    work = args.workdir
+    source = shipped_repository()
+    model_dir = sherpa_model_dir(
+        source, RNNT["encoder"], RNNT["decoder_joint"], RNNT["vocabulary"], work / "sherpa"
+    )
+    onnx_asr = reference_decoder(source, MODEL_SET, work)
+    triton_repo = build_repository(
+        source,
+        work / "triton",
+        "cpu",
+        models=("preprocessor", RNNT["encoder"], RNNT["decoder_joint"]),
+        clean=True,
+    )
+    sets = write_model_sets(
+        work / "sets.toml",
+        {MODEL_SET: ("preprocessor", RNNT["encoder"], RNNT["decoder_joint"], RNNT["vocabulary"])},
+    )
+    local = Subject("embedded", "rnnt", amira_env(source, sets))
+    path = f"/v2/decode/batch/{MODEL_SET}"
+    headers = [("Content-Type", "application/octet-stream")]
+
+    async with (
+        trio.open_nursery() as nursery,
+        sherpa_server(model_dir, work / "sherpa.log") as (sherpa_url, sherpa_pid),
+        local_triton(triton_repo, log_path=work / "triton.log", startup_timeout=STARTUP_TIMEOUT) as triton,
+        running_server(local, work / "amira.log") as amira,
+        running_server(local, work / "amira-per-call.log", decode_mode="per-call") as amira_per_call,
+        running_server(
+            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
+            work / "amira-triton.log",
+        ) as amira_triton,
+        running_server(
+            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
+            work / "amira-triton-per-call.log",
+            decode_mode="per-call",
+            triton_decode_model="off",
+        ) as amira_triton_per_call,
+    ):
+        sherpa = SherpaPool(nursery, sherpa_url)
+        pools = {}
+        for name, server in (
+            ("amira", amira),
+            ("amira per-call", amira_per_call),
+            ("amira triton", amira_triton),
+            ("amira triton per-call", amira_triton_per_call),
+        ):
+            pools[name] = (Http1Pool(server.url), server.process.pid)
+
+        def http_send(pool: Http1Pool) -> Send:
+            async def send(item: Recording) -> object:
+                status, body = await pool.request("POST", path, item.pcm, headers)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+                return json.loads(body)["metadata"]["tokens"]
+
+            return send
+
+        async def in_process(item: Recording) -> object:
+            return await trio.to_thread.run_sync(onnx_asr.text, item.samples)
+
+        systems: dict[str, tuple[Send, tuple[int | None, ...], bool]] = {
+            "sherpa": (sherpa.transcribe, (sherpa_pid,), False),
+            "onnx-asr": (in_process, (), True),
+        }
+        for name, (pool, pid) in pools.items():
+            pids: tuple[int | None, ...] = (pid,)
+            if "triton" in name:
+                pids = (pid, triton.pid)
+            systems[name] = (http_send(pool), pids, False)
+        for send, _, _ in systems.values():  # warm up every system on every clip
+            for clip in clips:
+                await send(clip)
+        requests = [clips[i % len(clips)] for i in range(count)]
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        names = list(systems)
+        for round_index in range(rounds):
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for c in clients:
+                for name in order:
+                    send, pids, own = systems[name]
+                    result = await measure(send, requests, c, pids, own)
+                    runs.setdefault((name, c), []).append(result)
+                    print(
+                        f"round {round_index + 1} c={c} {name}: {fmt(result['requests_per_s'])} req/s, "
+                        f"p50 {fmt(result['p50_ms'])} ms, CPU {result['cpu_per_audio_s']:.4f} s/audio s",
+                        flush=True,
+                    )
+        for pool, _ in pools.values():
+            await pool.__aexit__()
+        await sherpa.aclose()
+        nursery.cancel_scope.cancel()
+    return report(runs, names, clients, rounds, count)
+
+
+def report(
+    runs: dict[tuple[str, int], list[dict[str, float]]],
+    names: list[str],
+    clients: tuple[int, ...],
+    rounds: int,
+    count: int,
+) -> dict[str, object]:
+    figures = {
+        f"{name} c={c}": {k: median(r[k] for r in runs[name, c]) for k in runs[name, c][0]}
+        for name, c in runs
+    }
+    rows = []
+    for name in names:
+        for c in clients:
+            f = figures[f"{name} c={c}"]
+            sherpa = figures[f"sherpa c={c}"]
+            rows.append(
+                [
+                    name,
+                    c,
+                    f["requests_per_s"],
+                    f["requests_per_s"] / sherpa["requests_per_s"],
+                    f["p50_ms"],
+                    f["p50_ms"] / sherpa["p50_ms"],
+                    f"{f['cpu_per_audio_s']:.4f}",
+                    f"{f['cpu_per_audio_s'] / sherpa['cpu_per_audio_s']:.2f}",
+                    int(f["errors"]),
+                ]
+            )
+    table = print_table(
+        [
+            "system",
+            "c",
+            "req/s",
+            "x sherpa",
+            "p50 ms",
+            "p50 / sherpa",
+            "CPU s/audio s",
+            "CPU / sherpa",
+            "errors",
+        ],
+        rows,
+    )
+
+    def ratio(name: str, c: int, key: str) -> float:
+        return figures[f"{name} c={c}"][key] / figures[f"sherpa c={c}"][key]
+
+    targets = {
+        "embedded throughput at c=4 / sherpa (>= 1.0)": ratio("amira", 4, "requests_per_s"),
+        "embedded p50 at c=1 / sherpa (<= 1.2)": ratio("amira", 1, "p50_ms"),
+        "embedded server CPU per audio s / sherpa, c=4 (<= 1.5)": ratio("amira", 4, "cpu_per_audio_s"),
+        "Triton throughput at c=4 / sherpa (>= 0.5)": ratio("amira triton", 4, "requests_per_s"),
+    }
+    met = [
+        targets["embedded throughput at c=4 / sherpa (>= 1.0)"] >= TARGETS["throughput_c4"],
+        targets["embedded p50 at c=1 / sherpa (<= 1.2)"] <= TARGETS["p50_c1"],
+        targets["embedded server CPU per audio s / sherpa, c=4 (<= 1.5)"] <= TARGETS["cpu"],
+        targets["Triton throughput at c=4 / sherpa (>= 0.5)"] >= TARGETS["triton_throughput_c4"],
+    ]
+    print_table(
+        ["target", "measured", "met"],
+        [[k, f"{v:.2f}", "yes" if ok else "**no**"] for (k, v), ok in zip(targets.items(), met, strict=True)],
+    )
+    return {
+        "machine": machine(),
+        "rounds": rounds,
+        "requests": count,
+        "figures": figures,
+        "runs": {f"{name} c={c}": r for (name, c), r in runs.items()},
+        "targets": targets,
+        "table": table,
+    }
+
+
+def cli() -> None:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--requests", type=int, help="requests per measurement (default 40)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    in_private_network()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="amira-sherpa-") as workdir:
+        args.workdir = Path(workdir)
+        document = trio.run(main, args)
+    document["wall_s"] = time.monotonic() - started
+    write_json(args.json, document)
+
+
+if __name__ == "__main__":
+    cli()

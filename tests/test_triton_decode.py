@@ -1,0 +1,110 @@
+"""Decoding through a real Triton (the session's, from the pytriton wheel): the decode model that runs
+the token loop inside Triton, and the per-call, span and batched paths, all give the embedded
+backend's per-call tokens on every test recording and model set."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from amira import Recognizer, open_recognizer
+from amira.core.transcript import Transcript
+from amira.settings import DecodeMode, TritonDecodeModel
+from amira.testing.recordings import RECORDINGS, read_recording
+from amira.testing.servers import embedded_settings
+from tests.conftest import TritonFixture
+
+MODEL_SETS = ("default", "tdt", "rnnt")
+INPUTS = {path.name: read_recording(path) for path in RECORDINGS}
+
+
+async def embedded_per_call(model: str) -> dict[str, Transcript]:
+    async with open_recognizer(embedded_settings(decode_mode=DecodeMode.PER_CALL)) as recognizer:
+        return {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
+
+
+async def all_at_once(recognizer: Recognizer, model: str) -> dict[str, Transcript]:
+    results: dict[str, Transcript] = {}
+
+    async def one(name: str, samples: np.ndarray) -> None:
+        results[name] = await recognizer.transcribe(samples, model)
+
+    async with trio.open_nursery() as nursery:
+        for name, samples in INPUTS.items():
+            nursery.start_soon(one, name, samples)
+    return results
+
+
+def assert_same(got: dict[str, Transcript], expected: dict[str, Transcript]) -> None:
+    for name, transcript in expected.items():
+        assert got[name].tokens == transcript.tokens, name
+        assert got[name].token_frames == transcript.token_frames, name
+    assert sum(len(t.tokens) for t in expected.values()) > 30  # not vacuous
+
+
+@pytest.mark.parametrize("model", MODEL_SETS)
+async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixture, model: str) -> None:
+    """One recording at a time, then all at once (Triton's dynamic batcher puts several spans in one
+    `execute`, which steps them together); one decode-model call per recording."""
+    expected = await embedded_per_call(model)
+    async with open_recognizer(asr_triton.settings()) as recognizer:
+        engine = recognizer.engine
+        decode_model = f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
+        assert engine.decode_models[model] == decode_model
+        got = {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
+        assert_same(got, expected)
+        assert engine.calls["decode"] == len(INPUTS)
+        tokens = sum(len(t.tokens) for t in expected.values())
+        assert tokens <= engine.calls["decoder_joint"] <= tokens + len(INPUTS)  # counted inside Triton
+        before = await statistics(asr_triton, decode_model)
+        assert_same(await all_at_once(recognizer, model), expected)
+        after = await statistics(asr_triton, decode_model)
+    requests = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert requests == len(INPUTS) and executions < requests  # batched: several spans per execute
+
+
+async def statistics(triton: TritonFixture, model: str) -> dict[str, int]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{triton.url}/v2/models/{model}/stats")
+    (stats,) = response.json()["model_stats"]
+    return {key: int(stats[key]) for key in ("inference_count", "execution_count")}
+
+
+@pytest.mark.parametrize("mode", list(DecodeMode))
+async def test_without_the_decode_model_every_path_gives_the_per_call_tokens(
+    asr_triton: TritonFixture, mode: DecodeMode
+) -> None:
+    expected = await embedded_per_call("tdt")
+    settings = asr_triton.settings(
+        triton_decode_model=TritonDecodeModel.OFF, decode_mode=mode, decoder_batch_window_ms=20
+    )
+    async with open_recognizer(settings) as recognizer:
+        assert not recognizer.engine.decode_models
+        assert_same(await all_at_once(recognizer, "tdt"), expected)
+        assert recognizer.engine.calls["decode"] == 0
+        if mode is DecodeMode.BATCHED:
+            assert max(recognizer.engine.schedulers["tdt"].batch_sizes) >= 2
+
+
+async def test_streams_through_the_decode_model_equal_embedded_streams(asr_triton: TritonFixture) -> None:
+    clip = read_recording(RECORDINGS[0])
+
+    async def stream(recognizer: Recognizer) -> tuple[int, ...]:
+        final: tuple[int, ...] = ()
+        async with recognizer.open_stream("rnnt") as handle:
+            for start in range(0, clip.size, 3200):
+                await handle.send_audio(clip[start : start + 3200])
+            await handle.end()
+            async for result in handle:
+                final = result.tokens
+        return final
+
+    async with open_recognizer(embedded_settings(decode_mode=DecodeMode.PER_CALL)) as recognizer:
+        expected = await stream(recognizer)
+    async with open_recognizer(asr_triton.settings()) as recognizer:
+        assert await stream(recognizer) == expected
+        assert recognizer.engine.calls["decode"] > 0
+    assert len(expected) > 10
