@@ -21,7 +21,7 @@ import trio
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
 from amira.core.decoding import GreedyDecoder
 from amira.core.transcript import Transcript, build_transcript
-from amira.engine import CallPolicy, Engine, create_backend
+from amira.engine import CallPolicy, Encoded, Engine, LoadedModelSet, create_backend
 from amira.settings import Settings
 from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
 
@@ -42,13 +42,17 @@ class Recognizer:
         model: str = "default",
         policy: CallPolicy | None = None,
     ) -> Transcript:
-        """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call."""
+        """Decode one whole recording (16 kHz mono float32), as one preprocessor and encoder call (a
+        cache-aware set: one preprocessor call and the stream's chunk loop of encoder calls)."""
         engine = self.engine
         loaded = engine.model_set(model)
         model_set = loaded.model_set
         samples = require_audio(np.ascontiguousarray(samples, dtype=np.float32))
         policy = policy or engine.batch_calls
-        encoded = await engine.encode(model_set, samples, policy)
+        if model_set.cache_aware is not None:
+            encoded = await self._encode_chunked(loaded, samples, policy)
+        else:
+            encoded = await engine.encode(model_set, samples, policy)
         with loaded.states.state() as state:
             decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
             await engine.decode(model_set, decoder, encoded, 0, policy)
@@ -60,6 +64,21 @@ class Recognizer:
             sample_rate=MODEL_SAMPLE_RATE,
             features_length=encoded.features_length,
             encoded_length=encoded.length,
+        )
+
+    async def _encode_chunked(
+        self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
+    ) -> Encoded:
+        """A cache-aware set's encoder frames of a whole recording: the chunks a stream would make."""
+        async with self.engine.cache_aware_encoding(loaded, policy) as encoding:
+            encoding.chunker.feed(samples)
+            encoding.chunker.finish()
+            chunks = await self.engine.encode_chunks(loaded.model_set, encoding, policy)
+        frames = [chunk.encoded.frames for chunk in chunks]
+        return Encoded(
+            np.concatenate(frames, axis=1),
+            sum(chunk.encoded.length for chunk in chunks),
+            sum(chunk.encoded.features_length for chunk in chunks),
         )
 
     def open_stream(

@@ -12,8 +12,14 @@ decoder state (committed) and its look-ahead with a copy of the state (tentative
 into a bounded output channel. Both channels push back: `send_audio` waits while the infer task is
 behind, and the infer task waits while nobody reads results; so send and read in separate tasks.
 
-Leaving the `async with`, by any route, cancels the infer task and returns both decoder states to
-the pool; call `end()` and read the results to the last one first to get the final result. An
+A cache-aware model set (`amira.core.cache_aware`) streams without windows: each chunk of audio
+is encoded once, with the stream's encoder caches (`Engine.cache_aware_encoding`), and its frames
+are decoded and committed at once (there is no look-ahead to decode tentatively). A flush
+(Finalize) encodes the rest as the encoder's last chunk, and later audio starts a fresh encoder.
+
+Leaving the `async with`, by any route, cancels the infer task and returns both decoder states
+(and a cache-aware stream's caches) to the pool, and ends a backend sequence that was started;
+call `end()` and read the results to the last one first to get the final result. An
 inference error ends the stream: it propagates out of the `async with` (in an ExceptionGroup, as
 trio's nurseries do) and cancels the body.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -34,7 +40,7 @@ from amira.core.decoding import DecoderState, Emission, GreedyDecoder
 from amira.core.errors import BackendError, BadAudio
 from amira.core.transcript import ResultStatus, StreamResult, Word, words_from_emissions
 from amira.core.windowing import Chunker, Snapshot, TokenWeaver, Window
-from amira.engine import Engine, LoadedModelSet
+from amira.engine import CacheAwareEncoding, EncodedChunk, Engine, LoadedModelSet
 
 INPUT_CAPACITY = 16  # audio messages in flight: seconds of audio at typical WebSocket frame sizes
 OUTPUT_CAPACITY = 8  # results a slow reader may fall behind by before decoding waits for it
@@ -58,8 +64,11 @@ class Stream:
         scratch: DecoderState,
         input_capacity: int,
         output_capacity: int,
+        encoding: CacheAwareEncoding | None = None,
     ) -> None:
         self._engine = engine
+        self._encoding = encoding
+        self._received = 0
         self._model_set = loaded.model_set
         self._state, self._scratch = state, scratch
         self._chunker = Chunker(loaded.streaming)
@@ -101,6 +110,15 @@ class Stream:
                 if isinstance(item, _Finalize):
                     await self._flush(ResultStatus.FINAL)
                     continue
+                self._received += item.size
+                if self._encoding is not None:
+                    started = time.perf_counter()
+                    await self._decode_chunks(self._encoding, item)
+                    self._weaver.propose(())
+                    snapshot = self._weaver.snapshot()
+                    if snapshot.changed:
+                        await self._send(snapshot, started, ResultStatus.PARTIAL)
+                    continue
                 self._chunker.feed(item)
                 while (window := self._chunker.next_window()) is not None:
                     started = time.perf_counter()
@@ -112,11 +130,42 @@ class Stream:
 
     async def _flush(self, status: ResultStatus) -> None:
         started = time.perf_counter()
+        if self._encoding is not None:
+            await self._flush_cache_aware(self._encoding, started, status)
+            return
         window = self._chunker.flush()
         if window is not None:
             await self._decode(window)
         self._weaver.propose(())
         await self._send(self._weaver.snapshot(), started, status)
+
+    async def _decode_chunks(
+        self, encoding: CacheAwareEncoding, samples: npt.NDArray[np.float32] | None = None
+    ) -> None:
+        """Encode the chunks the new audio completes (all of it after `finish`) and commit their tokens."""
+        engine, model_set = self._engine, self._model_set
+        policy = engine.stream_calls
+        if samples is not None:
+            encoding.chunker.feed(samples)
+        chunk: EncodedChunk
+        for chunk in await engine.encode_chunks(model_set, encoding, policy):
+            decoder = GreedyDecoder(model_set.decoding, self._state, chunk.stop_frame)
+            await engine.decode(model_set, decoder, chunk.encoded, chunk.first_frame, policy)
+            self._weaver.commit(decoder.emissions)
+
+    async def _flush_cache_aware(
+        self, encoding: CacheAwareEncoding, started: float, status: ResultStatus
+    ) -> None:
+        """The rest of the audio as the encoder's last chunk; later audio starts a fresh encoder, from
+        the first frame after everything decoded so far."""
+        encoding.chunker.finish()
+        await self._decode_chunks(encoding)
+        self._weaver.propose(())
+        await self._send(self._weaver.snapshot(), started, status)
+        if status is ResultStatus.FINAL:
+            await self._engine.end_sequence(self._model_set, encoding, self._engine.stream_calls)
+            frame_samples = self._model_set.frame_samples
+            encoding.restart(max(self._state.frame, -(-self._received // frame_samples)))
 
     async def _decode(self, window: Window) -> None:
         """Encode the window; commit its chunk's tokens, and decode its look-ahead as the tentative tail."""
@@ -155,7 +204,7 @@ class Stream:
                 tokens=tuple(e.token for e in emissions),
                 token_frames=tuple(e.frame for e in emissions),
                 words=words,
-                audio_seconds=self._chunker.total_samples / MODEL_SAMPLE_RATE,
+                audio_seconds=self._received / MODEL_SAMPLE_RATE,
                 processing_time_ms=(time.perf_counter() - started) * 1000,
             )
         )
@@ -171,9 +220,16 @@ async def open_stream(
 ) -> AsyncIterator[Stream]:
     """A stream on model set `model`; raises `UnknownModel` or `BackendUnavailable` up front."""
     loaded = engine.model_set(model)
-    with loaded.states.state() as state, loaded.states.state() as scratch:
+    async with AsyncExitStack() as stack:
+        state = stack.enter_context(loaded.states.state())
+        scratch = stack.enter_context(loaded.states.state())
+        encoding = None
+        if loaded.model_set.cache_aware is not None:
+            encoding = await stack.enter_async_context(
+                engine.cache_aware_encoding(loaded, engine.stream_calls)
+            )
         async with trio.open_nursery() as nursery:
-            stream = Stream(engine, loaded, state, scratch, input_capacity, output_capacity)
+            stream = Stream(engine, loaded, state, scratch, input_capacity, output_capacity, encoding)
             nursery.start_soon(stream.run)
             try:
                 yield stream
