@@ -447,7 +447,7 @@ class Engine:
                 encoding.phase = SequencePhase.ENDED
         else:
             out = await self._infer(model_set, "encoder", inputs, spec.outputs, policy)
-        frames, length = out[spec.encoded], int(out[spec.encoded_length][0])
+        frames, length = out[spec.encoded], int(np.ravel(out[spec.encoded_length])[0])
         expected = chunk.frames if chunk.final else spec.chunk_encoder_frames
         if (
             frames.ndim != 3

@@ -60,7 +60,7 @@ class CacheAwareSpec:
 
     `chunk_frames` mel frames go into each call after `pre_encode_frames` cached ones; `chunk_frames`
     is a multiple of `subsampling`. `caches` are the caches AMIRA keeps, empty when the backend keeps
-    them per sequence (`backend_state`).
+    them per sequence (`backend_state`); `length_shape` is the signal length's shape for one stream.
     """
 
     chunk_frames: int = attrs.field(validator=attrs.validators.ge(1))
@@ -73,6 +73,7 @@ class CacheAwareSpec:
     encoded_length: str = "encoded_len"
     caches: tuple[CacheTensor, ...] = ()
     backend_state: bool = False
+    length_shape: tuple[int, ...] = (1,)  # (1, 1) where the backend batches the model ([B, 1])
 
     def __attrs_post_init__(self) -> None:
         if self.chunk_frames % self.subsampling:
@@ -97,7 +98,7 @@ class CacheAwareSpec:
         """One call's inputs: the chunk (`[1, F, P + n]`, `length` valid mel frames) and the caches."""
         inputs: dict[str, npt.NDArray[Any]] = {
             self.signal: signal,
-            self.signal_length: np.array([length], np.int64),
+            self.signal_length: np.full(self.length_shape, length, np.int64),
         }
         if caches is not None:
             inputs.update(caches.arrays)

@@ -54,14 +54,15 @@ CONTRACT: dict[str, tuple[dict[str, tuple[np.dtype[Any], int]], dict[str, tuple[
 
 
 # The cache-aware encoder's tensors: each name with its alternatives (NeMo's own export uses the
-# offline names for signal and output, and `cache_last_channel_next_len`), dtype and rank.
-CACHE_AWARE_INPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], int]] = {
-    "signal": (("processed_signal", "audio_signal"), F32, 3),
-    "signal_length": (("processed_signal_length", "length"), I64, 1),
+# offline names for signal and output, and `cache_last_channel_next_len`), dtype and ranks. A length
+# of rank 2 is `[B, 1]`: a model batched by Triton's sequence batcher (`max_batch_size` > 0).
+CACHE_AWARE_INPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], tuple[int, ...]]] = {
+    "signal": (("processed_signal", "audio_signal"), F32, (3,)),
+    "signal_length": (("processed_signal_length", "length"), I64, (1, 2)),
 }
-CACHE_AWARE_OUTPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], int]] = {
-    "encoded": (("encoded", "outputs"), F32, 3),
-    "encoded_length": (("encoded_len", "encoded_lengths"), I64, 1),
+CACHE_AWARE_OUTPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], tuple[int, ...]]] = {
+    "encoded": (("encoded", "outputs"), F32, (3,)),
+    "encoded_length": (("encoded_len", "encoded_lengths"), I64, (1, 2)),
 }
 # cache input -> (its `_next` output names, rank)
 CACHES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -189,16 +190,17 @@ def _check_cache_aware(model: str, metadata: ModelMetadata) -> list[str]:
         ("input", CACHE_AWARE_INPUTS, metadata.inputs),
         ("output", CACHE_AWARE_OUTPUTS, metadata.outputs),
     ):
-        for names, dtype, rank in table.values():
+        for names, dtype, ranks in table.values():
             spec = _find(specs, names)
             if spec is None:
                 problems.append(
                     f"cache-aware encoder {model!r} has no {direction} {' or '.join(map(repr, names))}"
                 )
-            elif spec.dtype != dtype or spec.rank != rank:
+            elif spec.dtype != dtype or spec.rank not in ranks or (spec.rank == 2 and spec.shape[1] != 1):
+                expected = " or ".join(f"rank {r}" for r in ranks)
                 problems.append(
                     f"cache-aware encoder {model!r} {direction} {spec.name!r} is "
-                    f"{spec.dtype}[rank {spec.rank}], expected {dtype}[rank {rank}]"
+                    f"{spec.dtype}{list(spec.shape)}, expected {dtype}[{expected}]"
                 )
     kept_by_backend = bool(metadata.states)
     for cache, (next_names, rank) in CACHES.items():
@@ -290,6 +292,7 @@ def cache_aware_spec(config: ModelSetConfig, encoder: ModelMetadata, encoder_dim
             feature_size=_static(signal, 1, f"{prefix}: the encoder's feature size"),
             signal=signal.name,
             signal_length=length.name,
+            length_shape=(1,) * length.rank,
             encoded=encoded.name,
             encoded_length=encoded_length.name,
             caches=caches,
