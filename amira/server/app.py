@@ -67,7 +67,7 @@ def create_app(state: ServerState) -> Quart:
         for name, config in sorted(engine.configs.items()):
             loaded = engine.model_sets.get(name)
             described.append(
-                loaded.model_set.describe() if loaded else {"name": name, "models": config.models}
+                loaded.describe() if loaded else {"name": name, "models": config.models}
             )
         return jsonify({"models": described})
 

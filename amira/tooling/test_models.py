@@ -134,7 +134,7 @@ class CacheAwareSizes:
 
 
 CACHE_AWARE_SMALL = CacheAwareSizes()
-PROJECTED = 32  # mel features -> channels before the subsampling conv: keeps the shipped files small
+PROJECTED = 16  # mel features -> channels before the subsampling conv: keeps the shipped files small
 MEL_OFFSET, MEL_SCALE = 10.0, 1 / 3.5
 SUBSAMPLE_GAIN = 2.0
 # Nemotron Speech Streaming 0.6B's cache and chunk sizes (design notes 3): 24 layers, C = 70, K = 8,
