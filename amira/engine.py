@@ -24,6 +24,7 @@ Files (vocabularies) are read here, not in `amira.core`, which stays free of I/O
 from __future__ import annotations
 
 import enum
+import logging
 import secrets
 import time
 from collections import Counter
@@ -61,6 +62,7 @@ from amira.core.windowing import StreamingConfig, StreamingConfigError
 from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 OUTAGE_RETRY_SECS = 0.25
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
 
@@ -391,9 +393,9 @@ class Engine:
                 await self.backend.infer(
                     model_set.config.encoder, spec.end_inputs(), spec.outputs, policy.limiter, flags
                 )
-            except BackendFailure:
-                pass
-            finally:
+            except BackendFailure as exc:
+                log.info("model set %s: the end of sequence %d failed: %s", model_set.name, flags.id, exc)
+            else:
                 self.calls["encoder_sequence_end"] += 1
 
     async def encode_chunks(
