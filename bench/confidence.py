@@ -13,7 +13,8 @@ recordings of the domain, clean, with white noise and at other speeds (the *hard
 `amira.testing.confidence`), and with babble beside it. Then segment confidences, one recording
 taken as one segment: how the mean of the word confidences (`segment_confidence`), their minimum and
 their product separate exact recordings from the others, and follow word accuracy.
-`tests/test_confidence.py` asserts the harder set's figure.
+`tests/test_confidence.py` asserts the harder set's figure; `bench.confidence_measures` weighs other
+measures (NeMo's entropy-based ones, blank frames) on the same recordings.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_amira_triton_serves_the_shipped_models_until_sigint() -> None:
                 time.sleep(0.2)
         assert ready, process.poll()
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        output, _ = process.communicate(timeout=60)
         assert process.returncode == 0, output
     finally:
         if process.poll() is None:

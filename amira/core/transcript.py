@@ -48,8 +48,11 @@ def token_confidence(emission: Emission, vocab_size: int) -> float:
     both) is the token's probability among the N = V - 1 non-blank tokens, at least 1/N since it is
     their argmax, and NeMo's max_prob (alpha 1) maps it linearly onto [0, 1]: `(N p' - 1) / (N - 1)`.
     0: the joint spread its non-blank mass evenly; 1: it gave all of it to the token. On the demo
-    model this ranks right above wrong words better than max_prob over all V tokens, blank included
-    (README, "Confidence").
+    model this ranks right above wrong words better than max_prob over all V tokens, blank included,
+    and no worse than NeMo's entropy-based measures (Tsallis, Rényi or Gibbs entropy with a parameter
+    alpha, over all V or among the non-blank tokens) or than taking in the blank frames around the
+    token, which would need more of each frame than these two probabilities (README, "Confidence",
+    `python -m bench.confidence_measures`).
     """
     others = vocab_size - 1
     if others < 2:

@@ -6,18 +6,22 @@ adds white noise (10, 5 and 0 dB SNR) and speed changes (0.8, 1.25 and 1.4 times
 with the speed) to the held-out and the real recordings of the model's domain. **Babble** (LibriVox
 speech mixed in at 10, 5 and 0 dB) is measured beside it, not in it: speech outside the model's
 56 words, which it maps onto its vocabulary, often confidently.
+
+The candidate measures that `token_confidence` was chosen against (NeMo's entropy-based ones, the
+blank frames around a token) are computed from the logits a `LookingDecoder` keeps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
 from amira.core import audio
+from amira.core.decoding import GreedyDecoder
 from amira.core.transcript import segment_confidence
 from amira.recognizer import Recognizer
 from amira.testing.long_audio import held_out
@@ -139,3 +143,125 @@ def _midranks(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     sums = np.bincount(inverse, weights=ranks)
     return (sums / counts)[inverse]
+
+
+# Candidate token confidences, measured against `token_confidence` by `python -m bench.confidence_measures`
+# (README, "Confidence"). Each maps log-probabilities `x` (rows of a log-softmax over v classes, [n, v])
+# to n values in [0, 1]: 0 for the uniform distribution, 1 for a certain one. The entropies are NeMo's
+# (`ConfidenceMethodConfig`, Laptev & Ginsburg 2023), linearly normalised: 1 - H / H(uniform); NeMo's
+# exponential normalisation is a monotone function of the same H, so it ranks tokens alike.
+LogProbs = npt.NDArray[np.float64]
+Measure = Callable[[LogProbs], npt.NDArray[np.float64]]
+
+
+def log_softmax(logits: npt.NDArray[np.floating[Any]]) -> LogProbs:
+    """The log-softmax of each row, in float64."""
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    out: LogProbs = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return out
+
+
+def max_prob(x: LogProbs) -> npt.NDArray[np.float64]:
+    """NeMo's max_prob: `(v max_i p_i - 1) / (v - 1)` (what `token_confidence` takes among the non-blanks)."""
+    v = x.shape[-1]
+    out: npt.NDArray[np.float64] = np.clip((v * np.exp(x.max(axis=-1)) - 1) / (v - 1), 0.0, 1.0)
+    return out
+
+
+def tsallis(alpha: float) -> Measure:
+    """Tsallis entropy `H = (1 - sum_i p_i^a) / (a - 1)`, `(v^(1-a) - 1) / (1 - a)` at the uniform:
+    `1 - H / H(uniform) = 1 - (1 - sum_i p_i^a) / (1 - v^(1-a))`, for 0 < a < 1. Rényi's entropy
+    `log(sum_i p_i^a) / (1 - a)` is a monotone function of the same sum: it ranks tokens alike."""
+    if not 0 < alpha < 1:
+        raise ValueError("the Tsallis measure takes 0 < alpha < 1 (alpha 1 is Gibbs's)")
+
+    def measure(x: LogProbs) -> npt.NDArray[np.float64]:
+        v = x.shape[-1]
+        total = np.exp(alpha * x).sum(axis=-1)
+        out: npt.NDArray[np.float64] = np.clip(1 - (1 - total) / (1 - v ** (1 - alpha)), 0.0, 1.0)
+        return out
+
+    return measure
+
+
+def gibbs(alpha: float) -> Measure:
+    """NeMo's Gibbs entropy with a parameter: `H = -sum_i p_i^a ln p_i`, `v^(1-a) ln v` at the uniform:
+    `1 - H / H(uniform) = 1 + sum_i p_i^a ln p_i / (v^(1-a) ln v)`; a = 1 is Shannon's entropy. (NeMo's
+    docstring writes `-sum_i p_i^a ln p_i^a`, a times this H: the normalised value is the same.)"""
+    if not 0 < alpha <= 1:
+        raise ValueError("the Gibbs measure takes 0 < alpha <= 1")
+
+    def measure(x: LogProbs) -> npt.NDArray[np.float64]:
+        v = x.shape[-1]
+        negative = (np.exp(alpha * x) * x).sum(axis=-1)
+        out: npt.NDArray[np.float64] = np.clip(1 + negative / (v ** (1 - alpha) * np.log(v)), 0.0, 1.0)
+        return out
+
+    return measure
+
+
+@attrs.define
+class LookingDecoder(GreedyDecoder):
+    """A `GreedyDecoder` that keeps the token logits (blank included) of every frame it looks at, to try
+    confidence measures on; it decodes exactly as `GreedyDecoder` does.
+
+    `looked` holds them in order: the blank frames walked, then the frame a token is emitted at (again
+    for each further token emitted on it); `emitted[k]` is the index in `looked` of token k's frame.
+    """
+
+    looked: list[npt.NDArray[np.float32]] = attrs.field(factory=list)
+    emitted: list[int] = attrs.field(factory=list)
+
+    def receive(
+        self, logits: npt.NDArray[np.float32], h: npt.NDArray[np.float32], c: npt.NDArray[np.float32]
+    ) -> None:
+        call, spec = self._pending, self.spec
+        if call is not None and logits.shape == (call.frames, spec.joint_width):
+            t = self.state.frame
+            while t < call.stop:  # the walk of `GreedyDecoder.receive`, looking only
+                row = logits[t - call.start]
+                self.looked.append(np.array(row[: spec.vocab_size], np.float32))
+                if int(np.argmax(row[: spec.vocab_size])) != spec.blank:
+                    self.emitted.append(len(self.looked) - 1)
+                    break
+                t += max(spec.durations[int(np.argmax(row[spec.vocab_size :]))], 1) if spec.durations else 1
+        super().receive(logits, h, c)
+
+
+BlankFrames = Literal["none", "before", "after"]
+
+
+def candidate_confidences(
+    decoder: LookingDecoder,
+    spans: Sequence[tuple[int, int]],
+    measure: Measure,
+    *,
+    nonblank: bool,
+    blank_frames: BlankFrames = "none",
+    aggregate: Callable[[Sequence[float]], float] = min,
+) -> list[float]:
+    """The confidence of each word (tokens `first..last` of `spans`) under a candidate measure.
+
+    A token's own value is `measure` at its emission frame, over the non-blank tokens (the blank left
+    out of the softmax, as `token_confidence` does) or over all V. With `blank_frames`, the blank
+    frames walked before the token (since the previous one), or after it (until the next one: NeMo's
+    `exclude_blank=False`, which gives the blanks to the token before them), add their `measure`
+    over all V, taken together with the token's value by `aggregate`; a word aggregates its tokens.
+    """
+    if not decoder.emitted:
+        return []
+    rows = np.stack(decoder.looked)
+    blank = decoder.spec.blank
+    own = measure(log_softmax(np.delete(rows, blank, axis=1) if nonblank else rows))
+    frames = measure(log_softmax(rows))
+    tokens = []
+    for k, index in enumerate(decoder.emitted):
+        values = [float(own[index])]
+        if blank_frames == "before":
+            values += frames[(decoder.emitted[k - 1] + 1 if k else 0) : index].tolist()
+        elif blank_frames == "after":
+            end = decoder.emitted[k + 1] if k + 1 < len(decoder.emitted) else len(rows)
+            values += frames[index + 1 : end].tolist()
+        tokens.append(aggregate(values))
+    return [aggregate(tokens[first : last + 1]) for first, last in spans]

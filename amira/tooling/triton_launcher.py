@@ -212,7 +212,7 @@ def triton_command(
     backend_directory: Path | None = None,
     metrics_port: int | None = None,
     grpc_port: int | None = None,
-    exit_timeout: int = 5,
+    exit_timeout: int = 20,  # Python-backend models (the decode model) take seconds to unload
     auto_complete_config: bool = False,
     log_verbose: int = 0,
     extra_args: Sequence[str] = (),
@@ -306,7 +306,7 @@ class TritonProcess:
         grpc_port: int | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 120.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         cache_dir: Path | None = None,
