@@ -340,7 +340,7 @@ class Engine:
                 f"normalisation; `preprocessor_streaming`): {PROBE_SAMPLES} samples gave "
                 f"{int(pre['features_lens'][0])} frames, not {frames}"
             )
-        async with self.cache_aware_encoding(self._loading(model_set), self.batch_calls) as encoding:
+        async with self.cache_aware_encoding(model_set, CachePool(spec, 0), self.batch_calls) as encoding:
             encoding.chunker.feed(np.zeros(spec.chunk_frames * HOP + HALF_WINDOW, np.float32))
             chunks = await self.encode_chunks(model_set, encoding, self.batch_calls)
         if not chunks or chunks[0].encoded.length != spec.chunk_encoder_frames:
@@ -351,31 +351,25 @@ class Engine:
                 "the encoder's subsampling_factor"
             )
 
-    def _loading(self, model_set: ModelSet) -> LoadedModelSet:
-        """A stand-in `LoadedModelSet` for calls made while the set is being loaded (no pools)."""
-        streaming = StreamingConfig(1, 0, 0, model_set.frame_samples)
-        spec = model_set.cache_aware
-        caches = CachePool(spec, 0) if spec is not None and spec.caches else None
-        return LoadedModelSet(model_set, streaming, StatePool(model_set.decoding.blank, 1, 1, 0), caches)
-
     @asynccontextmanager
     async def cache_aware_encoding(
-        self, loaded: LoadedModelSet, policy: CallPolicy
+        self, model_set: ModelSet, pool: CachePool | None, policy: CallPolicy
     ) -> AsyncIterator[CacheAwareEncoding]:
-        """A cache-aware encoding for one stream or batch request; on the way out, by any route, the
-        caches go back to the pool and a backend sequence that was started is ended."""
-        spec = loaded.model_set.cache_aware
+        """A cache-aware encoding for one stream or batch request, its caches from `pool` (None: the
+        backend keeps them); on the way out, by any route, the caches go back to the pool and a
+        backend sequence that was started is ended."""
+        spec = model_set.cache_aware
         if spec is None:
-            raise ValueError(f"model set {loaded.name!r} is not cache-aware")
-        caches = loaded.caches.acquire() if loaded.caches is not None else None
+            raise ValueError(f"model set {model_set.name!r} is not cache-aware")
+        caches = pool.acquire() if pool is not None and spec.caches else None
         encoding = CacheAwareEncoding(spec, CacheAwareChunker(spec), caches, new_sequence_id())
         try:
             yield encoding
         finally:
-            if caches is not None and loaded.caches is not None:
-                loaded.caches.release(caches)
+            if caches is not None and pool is not None:
+                pool.release(caches)
             with trio.CancelScope(shield=True):
-                await self.end_sequence(loaded.model_set, encoding, policy)
+                await self.end_sequence(model_set, encoding, policy)
 
     async def end_sequence(
         self, model_set: ModelSet, encoding: CacheAwareEncoding, policy: CallPolicy

@@ -70,7 +70,7 @@ class Recognizer:
         self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
     ) -> Encoded:
         """A cache-aware set's encoder frames of a whole recording: the chunks a stream would make."""
-        async with self.engine.cache_aware_encoding(loaded, policy) as encoding:
+        async with self.engine.cache_aware_encoding(loaded.model_set, loaded.caches, policy) as encoding:
             encoding.chunker.feed(samples)
             encoding.chunker.finish()
             chunks = await self.engine.encode_chunks(loaded.model_set, encoding, policy)

@@ -226,7 +226,7 @@ async def open_stream(
         encoding = None
         if loaded.model_set.cache_aware is not None:
             encoding = await stack.enter_async_context(
-                engine.cache_aware_encoding(loaded, engine.stream_calls)
+                engine.cache_aware_encoding(loaded.model_set, loaded.caches, engine.stream_calls)
             )
         async with trio.open_nursery() as nursery:
             stream = Stream(engine, loaded, state, scratch, input_capacity, output_capacity, encoding)
