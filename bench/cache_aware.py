@@ -1,6 +1,6 @@
 """Cache-aware streaming: what a chunk costs on the wire, and what the encoder costs per audio second.
 
-    python -m bench.cache_aware [--transport] [--cost] [--seconds 20] [--json out.json]
+    python -m bench.cache_aware [--transport] [--cost] [--latency] [--seconds 20] [--json out.json]
 
 **Transport** (`--transport`): random cache-aware models with the tensor sizes of Nemotron Speech
 Streaming 0.6B (24 layers, C = 70, K = 8, D = 1024, 56 mel frames a chunk; generated into a temporary
@@ -16,6 +16,21 @@ windowed set and a cache-aware set side by side (default: the demo models `defau
 `default-streaming`): seconds of audio encoded per second of audio (each window encodes its left
 context, chunk and look-ahead; each chunk its own audio, plus the pre-encode cache's 7 to 9 mel
 frames), and encoder CPU-bound wall seconds per audio second (`--seconds` of LibriVox streamed).
+
+**Latency** (`--latency`): word-to-partial latency of a cache-aware set (default
+`default-streaming`) at its default chunk: N concurrent streams (`--streams 1,10,50`; the stream cap
+raised to N) each send the held-out long recordings of `tests/data/held_out` (utterances of the
+demo domain joined with pauses) in 100 ms frames paced in real time against an absolute clock,
+stream j starting j/N s after the first, to an AMIRA server in its own process (`bench/worker.py`)
+on the embedded backend and on a CPU Triton that keeps the caches (`--backend embedded,triton`).
+Per word of the stream's final transcript, the latency runs from the word's end (its `end` in the
+final's words, on the stream's real-time clock) to the first result whose text shows it. A
+cache-aware stream commits every token it decodes, so its text only grows and the final is the
+batch transcript: a word is shown once the results' text holds the final's words up to it. Word ends
+come from the frame of a word's last token; the model emits a word's token some frames after it
+began, so the figure includes the model's own emission delay. Errors and streams that did not
+complete are counted.
+
 The machine is shared: read the figures side by side, not on their own.
 """
 
@@ -25,7 +40,8 @@ import argparse
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +57,9 @@ from amira.models import shipped_repository
 from amira.recognizer import Recognizer
 from amira.testing.long_audio import streamed_final
 from amira.testing.servers import embedded_settings, write_model_sets
-from bench.common import librivox_concatenation, machine, print_table, write_json
+from bench.common import Subject, librivox_concatenation, machine, print_table, write_json
+
+FRAME_SECONDS = 0.1
 
 
 class CountingTriton(TritonBackend):
@@ -190,6 +208,136 @@ async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str
     return rows
 
 
+async def one_stream(url: str, samples: np.ndarray, delay: float) -> dict[str, object]:
+    """Stream `samples` in real time after `delay`; (received time, text) of every result, and the
+    final's words with their ends, on the stream's clock (its first sample sent at 0)."""
+    from amira.client import StreamError, open_stream_client
+    from amira.testing.recordings import pcm16
+
+    await trio.sleep(delay)
+    step = round(FRAME_SECONDS * 16_000)
+    shown: list[tuple[float, str]] = []
+    try:
+        async with open_stream_client(url) as client, trio.open_nursery() as nursery:
+            start = trio.current_time()
+
+            async def send() -> None:
+                for index, offset in enumerate(range(0, samples.size, step)):
+                    await trio.sleep_until(start + index * FRAME_SECONDS)
+                    await client.send_pcm(pcm16(samples[offset : offset + step]))
+                await client.end()
+
+            nursery.start_soon(send)
+            finals: list[str] = []  # segment finals so far; a partial shows the open segment
+            last: dict = {}
+            async for result in client.results():
+                now = trio.current_time() - start
+                last = result
+                if result["status"] == "COMPLETE":
+                    break
+                if result["is_final"]:
+                    finals.append(result["transcription"])
+                    shown.append((now, " ".join([*finals])))
+                else:
+                    shown.append((now, " ".join([*finals, result["transcription"]])))
+    except (StreamError, BaseExceptionGroup) as error:
+        return {"error": repr(error)}
+    words = last.get("metadata", {}).get("words", []) if last.get("status") == "COMPLETE" else []
+    if not words:
+        return {"error": "no COMPLETE result with words"}
+    final_words = [word["word"] for word in words]
+    latencies = []
+    index = 0
+    for received, text in shown:
+        seen = text.split()
+        while index < len(final_words) and seen[: index + 1] == final_words[: index + 1]:
+            latencies.append(received - words[index]["end"])
+            index += 1
+    return {"latencies": latencies, "unshown": len(final_words) - index}
+
+
+async def collect(results: list[dict[str, object]], url: str, samples: np.ndarray, delay: float) -> None:
+    results.append(await one_stream(url, samples, delay))
+
+
+async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) -> list[dict[str, object]]:
+    from amira.testing.long_audio import held_out
+    from bench.common import percentile, running_server
+
+    recordings = [samples for _, samples, _ in held_out()]
+    audio = np.concatenate([np.concatenate([r, np.zeros(8000, np.float32)]) for r in recordings[:3]])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="amira-bench-") as workdir:
+        for backend in backends:
+            async with latency_subject(backend, model, Path(workdir)) as subject:
+                for count in counts:
+                    async with running_server(
+                        subject, Path(workdir) / "server.log", max_concurrent_streams=max(count, 10)
+                    ) as server:
+                        url = server.url.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
+                        results: list[dict[str, object]] = []
+                        async with trio.open_nursery() as nursery:
+                            for j in range(count):
+                                nursery.start_soon(collect, results, url, audio, j / count)
+                    values = [v for r in results for v in r.get("latencies", [])]  # type: ignore[attr-defined]
+                    errors = [r["error"] for r in results if "error" in r]
+                    rows.append(
+                        {
+                            "backend": backend,
+                            "streams": count,
+                            "words": len(values),
+                            "unshown": sum(int(r.get("unshown", 0)) for r in results),  # type: ignore[call-overload]
+                            "errors": len(errors),
+                            "p50_s": percentile(values, 50),
+                            "p90_s": percentile(values, 90),
+                            "p99_s": percentile(values, 99),
+                        }
+                    )
+                    if errors:
+                        print(f"{backend} x{count}: {errors[:3]}")
+    print_table(
+        ["backend", "streams", "words", "unshown", "errors", "p50 s", "p90 s", "p99 s"],
+        [
+            [
+                r["backend"],
+                r["streams"],
+                r["words"],
+                r["unshown"],
+                r["errors"],
+                f"{r['p50_s']:.3f}",
+                f"{r['p90_s']:.3f}",
+                f"{r['p99_s']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    return rows
+
+
+@asynccontextmanager
+async def latency_subject(backend: str, model: str, workdir: Path) -> AsyncIterator[Subject]:
+    """The server settings of `model` (a set of the shipped repository) on `backend`: embedded, or a
+    CPU Triton serving just that set's models, keeping the caches per sequence."""
+    import tomllib
+
+    from amira.tooling.triton_launcher import local_triton
+    from amira.tooling.triton_repository import build_repository
+
+    repository = shipped_repository()
+    env = {"MODEL_REPOSITORY": str(repository), "MODEL_SETS_FILE": str(repository / "model_sets.toml")}
+    if backend == "embedded":
+        yield Subject(backend, model, env)
+        return
+    table = tomllib.loads((repository / "model_sets.toml").read_text(encoding="utf-8"))["model_sets"][model]
+    models = [table["preprocessor"], table["encoder"], table["decoder_joint"]]
+    sets = write_model_sets(workdir / "sets.toml", {model: (*models, table["vocabulary"])})
+    built = build_repository(repository, workdir / "triton", "cpu", models=models, clean=True)
+    async with local_triton(built, log_path=workdir / "triton.log", startup_timeout=300) as triton:
+        yield Subject(
+            backend, model, env | {"MODEL_SETS_FILE": str(sets), "TRITON_ENDPOINT": triton.url}, triton.pid
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,17 +346,25 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true")
     parser.add_argument("--windowed", default="default")
     parser.add_argument("--cache-aware", default="default-streaming")
+    parser.add_argument("--latency", action="store_true")
+    parser.add_argument(
+        "--backend", default="embedded,triton", help="for --latency: embedded, triton or both"
+    )
+    parser.add_argument("--streams", default="1,10,50", help="for --latency: concurrent stream counts")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    both = not (args.transport or args.cost)
+    every = not (args.transport or args.cost or args.latency)
     document: dict[str, object] = {"machine": machine(), "model_repository": str(shipped_repository())}
 
     async def run() -> None:
-        if args.transport or both:
+        if args.transport or every:
             document["transport"] = await transport(args.seconds)
-        if args.cost or both:
+        if args.cost or every:
             document["cost"] = await cost(args.windowed, args.cache_aware, args.seconds)
+        if args.latency or every:
+            counts = [int(n) for n in args.streams.split(",")]
+            document["latency"] = await latency(args.cache_aware, args.backend.split(","), counts)
 
     trio.run(run)
     write_json(args.json, document)
