@@ -208,7 +208,7 @@ async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str
     return rows
 
 
-async def one_stream(url: str, samples: np.ndarray, delay: float) -> dict[str, object]:
+async def one_stream(url: str, samples: npt.NDArray[np.float32], delay: float) -> dict[str, Any]:
     """Stream `samples` in real time after `delay`; (received time, text) of every result, and the
     final's words with their ends, on the stream's clock (its first sample sent at 0)."""
     from amira.client import StreamError, open_stream_client
@@ -229,7 +229,7 @@ async def one_stream(url: str, samples: np.ndarray, delay: float) -> dict[str, o
 
             nursery.start_soon(send)
             finals: list[str] = []  # segment finals so far; a partial shows the open segment
-            last: dict = {}
+            last: dict[str, Any] = {}
             async for result in client.results():
                 now = trio.current_time() - start
                 last = result
@@ -256,7 +256,9 @@ async def one_stream(url: str, samples: np.ndarray, delay: float) -> dict[str, o
     return {"latencies": latencies, "unshown": len(final_words) - index}
 
 
-async def collect(results: list[dict[str, object]], url: str, samples: np.ndarray, delay: float) -> None:
+async def collect(
+    results: list[dict[str, Any]], url: str, samples: npt.NDArray[np.float32], delay: float
+) -> None:
     results.append(await one_stream(url, samples, delay))
 
 
@@ -275,18 +277,18 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                         subject, Path(workdir) / "server.log", max_concurrent_streams=max(count, 10)
                     ) as server:
                         url = server.url.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
-                        results: list[dict[str, object]] = []
+                        results: list[dict[str, Any]] = []
                         async with trio.open_nursery() as nursery:
                             for j in range(count):
                                 nursery.start_soon(collect, results, url, audio, j / count)
-                    values = [v for r in results for v in r.get("latencies", [])]  # type: ignore[attr-defined]
+                    values = [v for r in results for v in r.get("latencies", [])]
                     errors = [r["error"] for r in results if "error" in r]
                     rows.append(
                         {
                             "backend": backend,
                             "streams": count,
                             "words": len(values),
-                            "unshown": sum(int(r.get("unshown", 0)) for r in results),  # type: ignore[call-overload]
+                            "unshown": sum(int(r.get("unshown", 0)) for r in results),
                             "errors": len(errors),
                             "p50_s": percentile(values, 50),
                             "p90_s": percentile(values, 90),

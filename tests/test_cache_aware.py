@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
@@ -14,8 +18,8 @@ import trio
 
 from amira.backends.embedded import EmbeddedBackend
 from amira.client import open_stream_client
-from amira.core.cache_aware import CacheAwareChunker, CacheAwareSpec, CachePool
-from amira.core.model_set import ModelSetConfig, ModelSetError, validate_model_set
+from amira.core.cache_aware import CacheAwareChunker, CacheAwareSpec, CachePool, Chunk
+from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.vocabulary import Vocabulary
 from amira.engine import Engine
@@ -33,24 +37,25 @@ SETS = {
     "cache_aware_batch_first": ("encoder_cache_aware_batch_first", "decoder_joint_tdt", (0, 1, 2, 3, 4)),
 }
 F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
+Samples = npt.NDArray[np.float32]
 
 
 def session(name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(model_file(REPOSITORY, name)), providers=["CPUExecutionProvider"])
 
 
-def whole_signal_features(samples: np.ndarray) -> np.ndarray:
+def whole_signal_features(samples: Samples) -> Samples:
     """The streaming preprocessor over the whole signal at once, with half a window of zeros on each
     side and a zero pre-emphasis history: [F, T]."""
     padded = np.concatenate([np.zeros(257, np.float32), samples, np.zeros(256, np.float32)])
     features, _ = session("preprocessor_streaming").run(
         None, {"waveforms": padded[None], "waveforms_lens": np.array([padded.size])}
     )
-    return features[0]
+    return np.asarray(features[0], np.float32)
 
 
 def reference_tokens(
-    encoder_name: str, joint_name: str, durations: tuple[int, ...], samples: np.ndarray
+    encoder_name: str, joint_name: str, durations: tuple[int, ...], samples: Samples
 ) -> list[int]:
     """The cache-aware export decoded the plain way, written here on onnxruntime: the whole signal's
     features, chunk after chunk with the caches and the pre-encode cache, then the spec's greedy loop
@@ -129,7 +134,7 @@ async def server(nursery: trio.Nursery) -> tuple[str, Recognizer]:
     return binds[0], recognizer
 
 
-async def stream(base: str, model: str, samples: np.ndarray, frame_seconds: float) -> list[dict]:
+async def stream(base: str, model: str, samples: Samples, frame_seconds: float) -> list[dict[str, Any]]:
     url = base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
     async with open_stream_client(url) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, samples, frame_seconds, False)
@@ -139,7 +144,7 @@ async def stream(base: str, model: str, samples: np.ndarray, frame_seconds: floa
 # --- streaming features ------------------------------------------------------------------------
 
 
-def chunker_features(samples: np.ndarray, piece: int) -> tuple[np.ndarray, list]:
+def chunker_features(samples: Samples, piece: int) -> tuple[Samples, list[Chunk]]:
     """The mel frames of every chunk a `CacheAwareChunker` cuts, `samples` fed `piece` at a time."""
     spec = CacheAwareSpec(chunk_frames=16, pre_encode_frames=9, subsampling=8, feature_size=128)
     chunker, pre, chunks = CacheAwareChunker(spec), session("preprocessor_streaming"), []
@@ -192,7 +197,7 @@ def test_streaming_features_are_nemos_log_mel_frames_unnormalised() -> None:
 
 @pytest.mark.parametrize("model", list(SETS))
 async def test_streams_at_any_frame_size_give_the_reference_tokens(
-    server: tuple[str, Recognizer], model: str, references: dict[str, list[int]], http
+    server: tuple[str, Recognizer], model: str, references: dict[str, list[int]], http: httpx.AsyncClient
 ) -> None:
     expected = references[model]
     assert len(expected) > 20
@@ -214,7 +219,9 @@ async def test_streams_at_any_frame_size_give_the_reference_tokens(
     assert loaded.caches is not None and loaded.caches.available == loaded.caches.size
 
 
-async def test_v2_models_shows_the_kind_and_the_chunk(server: tuple[str, Recognizer], http) -> None:
+async def test_v2_models_shows_the_kind_and_the_chunk(
+    server: tuple[str, Recognizer], http: httpx.AsyncClient
+) -> None:
     models = {m["name"]: m for m in (await http.get(f"{server[0]}/v2/models")).json()["models"]}
     streaming = models["cache_aware"]["streaming"]
     assert models["cache_aware"]["encoder"] == "cache_aware"
@@ -227,7 +234,7 @@ async def test_v2_models_shows_the_kind_and_the_chunk(server: tuple[str, Recogni
     assert json.dumps(models["tdt"]["streaming"]["chunk_seconds"]) == "1.6"
 
 
-async def test_a_chunk_size_from_the_model_sets_file_is_used_and_checked(tmp_path, references) -> None:
+async def test_a_chunk_size_from_the_model_sets_file_is_used_and_checked(tmp_path: Path) -> None:
     sets = write_model_sets(
         tmp_path / "sets.toml",
         {"ca": ("preprocessor_streaming", "encoder_cache_aware", "decoder_joint_rnnt", "vocab_test.txt")},
@@ -237,14 +244,15 @@ async def test_a_chunk_size_from_the_model_sets_file_is_used_and_checked(tmp_pat
     settings = embedded_settings(model_sets_file=sets)
     engine = Engine(EmbeddedBackend(settings.model_repository), settings)
     await engine.load()
-    assert engine.model_sets["ca"].model_set.cache_aware.chunk_frames == 32
+    spec = engine.model_sets["ca"].model_set.cache_aware
+    assert spec is not None and spec.chunk_frames == 32
     sets.write_text(text + "chunk_size = 12\n", encoding="utf-8")
     engine = Engine(EmbeddedBackend(settings.model_repository), settings)
     with pytest.raises(ModelSetError, match="whole number of encoder frames"):
         await engine.load()
 
 
-async def test_a_cache_aware_set_refuses_a_normalising_preprocessor(tmp_path) -> None:
+async def test_a_cache_aware_set_refuses_a_normalising_preprocessor(tmp_path: Path) -> None:
     sets = write_model_sets(
         tmp_path / "sets.toml",
         {"ca": ("preprocessor", "encoder_cache_aware", "decoder_joint_rnnt", "vocab_test.txt")},
@@ -267,8 +275,11 @@ def test_caches_are_pooled_and_zeroed() -> None:
 # --- validation of the contract -----------------------------------------------------------------
 
 
-def metadata(name: str, inputs: dict, outputs: dict, **extra) -> ModelMetadata:
-    def specs(table: dict) -> tuple[TensorSpec, ...]:
+Table = dict[str, tuple[np.dtype[Any], tuple[int, ...]]]
+
+
+def metadata(name: str, inputs: Table, outputs: Table, **extra: Any) -> ModelMetadata:
+    def specs(table: Table) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(n, dtype, shape) for n, (dtype, shape) in table.items())
 
     return ModelMetadata(name, specs(inputs), specs(outputs), **extra)
@@ -298,12 +309,18 @@ JOINT = metadata(
 )
 
 
-def encoder(channel=(3, -1, 10, 64), time=(3, -1, 64, 8), *, names=("processed_signal", "encoded"), **extra):
+def encoder(
+    channel: tuple[int, ...] = (3, -1, 10, 64),
+    time: tuple[int, ...] = (3, -1, 64, 8),
+    *,
+    names: tuple[str, str] = ("processed_signal", "encoded"),
+    **extra: Any,
+) -> ModelMetadata:
     signal, encoded = names
     length = "length" if signal == "audio_signal" else "processed_signal_length"
     encoded_len = "encoded_lengths" if encoded == "outputs" else "encoded_len"
-    inputs = {signal: (F32, (-1, 128, -1)), length: (I64, (-1,))}
-    outputs = {encoded: (F32, (-1, 64, -1)), encoded_len: (I64, (-1,))}
+    inputs: Table = {signal: (F32, (-1, 128, -1)), length: (I64, (-1,))}
+    outputs: Table = {encoded: (F32, (-1, 64, -1)), encoded_len: (I64, (-1,))}
     if not extra.get("states"):
         inputs |= {
             "cache_last_channel": (F32, channel),
@@ -321,15 +338,17 @@ def encoder(channel=(3, -1, 10, 64), time=(3, -1, 64, 8), *, names=("processed_s
     return metadata("enc", inputs, outputs, **extra)
 
 
-def validate(enc: ModelMetadata, **config) -> object:
+def validate(enc: ModelMetadata, **config: Any) -> CacheAwareSpec:
     cfg = ModelSetConfig(name="s", **config)
-    return validate_model_set(
+    model_set: ModelSet = validate_model_set(
         cfg, VOCABULARY, {"preprocessor": PREPROCESSOR, "encoder": enc, "decoder_joint": JOINT}
     )
+    assert model_set.cache_aware is not None
+    return model_set.cache_aware
 
 
 def test_cache_layout_and_sizes_are_read_from_the_encoder() -> None:
-    nemo = validate(encoder(), chunk_size=56, pre_encode_cache_size=9).cache_aware
+    nemo = validate(encoder(), chunk_size=56, pre_encode_cache_size=9)
     assert [(c.name, c.shape, c.batch_axis) for c in nemo.caches] == [
         ("cache_last_channel", (3, 1, 10, 64), 1),
         ("cache_last_time", (3, 1, 64, 8), 1),
@@ -340,12 +359,10 @@ def test_cache_layout_and_sizes_are_read_from_the_encoder() -> None:
         encoder(
             (-1, 3, 10, 64), (-1, 3, 64, 8), properties={"chunk_size": "16", "pre_encode_cache_size": "0"}
         )
-    ).cache_aware
+    )
     assert [c.batch_axis for c in first.caches] == [0, 0, 0] and first.caches[0].shape == (1, 3, 10, 64)
     assert first.chunk_frames == 16 and first.pre_encode_frames == 0
-    names = validate(
-        encoder(names=("audio_signal", "outputs")), chunk_size=8, pre_encode_cache_size=2
-    ).cache_aware
+    names = validate(encoder(names=("audio_signal", "outputs")), chunk_size=8, pre_encode_cache_size=2)
     assert (names.signal, names.encoded, names.caches[2].next_name) == (
         "audio_signal",
         "outputs",
@@ -355,7 +372,7 @@ def test_cache_layout_and_sizes_are_read_from_the_encoder() -> None:
         encoder(states=("cache_last_channel", "cache_last_time", "cache_last_channel_len")),
         chunk_size=8,
         pre_encode_cache_size=2,
-    ).cache_aware
+    )
     assert kept.backend_state and kept.caches == ()
 
 
@@ -383,6 +400,8 @@ def test_cache_layout_and_sizes_are_read_from_the_encoder() -> None:
         ),
     ],
 )
-def test_a_cache_aware_encoder_that_does_not_fit_is_refused(enc, config, message) -> None:
+def test_a_cache_aware_encoder_that_does_not_fit_is_refused(
+    enc: ModelMetadata, config: dict[str, int], message: str
+) -> None:
     with pytest.raises(ModelSetError, match=message):
         validate(enc, **config)

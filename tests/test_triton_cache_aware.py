@@ -10,9 +10,12 @@ own `ModelConfig` schema instead.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import trio
 from google.protobuf import text_format
@@ -24,6 +27,7 @@ from amira.engine import Engine
 from amira.models import shipped_repository
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
+from amira.settings import Settings
 from amira.testing.recordings import LIBRIVOX, read_recording
 from amira.testing.servers import embedded_settings, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
@@ -38,13 +42,16 @@ def ws(base: str, model: str) -> str:
     return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
 
 
-async def start(nursery: trio.Nursery, settings) -> tuple[str, Recognizer]:
+async def start(nursery: trio.Nursery, settings: Settings) -> tuple[str, Recognizer]:
+    assert settings.triton_endpoint is not None
     recognizer = Recognizer(Engine(TritonBackend(settings.triton_endpoint), settings))
     binds = await nursery.start(serve, settings, recognizer)
     return binds[0], recognizer
 
 
-async def stream(url: str, samples: np.ndarray, frame_seconds: float, pace: float = 0.0) -> list[dict]:
+async def stream(
+    url: str, samples: npt.NDArray[np.float32], frame_seconds: float, pace: float = 0.0
+) -> list[dict[str, Any]]:
     async with open_stream_client(url) as client, trio.open_nursery() as nursery:
 
         async def send() -> None:
@@ -67,6 +74,7 @@ async def test_streams_keep_their_caches_in_triton_and_give_the_reference_tokens
     assert probes == len(SETS)
     for model, entry in SETS.items():
         described = engine.model_sets[model].describe()["streaming"]
+        assert isinstance(described, dict)
         assert described["caches_kept_by"] == "backend" and described["cache_shapes"] == {}
         expected = reference_tokens(*entry, CLIP)
         for frame_seconds in (0.1, 1.0):
@@ -108,7 +116,7 @@ async def test_a_stream_that_ends_early_still_ends_its_sequence(
 
 
 @pytest.fixture
-async def own_triton(tmp_path: Path) -> TritonProcess:
+async def own_triton(tmp_path: Path) -> AsyncIterator[TritonProcess]:
     """A Triton of the test's own with the cache-aware set, to restart."""
     models = ["preprocessor_streaming", "encoder_cache_aware", "decoder_joint_rnnt"]
     repository = build_repository(shipped_repository(), tmp_path / "repository", "cpu", models=models)

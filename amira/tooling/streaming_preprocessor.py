@@ -19,8 +19,10 @@ its normalisation.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -41,7 +43,7 @@ def streaming_preprocessor(features: int = 128) -> onnx.ModelProto:
             "unexpected onnx-asr preprocessor: expected a 512-sample window and a 160-sample hop"
         )
 
-    def const(name: str, value: np.ndarray) -> TensorProto:
+    def const(name: str, value: npt.NDArray[Any]) -> TensorProto:
         return numpy_helper.from_array(value, name)
 
     initializers = [

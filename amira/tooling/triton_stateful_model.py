@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -66,7 +67,7 @@ class TritonPythonModel:
         self.idle_seconds = (
             int(config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0)) / 1e6
         )
-        self.sequences: dict[int, tuple[dict[str, np.ndarray], float]] = {}
+        self.sequences: dict[int, tuple[dict[str, np.ndarray[Any, Any]], float]] = {}
 
     def _expire(self, now: float) -> None:
         if self.idle_seconds > 0:
