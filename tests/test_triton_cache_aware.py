@@ -10,12 +10,14 @@ own `ModelConfig` schema instead.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
 import trio
 from google.protobuf import text_format
@@ -24,7 +26,7 @@ from tritonclient.grpc import model_config_pb2
 from amira.backends.triton import TritonBackend
 from amira.client import StreamError, open_stream_client
 from amira.engine import Engine
-from amira.models import shipped_repository
+from amira.models import model_file, shipped_repository
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.settings import Settings
@@ -186,3 +188,27 @@ def test_the_cache_aware_encoders_triton_config_fits_tritons_schema(flavour: str
             "cache_last_channel,cache_last_time,cache_last_channel_len"
         )
     assert config.parameters["chunk_size"].string_value == "16"
+
+
+def test_a_cache_aware_nemo_export_gets_the_streaming_preprocessor(tmp_path: Path) -> None:
+    from amira.tooling.triton_repository import build_repository_from_nemo_export
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for source, target in (
+        ("encoder_cache_aware", "encoder-model.onnx"),
+        ("decoder_joint_rnnt", "decoder_joint-model.onnx"),
+    ):
+        shutil.copyfile(model_file(shipped_repository(), source), export / target)
+    shutil.copyfile(shipped_repository() / "vocab_test.txt", export / "vocab.txt")
+    dest = build_repository_from_nemo_export(export, tmp_path / "repo", "production")
+    preprocessor = onnx.load(str(dest / "preprocessor" / "1" / "model.onnx"))
+    assert preprocessor.doc_string.startswith("NeMo 128-mel log features, valid framing")
+    assert sorted(path.name for path in dest.iterdir()) == [
+        "decoder_joint",
+        "decoder_joint_decode",
+        "encoder",
+        "preprocessor",
+        "vocab.txt",
+    ]
+    assert "sequence_batching" in (dest / "encoder" / "config.pbtxt").read_text()

@@ -494,9 +494,13 @@ def build_repository_from_nemo_export(
     """Write a Triton repository from a NeMo RNN-T/TDT ONNX export (as onnx-asr loads it).
 
     `export_dir` holds `encoder-model.onnx` (with its external data file, if any),
-    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`.
+    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`,
+    or for a cache-aware encoder (NeMo's export with `cache_support`) the streaming preprocessor made
+    from it (`amira.tooling.streaming_preprocessor`); such a set needs `chunk_size` and
+    `pre_encode_cache_size` in its model-sets table unless the encoder's metadata has them.
     """
     from amira.models import onnx_asr_preprocessor
+    from amira.tooling.streaming_preprocessor import write_streaming_preprocessor
 
     export_dir = Path(export_dir)
     dest = Path(dest)
@@ -510,8 +514,12 @@ def build_repository_from_nemo_export(
         shutil.rmtree(dest)
     dest.mkdir(parents=True, exist_ok=True)
     default_count = 2 if flavour == "cpu" else 1
+    preprocessor = onnx_asr_preprocessor(f"nemo{size}")
+    if is_cache_aware_encoder(onnx_tensors(export_dir / NEMO_ENCODER_FILE)[0]):
+        preprocessor = dest / f".{preprocessor_name}-streaming.onnx"
+        write_streaming_preprocessor(preprocessor, size)
     sources = {
-        preprocessor_name: onnx_asr_preprocessor(f"nemo{size}"),
+        preprocessor_name: preprocessor,
         encoder_name: export_dir / NEMO_ENCODER_FILE,
         decoder_joint_name: export_dir / NEMO_DECODER_JOINT_FILE,
     }
@@ -525,4 +533,6 @@ def build_repository_from_nemo_export(
             gpus=gpus,
         )
     shutil.copyfile(export_dir / "vocab.txt", dest / "vocab.txt")
+    if preprocessor.parent == dest:
+        preprocessor.unlink()
     return dest
