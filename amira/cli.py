@@ -153,7 +153,8 @@ def run_local_triton(args: argparse.Namespace) -> int:
 
 
 class PartialLine:
-    """The partial transcript, rewritten in place on a terminal; the final one stays."""
+    """On a terminal, the open segment's partial transcript rewritten in place, and each segment's
+    final on a line of its own; elsewhere, the whole transcript at the end."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json, self.tty = as_json, sys.stdout.isatty()
@@ -161,8 +162,12 @@ class PartialLine:
     def __call__(self, result: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(result), flush=True)
+        elif result.get("status") == "COMPLETE" and not self.tty:
+            print(result["transcription"], flush=True)
         elif result.get("status") == "COMPLETE":
-            print(f"\r\033[K{result['transcription']}" if self.tty else result["transcription"], flush=True)
+            print("\r\033[K", end="", flush=True)  # each segment is on its own line already
+        elif self.tty and result.get("is_final"):
+            print(f"\r\033[K{result['transcription']}", flush=True)
         elif self.tty:
             committed = result["committed"]
             tail = result["transcription"][len(committed) :]

@@ -64,6 +64,7 @@ from amira.settings import DecodeMode, Settings, TritonDecodeModel
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 OUTAGE_RETRY_SECS = 0.25
+STATES_PER_STREAM = 3  # a stream's committed state, a scratch copy for tails, a checkpoint before each window
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
 
 
@@ -138,25 +139,25 @@ class SequencePhase(enum.Enum):
 @attrs.define
 class CacheAwareEncoding:
     """One stream's (or batch request's) cache-aware encoder: the sans-IO chunker, the numpy caches
-    when AMIRA keeps them, and the backend sequence id when the backend does. `frame_offset` is the
-    absolute frame of the chunker's frame 0 (a stream restarts its encoder after a flush)."""
+    when AMIRA keeps them, and the backend sequence id when the backend does. A stream restarts it
+    for each segment, which is encoded from fresh caches."""
 
     spec: CacheAwareSpec
     chunker: CacheAwareChunker
     caches: EncoderCaches | None
     sequence_id: int
     phase: SequencePhase = SequencePhase.UNUSED
-    frame_offset: int = 0
 
-    def restart(self, frame_offset: int) -> None:
-        """A fresh encoder from absolute frame `frame_offset` on (after a flush): new chunker, zeroed
-        caches, a new backend sequence."""
-        self.chunker = CacheAwareChunker(self.spec)
+    def restart(self, chunker: CacheAwareChunker) -> None:
+        """A fresh encoder on `chunker`: zeroed caches, a new backend sequence. The previous sequence
+        must have been ended (`Engine.end_sequence`)."""
+        if self.phase is SequencePhase.OPEN:
+            raise RuntimeError(f"sequence {self.sequence_id} was not ended before the encoder restarted")
+        self.chunker = chunker
         if self.caches is not None:
             self.caches.reset()
         self.sequence_id = new_sequence_id()
         self.phase = SequencePhase.UNUSED
-        self.frame_offset = frame_offset
 
 
 def new_sequence_id() -> int:
@@ -166,11 +167,14 @@ def new_sequence_id() -> int:
 
 @attrs.frozen
 class EncodedChunk:
-    """One chunk's encoder output at absolute frames `first_frame ...` (`encoded.length` of them)."""
+    """One chunk's encoder output: frames `first_frame ...` of the chunker's audio (`encoded.length`)."""
 
     chunk: Chunk
-    first_frame: int
     encoded: Encoded
+
+    @property
+    def first_frame(self) -> int:
+        return self.chunk.first_frame
 
     @property
     def stop_frame(self) -> int:
@@ -292,7 +296,7 @@ class Engine:
                 model_set.decoding.blank,
                 model_set.state_layers,
                 model_set.state_hidden,
-                2 * settings.max_concurrent_streams + settings.max_concurrent_batches,
+                STATES_PER_STREAM * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
             await self._find_decode_model(model_set)
             spec = model_set.cache_aware
@@ -397,6 +401,15 @@ class Engine:
     ) -> list[EncodedChunk]:
         """Encode every chunk the audio fed to `encoding.chunker` so far allows (after `finish`, to the
         end): one preprocessor call for the new audio, one encoder call per chunk."""
+        await self.featurize(model_set, encoding, policy)
+        encoded: list[EncodedChunk] = []
+        while (chunk := encoding.chunker.next_chunk()) is not None:
+            encoded.append(await self.encode_chunk(model_set, encoding, chunk, policy))
+        return encoded
+
+    async def featurize(self, model_set: ModelSet, encoding: CacheAwareEncoding, policy: CallPolicy) -> None:
+        """One streaming-preprocessor call for the mel frames the new audio allows (none if it allows
+        none); `encoding.chunker.next_chunk()` then cuts the chunks they complete."""
         chunker, spec = encoding.chunker, encoding.spec
         request = chunker.features_request()
         if request is not None:
@@ -415,14 +428,11 @@ class Engine:
                     f"for {request.size} samples, expected {count} frames"
                 )
             chunker.add_features(features[0, :, :count])
-        encoded: list[EncodedChunk] = []
-        while (chunk := chunker.next_chunk()) is not None:
-            encoded.append(await self._encode_chunk(model_set, encoding, chunk, policy))
-        return encoded
 
-    async def _encode_chunk(
+    async def encode_chunk(
         self, model_set: ModelSet, encoding: CacheAwareEncoding, chunk: Chunk, policy: CallPolicy
     ) -> EncodedChunk:
+        """One encoder call: `chunk` with the stream's caches (or in its backend sequence)."""
         spec = encoding.spec
         inputs = spec.chunk_inputs(chunk.signal, chunk.length, encoding.caches)
         if spec.backend_state:
@@ -460,10 +470,8 @@ class Engine:
                 encoding.caches.update(spec, out)
             except ValueError as exc:
                 raise BackendError(f"the cache-aware encoder returned unusable caches: {exc}") from exc
-        first = encoding.frame_offset + chunk.first_frame
-        return EncodedChunk(
-            chunk, first, Encoded(frames[0, :, :length], length, chunk.length - spec.pre_encode_frames)
-        )
+        features = chunk.length - spec.pre_encode_frames
+        return EncodedChunk(chunk, Encoded(frames[0, :, :length], length, features))
 
     async def ready(self) -> bool:
         """Whether the backend answers and every model of every set is ready."""

@@ -20,6 +20,7 @@ import trio
 
 from amira.core.audio import MODEL_SAMPLE_RATE, require_audio
 from amira.core.decoding import GreedyDecoder
+from amira.core.segments import SegmentOptions
 from amira.core.transcript import Transcript, build_transcript
 from amira.engine import CallPolicy, Encoded, Engine, LoadedModelSet, create_backend
 from amira.settings import Settings
@@ -85,11 +86,20 @@ class Recognizer:
         self,
         model: str = "default",
         *,
+        options: SegmentOptions | None = None,
         input_capacity: int = INPUT_CAPACITY,
         output_capacity: int = OUTPUT_CAPACITY,
     ) -> AbstractAsyncContextManager[Stream]:
-        """A streaming session on model set `model`: see `amira.stream_session`."""
-        return open_stream(self.engine, model, input_capacity=input_capacity, output_capacity=output_capacity)
+        """A streaming session on model set `model`: see `amira.stream_session`. Its results are
+        the segments' partials and finals, then `COMPLETE`; `options` (endpointing, maximum segment
+        length, partials) default to the settings' (`Settings.segment_options`)."""
+        return open_stream(
+            self.engine,
+            model,
+            options=options,
+            input_capacity=input_capacity,
+            output_capacity=output_capacity,
+        )
 
 
 @asynccontextmanager

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from amira.core import segments
 from amira.core.model_set import ModelSetConfig, ModelSetError
 from amira.models import shipped_repository
 
@@ -75,6 +76,30 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
     return value
+
+
+def _endpointing_ms(text: str) -> int | None:
+    if text.strip().lower() == "false":
+        return None
+    value = int(text)
+    low, high = segments.MIN_ENDPOINTING_MS, segments.MAX_ENDPOINTING_MS
+    if not low <= value <= high:
+        raise ValueError(f"must be false or milliseconds from {low} to {high}")
+    return value
+
+
+def _max_segment_secs(text: str) -> float:
+    value = float(text)
+    if not segments.MIN_SEGMENT_SECS <= value <= segments.MAX_SEGMENT_SECS:
+        raise ValueError(
+            f"must be from {segments.MIN_SEGMENT_SECS:g} to {segments.MAX_SEGMENT_SECS:g} seconds"
+        )
+    return value
+
+
+def _interim_secs(text: str) -> float | None:
+    value = _non_negative_float(text)
+    return value or None
 
 
 def _milliseconds(text: str) -> float:
@@ -187,6 +212,9 @@ class Settings:
     max_stream_audio_secs: float = 3600.0
     max_frames_per_sec: int = 200
     stream_outage_secs: float = 10.0
+    stream_endpointing_ms: int | None = segments.DEFAULT_ENDPOINTING_MS
+    stream_max_segment_secs: float = segments.DEFAULT_MAX_SEGMENT_SECS
+    stream_interim_secs: float | None = segments.DEFAULT_INTERIM_SECS
     decode_mode: DecodeMode = DecodeMode.BATCHED
     decoder_batch_window_ms: float = 0.0
     triton_decode_model: TritonDecodeModel = TritonDecodeModel.AUTO
@@ -213,6 +241,14 @@ class Settings:
                 raise SettingsError(f"{variable}={text!r}: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def segment_options(self) -> segments.SegmentOptions:
+        """The streams' segment options unless a stream's query says otherwise."""
+        return segments.SegmentOptions(
+            endpointing_ms=self.stream_endpointing_ms,
+            max_segment_secs=self.stream_max_segment_secs,
+            interim_secs=self.stream_interim_secs,
+        )
 
     def model_set_configs(self) -> dict[str, ModelSetConfig]:
         """The model sets to serve: those of `MODEL_SETS_FILE`, else one set named `default`."""
@@ -256,6 +292,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_STREAM_AUDIO_SECS": ("max_stream_audio_secs", _positive_float),
     "MAX_FRAMES_PER_SEC": ("max_frames_per_sec", _positive_int),
     "STREAM_OUTAGE_SECS": ("stream_outage_secs", _non_negative_float),
+    "STREAM_ENDPOINTING_MS": ("stream_endpointing_ms", _endpointing_ms),
+    "STREAM_MAX_SEGMENT_SECS": ("stream_max_segment_secs", _max_segment_secs),
+    "STREAM_INTERIM_SECS": ("stream_interim_secs", _interim_secs),
     "DECODE_MODE": ("decode_mode", _choice(DecodeMode)),
     "DECODER_BATCH_WINDOW_MS": ("decoder_batch_window_ms", _milliseconds),
     "TRITON_DECODE_MODEL": ("triton_decode_model", _choice(TritonDecodeModel)),

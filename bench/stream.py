@@ -5,11 +5,12 @@
                            [--decode-modes per-call,batched]
 
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
-C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s) and `MAX_CONCURRENT_STREAMS` raised to the
-largest N asked for. Stream j sends two LibriVox clips one after the other (8 to 11 s; which two
-rotates with j) in 100 ms frames against an absolute clock; stream j starts j/N of a chunk after
-the first, so that their windows do not all fall due at the same instant. Per scenario (N streams,
-one repetition):
+C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s), one segment per stream and no interim
+refreshes (`STREAM_ENDPOINTING_MS=false`, `STREAM_INTERIM_SECS=0`: the windows alone, as this
+benchmark times them), and `MAX_CONCURRENT_STREAMS` raised to the largest N asked for. Stream j
+sends two LibriVox clips one after the other (8 to 11 s; which two rotates with j) in 100 ms frames
+against an absolute clock; stream j starts j/N of a chunk after the first, so that their windows do
+not all fall due at the same instant. Per scenario (N streams, one repetition):
 
 * partial latency: the server cuts window i once it holds more than (i+1)·C + Rc seconds of audio,
   and every result says how much audio it had (`metadata.audio_seconds`), which names the window
@@ -140,7 +141,7 @@ async def one_stream(url: str, item: Recording, *, realtime: bool, delay: float 
                     final_ms = (now - ended) * 1000
                     tokens = result["metadata"]["tokens"]
                     break
-                if len(result["committed"]) > len(committed):
+                if not result["is_final"] and len(result["committed"]) > len(committed):
                     window = window_index(round(result["metadata"]["audio_seconds"] * SAMPLE_RATE))
                     chunk, right = round(CHUNK * SAMPLE_RATE), round(RIGHT * SAMPLE_RATE)
                     # the frame that holds the look-ahead's last sample
@@ -242,6 +243,10 @@ async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  #
         "stream_chunk_secs": CHUNK,
         "stream_left_context_secs": LEFT,
         "stream_right_context_secs": RIGHT,
+        # one segment per stream, so that a result's audio names its window (bench.partials and
+        # bench.endpointing measure segments and interim refreshes)
+        "stream_endpointing_ms": "false",
+        "stream_interim_secs": 0,
     }
     async with (
         open_subject(backend, model, args.workdir) as subject,

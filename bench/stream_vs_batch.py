@@ -3,7 +3,9 @@
     python -m bench.stream_vs_batch [--model default] [--chunk C --left L --right R]
                                     [--recipe-data build/demo/data-0-6000-400.npz]
 
-Windows default to the server's (1.6 s chunks, 4.0 s left context, 1.2 s look-ahead). Prints the
+Windows default to the server's (1.6 s chunks, 4.0 s left context, 1.2 s look-ahead); each
+recording is streamed as one segment (no endpointing, with interim refreshes), as the batch decode
+is one decode of the whole (`bench.endpointing` measures segments). Prints the
 word error rate and the token edit distance of the streamed final against the batch transcript of
 the same audio: first for the held-out synthetic recordings of `tests/data/held_out` (3 or more
 utterances of the demo model's domain joined with pauses, 8 s or more, written by the training
@@ -24,12 +26,15 @@ import numpy as np
 import trio
 
 from amira import open_recognizer
+from amira.core.segments import SegmentOptions
 from amira.recognizer import Recognizer
 from amira.settings import Settings
 from amira.testing.long_audio import held_out, long_recordings, streamed_final
 from amira.testing.servers import embedded_settings
 from amira.testing.text import levenshtein
 from training.joining import held_out_joined
+
+ONE_SEGMENT = SegmentOptions(endpointing_ms=None, max_segment_secs=300.0)
 
 
 def recipe_held_out(path: Path) -> list[tuple[str, np.ndarray, str]]:
@@ -46,7 +51,7 @@ def recipe_held_out(path: Path) -> list[tuple[str, np.ndarray, str]]:
 
 async def compare(recognizer: Recognizer, samples: np.ndarray, model: str) -> dict[str, float]:
     batch = await recognizer.transcribe(samples, model)
-    final = await streamed_final(recognizer, samples, model)
+    final = await streamed_final(recognizer, samples, model, options=ONE_SEGMENT)
     words, batch_words = final.transcription.split(), batch.text.split()
     edits = levenshtein(words, batch_words)
     return {

@@ -11,7 +11,8 @@ it answers each line on stdin with one JSON line of counters since it started:
   10 ms in a loop, and a stall is how late it wakes up;
 * `calls`: backend calls per role (`Engine.calls`); `emitted`: tokens emitted by the greedy
   decoder (committed and tentative); `spans`: decoder runs (one per batch recording, two per
-  streaming window: the chunk and its look-ahead).
+  streaming window: the chunk and its look-ahead, one per interim refresh); `encoded_s`: seconds of
+  audio given to the preprocessor and encoder.
 
 End of input (or `quit`) shuts the server down.
 """
@@ -51,6 +52,13 @@ class Probe:
             self.counts["spans"] += 1
 
         engine.decode = counting_decode  # type: ignore[method-assign]
+        encode = engine.encode
+
+        async def counting_encode(model_set, samples, policy):  # type: ignore[no-untyped-def]
+            self.counts["encoded_samples"] += samples.size
+            return await encode(model_set, samples, policy)
+
+        engine.encode = counting_encode  # type: ignore[method-assign]
 
     async def watch_stalls(self) -> None:
         while True:
@@ -66,6 +74,7 @@ class Probe:
             "calls": dict(self.recognizer.engine.calls),
             "emitted": self.counts["emitted"],
             "spans": self.counts["spans"],
+            "encoded_s": self.counts["encoded_samples"] / 16_000,
             "time": time.monotonic(),
         }
 

@@ -134,8 +134,11 @@ async def server(nursery: trio.Nursery) -> tuple[str, Recognizer]:
     return binds[0], recognizer
 
 
-async def stream(base: str, model: str, samples: Samples, frame_seconds: float) -> list[dict[str, Any]]:
-    url = base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
+async def stream(
+    base: str, model: str, samples: Samples, frame_seconds: float, query: str = "?endpointing=false"
+) -> list[dict[str, Any]]:
+    """Stream `samples` to the server; by default as one segment (no endpoints), as the batch decode is."""
+    url = base.replace("http://", "ws://") + f"/v2/decode/stream/{model}{query}"
     async with open_stream_client(url) as client, trio.open_nursery() as nursery:
         nursery.start_soon(client.send_samples, samples, frame_seconds, False)
         return [result async for result in client.results()]
@@ -217,6 +220,33 @@ async def test_streams_at_any_frame_size_give_the_reference_tokens(
     assert response.status_code == 200 and response.json()["metadata"]["tokens"] == expected
     loaded = server[1].engine.model_sets[model]
     assert loaded.caches is not None and loaded.caches.available == loaded.caches.size
+
+
+async def finalized_segments(base: str, model: str, clips: list[Samples]) -> list[dict[str, Any]]:
+    """Stream the clips with a Finalize after each (no endpoints): one segment per clip."""
+    url = base.replace("http://", "ws://") + f"/v2/decode/stream/{model}?endpointing=false"
+    async with open_stream_client(url) as client, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            for clip in clips:
+                for start in range(0, clip.size, 1600):
+                    await client.send_samples_frame(clip[start : start + 1600])
+                await client.finalize()
+            await client.end()
+
+        nursery.start_soon(send)
+        return [result async for result in client.results() if result["is_final"]]
+
+
+@pytest.mark.parametrize("model", list(SETS))
+async def test_each_segment_is_encoded_from_fresh_caches(server: tuple[str, Recognizer], model: str) -> None:
+    """After a Finalize the next segment starts a new encoder: its tokens are those of its audio alone."""
+    clips = [read_recording(path) for path in LIBRIVOX[1:3]]
+    finals = await finalized_segments(server[0], model, clips)
+    assert [final["from_finalize"] for final in finals[:2]] == [True, True]
+    assert finals[2]["status"] == "COMPLETE" and len(finals[2]["metadata"]["segments"]) == 2
+    for final, clip in zip(finals, clips, strict=False):
+        assert final["metadata"]["tokens"] == reference_tokens(*SETS[model], clip)
 
 
 async def test_v2_models_shows_the_kind_and_the_chunk(

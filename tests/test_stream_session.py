@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import amira
 from amira import Recognizer, Settings
 from amira.core.errors import BackendError, UnknownModel
 from amira.core.model_set import ModelSetError
-from amira.core.transcript import StreamResult
+from amira.core.segments import SegmentOptions
+from amira.core.transcript import ResultStatus, SegmentEnd, StreamResult
 from amira.models import shipped_repository
 from amira.stream_session import Stream
 
@@ -49,8 +51,18 @@ async def recognizer() -> AsyncIterator[Recognizer]:
         yield recognizer
 
 
+NO_REFRESHES = SegmentOptions(
+    interim_secs=None
+)  # partials only from the windows: they depend on the sample count
+
+
 async def stream_audio(
-    recognizer: Recognizer, model: str, audio: np.ndarray, piece: int, finalize_at: int | None = None
+    recognizer: Recognizer,
+    model: str,
+    audio: np.ndarray,
+    piece: int,
+    finalize_at: int | None = None,
+    options: SegmentOptions | None = None,
 ) -> list[StreamResult]:
     """Send `audio` in pieces of `piece` samples (a Finalize after `finalize_at`), then end; all results."""
     results: list[StreamResult] = []
@@ -62,7 +74,7 @@ async def stream_audio(
                 await stream.finalize()
         await stream.end()
 
-    async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
+    async with recognizer.open_stream(model, options=options) as stream, trio.open_nursery() as nursery:
         nursery.start_soon(send, stream)
         async for result in stream:
             results.append(result)
@@ -73,15 +85,23 @@ def timeline(results: list[StreamResult]) -> list[tuple[str, str, bool, tuple[in
     return [(r.committed, r.transcription, r.is_final, r.tokens) for r in results]
 
 
+def finals(results: list[StreamResult]) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    return [(r.transcription, r.tokens, r.token_frames) for r in results if r.is_final]
+
+
 async def test_results_do_not_depend_on_how_audio_is_split(recognizer: Recognizer, model: str) -> None:
     audio = read_clip()
-    expected = await stream_audio(recognizer, model, audio, audio.size)
+    expected = await stream_audio(recognizer, model, audio, audio.size, options=NO_REFRESHES)
     final = expected[-1]
     assert final.is_final and final.end_of_stream and final.tokens
-    assert sum(r.is_final for r in expected) == 1
+    assert [r.status for r in expected if r.is_final] == [ResultStatus.FINAL, ResultStatus.COMPLETE]
     assert len(expected) > 3  # several chunks, so commits really happened across windows
+    refreshed = await stream_audio(recognizer, model, audio, audio.size)
     for piece in (160, 1600, RATE):  # 10 ms, 100 ms, 1 s
-        assert timeline(await stream_audio(recognizer, model, audio, piece)) == timeline(expected)
+        split = await stream_audio(recognizer, model, audio, piece, options=NO_REFRESHES)
+        assert timeline(split) == timeline(expected)
+        assert finals(await stream_audio(recognizer, model, audio, piece)) == finals(refreshed)
+    assert finals(refreshed) == finals(expected)  # refreshes only touch the tentative tail
 
 
 @pytest.mark.parametrize("seconds", [0.3, CHUNK + RIGHT])
@@ -89,42 +109,57 @@ async def test_a_stream_of_one_window_is_the_batch_result(
     recognizer: Recognizer, model: str, seconds: float
 ) -> None:
     audio = read_clip()[: round(seconds * RATE)]
-    (result,) = await stream_audio(recognizer, model, audio, 1600)
+    *partials, segment_final, complete = await stream_audio(recognizer, model, audio, 1600)
+    assert not any(r.is_final for r in partials)
     batch = await recognizer.transcribe(audio, model)
     assert batch.tokens
-    assert (result.tokens, result.token_frames) == (batch.tokens, batch.token_frames)
-    assert (result.transcription, result.committed, result.words) == (batch.text, batch.text, batch.words)
-    assert result.audio_seconds == pytest.approx(seconds)
+    for result in (segment_final, complete):
+        assert (result.tokens, result.token_frames) == (batch.tokens, batch.token_frames)
+        assert (result.transcription, result.committed) == (batch.text, batch.text)
+        assert result.words == batch.words
+        assert result.audio_seconds == pytest.approx(seconds)
 
 
-async def test_committed_text_only_grows(recognizer: Recognizer, model: str) -> None:
+async def test_committed_text_only_grows_within_a_segment(recognizer: Recognizer, model: str) -> None:
     audio = np.concatenate([read_clip(0), read_clip(2)])
     results = await stream_audio(recognizer, model, audio, 4000)
-    committed_tokens: tuple[int, ...] = ()
-    for previous, result in zip([None, *results], results, strict=False):
+    *segments, complete = results
+    assert complete.end_of_stream and results[-2].ended_by is SegmentEnd.END_OF_STREAM
+    for previous, result in itertools.pairwise(segments):
         assert result.transcription.startswith(result.committed)
-        assert previous is None or result.committed.startswith(previous.committed)
-        assert previous is None or timeline([previous]) != timeline([result])  # never repeated
-        assert result.tokens[: len(committed_tokens)] == committed_tokens
-        committed_tokens = result.tokens if result.is_final else committed_tokens
+        assert timeline([previous]) != timeline([result])  # never repeated
         assert result.processing_time_ms >= 0
+        if previous.segment.id == result.segment.id:
+            assert not previous.is_final and result.committed.startswith(previous.committed)
+            assert result.segment.start == previous.segment.start < result.segment.end
+            assert result.is_final or previous.segment.end <= result.segment.end  # a final ends at its cut
+        else:
+            assert previous.is_final and result.segment.id == previous.segment.id + 1
+            assert result.segment.start >= previous.segment.end
     assert any(r.transcription != r.committed for r in results)  # look-ahead gives tentative tails
-    assert results[-1].audio_seconds == pytest.approx(audio.size / RATE)
-    assert results[-1].words and results[-1].words[-1].end <= audio.size / RATE + 0.08 + 1e-9
+    finals = [r for r in segments if r.is_final]
+    assert complete.transcription == " ".join(r.transcription for r in finals if r.transcription)
+    assert complete.words == tuple(w for r in finals for w in r.words)
+    assert complete.audio_seconds == pytest.approx(audio.size / RATE)
+    assert complete.words and complete.words[-1].end <= audio.size / RATE + 0.08 + 1e-9
 
 
 async def test_finalize_gives_a_final_and_the_stream_goes_on(recognizer: Recognizer, model: str) -> None:
     audio = read_clip()
     middle = 3 * RATE + 123
     results = await stream_audio(recognizer, model, audio, 1600, finalize_at=middle)
-    finals = [i for i, r in enumerate(results) if r.is_final]
-    assert len(finals) == 2 and finals[1] == len(results) - 1
-    finalized, last = results[finals[0]], results[-1]
-    assert not finalized.end_of_stream and last.end_of_stream
+    finalized, second, last = (r for r in results if r.is_final)
+    assert last is results[-1] and last.end_of_stream and not finalized.end_of_stream
+    assert (finalized.ended_by, second.ended_by) == (SegmentEnd.FINALIZE, SegmentEnd.END_OF_STREAM)
+    assert finalized.from_finalize and not finalized.speech_final and not second.from_finalize
     assert finalized.transcription == finalized.committed and finalized.words
-    assert finalized.audio_seconds == pytest.approx(1600 * (middle // 1600 + 1) / RATE)
-    assert last.tokens[: len(finalized.tokens)] == finalized.tokens
-    assert len(last.tokens) > len(finalized.tokens)
+    flushed = 1600 * (middle // 1600 + 1) / RATE
+    assert finalized.audio_seconds == pytest.approx(flushed)
+    assert (finalized.segment.id, finalized.segment.start, finalized.segment.end) == (0, 0.0, flushed)
+    assert (second.segment.id, second.segment.start) == (1, flushed)  # no endpointing: the segments tile
+    assert last.tokens == finalized.tokens + second.tokens
+    assert last.transcription == f"{finalized.transcription} {second.transcription}"
+    assert [s.span for s in last.segments] == [finalized.segment, second.segment]
     assert [r.end_of_stream for r in results].count(True) == 1
 
 
@@ -141,7 +176,7 @@ async def test_decoder_states_go_back_to_the_pool(recognizer: Recognizer, model:
     assert pool.available == pool.size
 
     async with recognizer.open_stream(model) as stream:
-        assert pool.available == pool.size - 2
+        assert pool.available == pool.size - 3
         await stream.send_audio(read_clip())
     assert pool.available == pool.size  # leaving without end() cancels the infer task mid-work
 

@@ -35,13 +35,14 @@ from amira.testing.servers import embedded_settings, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository, write_model
 from tests.conftest import TritonFixture
-from tests.test_cache_aware import SETS, reference_tokens
+from tests.test_cache_aware import SETS, finalized_segments, reference_tokens
 
 CLIP = read_recording(LIBRIVOX[0])
 
 
 def ws(base: str, model: str) -> str:
-    return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
+    """One segment per stream (no endpoints), as the reference decodes it."""
+    return base.replace("http://", "ws://") + f"/v2/decode/stream/{model}?endpointing=false"
 
 
 async def start(nursery: trio.Nursery, settings: Settings) -> tuple[str, Recognizer]:
@@ -81,6 +82,12 @@ async def test_streams_keep_their_caches_in_triton_and_give_the_reference_tokens
         expected = reference_tokens(*entry, CLIP)
         for frame_seconds in (0.1, 1.0):
             assert (await stream(ws(base, model), CLIP, frame_seconds))[-1]["metadata"]["tokens"] == expected
+        # each segment a sequence of its own: ended by its last chunk, the next one started afresh
+        clips = [read_recording(path) for path in LIBRIVOX[1:3]]
+        finals = await finalized_segments(base, model, clips)
+        assert [final["metadata"]["tokens"] for final in finals[:2]] == [
+            reference_tokens(*entry, clip) for clip in clips
+        ]
     # every stream's last chunk carried the sequence end: no separate end was needed
     assert engine.calls["encoder_sequence_end"] == probes
 
@@ -152,6 +159,7 @@ async def test_a_triton_restart_mid_stream_ends_the_stream_with_backend_unavaila
         results = client.results()
         partial = await anext(results)
         assert partial["status"] == "ACTIVE" and partial["committed"]
+        await trio.sleep(1.0)  # every chunk of the first 2 s is encoded: the stream waits for audio
         await own_triton.akill()
         await own_triton.astart()
         await client.send_samples_frame(CLIP[16_000 * 2 :])

@@ -144,6 +144,11 @@ class Chunker:
     def buffered_samples(self) -> int:
         return self._total - self._buffer_start
 
+    @property
+    def next_frame(self) -> int:
+        """Where the next chunk starts: every frame before it is committed."""
+        return self._next_frame
+
     def feed(self, samples: npt.NDArray[Any]) -> None:
         """Append samples (copied: the caller may reuse its array)."""
         piece = np.array(samples, dtype=np.float32).reshape(-1)
@@ -174,11 +179,57 @@ class Chunker:
         stop = -(-self._total // frame_samples)
         return self._emit(start, stop, stop, self._total, final=True)
 
+    def interim(self) -> tuple[Window, npt.NDArray[np.float32]] | None:
+        """A window from the next chunk's start to the newest sample, with its usual left context, and
+        its audio: decoded from a copy of the state, it refreshes the tentative tail. It is never
+        committed and leaves the chunker as it was. None when no audio waits past the commits."""
+        config, frame_samples = self.config, self.config.frame_samples
+        start = self._next_frame
+        if self._total <= start * frame_samples:
+            return None
+        first_frame = max(0, start - config.left_frames)
+        stop = -(-self._total // frame_samples)
+        window = Window(first_frame * frame_samples, self._total, first_frame, start, stop, stop, final=True)
+        return window, self._buffered(window.start_sample, self._total)
+
+    def cut(self, window: Window, frame: int) -> tuple[Window, npt.NDArray[np.float32]]:
+        """End the stream at frame `frame` of the latest window `window`, which was not committed.
+
+        Returns the final window that commits `window`'s chunk up to the cut (its audio is
+        `samples()`), and the audio from the cut to the newest sample, which belongs to whatever
+        comes next. The chunker is spent afterwards.
+        """
+        frame_samples = self.config.frame_samples
+        if not window.commit_start <= frame <= window.tentative_stop:
+            raise ValueError(
+                f"cut at frame {frame} outside frames {window.commit_start}..{window.tentative_stop}"
+            )
+        cut = frame * frame_samples
+        rest = np.concatenate(
+            [
+                self.samples(window)[cut - window.start_sample :],
+                self._buffered(window.stop_sample, self._total),
+            ]
+        )
+        final = attrs.evolve(window, stop_sample=cut, commit_stop=frame, tentative_stop=frame, final=True)
+        self._latest = (final, self.samples(window)[: cut - window.start_sample])
+        self._pieces, self._buffer_start, self._total = [], cut, cut
+        return final, rest
+
     def samples(self, window: Window) -> npt.NDArray[np.float32]:
         """The audio to encode for `window`, which must be the latest window returned."""
         if self._latest is None or self._latest[0] is not window:
             raise ValueError(f"the samples of {window} are no longer buffered: only the latest window's are")
         return self._latest[1]
+
+    def _buffered(self, start: int, stop: int) -> npt.NDArray[np.float32]:
+        """Samples `[start, stop)`, which must still be buffered."""
+        if start < self._buffer_start:
+            raise ValueError(f"sample {start} is no longer buffered (from {self._buffer_start})")
+        if len(self._pieces) > 1:
+            self._pieces = [np.concatenate(self._pieces)]
+        buffer = self._pieces[0] if self._pieces else np.zeros(0, np.float32)
+        return buffer[start - self._buffer_start : stop - self._buffer_start]
 
     def _emit(self, start: int, stop: int, lookahead: int, stop_sample: int, *, final: bool) -> Window:
         """Cut the window's samples out, then forget what the next window's left context does not need."""

@@ -2,7 +2,10 @@
 
 `NativeStream` is fed each frame the client sent and answers with a typed event (`Audio`,
 `Finalize`, `EndOfStream`, `KeepAlive`), raising the API's errors for frames that break the
-rules; it turns session results and errors into the JSON text messages the client reads. Its
+rules; it reads the stream's options from the query string (`sample_rate`, and the segment options
+`endpointing`, `max_segment_secs`, `interim_results`), and turns session results and errors into
+the JSON text messages the client reads (api.md, "Segments": partials and segment finals carry
+their `segment`, the one `COMPLETE` the whole stream with `metadata.segments`). Its
 `phase` is the stream's life as the wire sees it, so the rules that span messages (nothing after
 the end of stream, exactly one `COMPLETE`, nothing after an `ERROR`) are checked in one place.
 
@@ -19,9 +22,10 @@ import attrs
 
 from amira.core.audio import MODEL_SAMPLE_RATE
 from amira.core.errors import AmiraError, BadRequest, TooLarge
-from amira.core.transcript import ResultStatus, StreamResult
+from amira.core.segments import SegmentOptions
+from amira.core.transcript import ResultStatus, Segment, SegmentSpan, StreamResult
 from amira.protocols.native_batch import word_document
-from amira.protocols.values import parse_sample_rate
+from amira.protocols.values import parse_bool, parse_endpointing, parse_max_segment_secs, parse_sample_rate
 
 END_OF_STREAM = b"\x00"
 KEEPALIVE = b"\x01"
@@ -70,13 +74,26 @@ class StreamPhase(enum.Enum):
 
 @attrs.frozen
 class StreamOptions:
-    """The query parameters of a stream."""
+    """The query parameters of a stream: its sample rate, and its segment options (the server's
+    defaults where the query is silent). Other parameters (`api_key`) are not the protocol's."""
 
     sample_rate: int
+    segments: SegmentOptions = attrs.field(factory=SegmentOptions)
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> StreamOptions:
-        return cls(sample_rate=parse_sample_rate(query.get("sample_rate", "16000")))
+    def from_query(cls, query: Mapping[str, str], defaults: SegmentOptions) -> StreamOptions:
+        segments = defaults
+        if "endpointing" in query:
+            segments = attrs.evolve(segments, endpointing_ms=parse_endpointing(query["endpointing"]))
+        if "max_segment_secs" in query:
+            segments = attrs.evolve(
+                segments, max_segment_secs=parse_max_segment_secs(query["max_segment_secs"])
+            )
+        if "interim_results" in query:
+            segments = attrs.evolve(
+                segments, interim_results=parse_bool("interim_results", query["interim_results"])
+            )
+        return cls(parse_sample_rate(query.get("sample_rate", "16000")), segments)
 
 
 @attrs.define
@@ -89,9 +106,9 @@ class NativeStream:
     phase: StreamPhase = StreamPhase.RECEIVING
     received_samples: int = 0
 
-    def configure(self, query: Mapping[str, str]) -> StreamOptions:
+    def configure(self, query: Mapping[str, str], defaults: SegmentOptions) -> StreamOptions:
         """The stream's options from the upgrade request's query string."""
-        self.options = StreamOptions.from_query(query)
+        self.options = StreamOptions.from_query(query, defaults)
         return self.options
 
     def receive_bytes(self, frame: bytes) -> StreamEvent:
@@ -161,17 +178,34 @@ class NativeStream:
             raise BadRequest(f"a frame after the end of the stream ({self.phase.value})")
 
 
+def span_document(span: SegmentSpan) -> dict[str, object]:
+    return {"id": span.id, "start": round(span.start, 3), "end": round(span.end, 3)}
+
+
+def segment_document(segment: Segment) -> dict[str, object]:
+    return span_document(segment.span) | {"text": segment.text, "confidence": round(segment.confidence, 4)}
+
+
 def result_document(result: StreamResult) -> dict[str, object]:
+    """A partial or segment final (of the open segment, with its `segment`), or `COMPLETE` (of the
+    whole stream, with `metadata.segments`). Finals carry their tokens and words."""
     metadata: dict[str, object] = {
         "audio_seconds": round(result.audio_seconds, 3),
         "processing_time_ms": round(result.processing_time_ms, 1),
     }
     if result.is_final:
         metadata |= {"tokens": list(result.tokens), "words": [word_document(w) for w in result.words]}
-    return {
+    if result.end_of_stream:
+        metadata["segments"] = [segment_document(segment) for segment in result.segments]
+    document: dict[str, object] = {
         "transcription": result.transcription,
         "status": "COMPLETE" if result.end_of_stream else "ACTIVE",
         "is_final": result.is_final,
+        "speech_final": result.speech_final,
+        "from_finalize": result.from_finalize,
         "committed": result.committed,
-        "metadata": metadata,
     }
+    if result.segment is not None:
+        document["segment"] = span_document(result.segment)
+    document["metadata"] = metadata
+    return document

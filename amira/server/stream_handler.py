@@ -26,6 +26,7 @@ from quart import Quart, websocket
 
 from amira.core.audio import StreamResampler
 from amira.core.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, AmiraError, BackendError, BackendFailure
+from amira.core.segments import SegmentOptions
 from amira.protocols.native_stream import Audio, EndOfStream, Finalize, KeepAlive, NativeStream
 from amira.server.state import ServerState, new_id
 from amira.settings import Settings
@@ -140,7 +141,11 @@ async def _send_within(text: str, seconds: float) -> None:
 
 async def _send(stream: Stream, protocol: NativeStream, state: ServerState, model: str) -> None:
     async for result in stream:
-        await _send_within(protocol.result_message(result), state.settings.stream_timeout_secs)
+        if result.end_of_stream:  # the whole stream's words: an hour's is about 0.5 MB of JSON
+            message = await trio.to_thread.run_sync(protocol.result_message, result)
+        else:
+            message = protocol.result_message(result)
+        await _send_within(message, state.settings.stream_timeout_secs)
         if result.end_of_stream:
             state.metrics.audio_seconds.labels(model, "stream").inc(result.audio_seconds)
             return
@@ -164,12 +169,12 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
         await websocket.accept()
         try:
             engine.check_known(model)
-            options = protocol.configure(websocket.args)
+            options = protocol.configure(websocket.args, settings.segment_options())
             resampler = StreamResampler(options.sample_rate)
             with state.streams.admit():
                 log.info("stream stream_id=%s model=%s opened", stream_id, model)
                 try:
-                    await _run_stream(model, stream_id, protocol, resampler)
+                    await _run_stream(model, stream_id, protocol, resampler, options.segments)
                 except Exception:
                     log.exception("stream %s failed", stream_id)
                     await close_with_error(
@@ -181,12 +186,19 @@ def add_stream_route(app: Quart, state: ServerState) -> None:
             await close_with_error(protocol, exc, stream_id)
 
     async def _run_stream(
-        model: str, stream_id: str, protocol: NativeStream, resampler: StreamResampler
+        model: str,
+        stream_id: str,
+        protocol: NativeStream,
+        resampler: StreamResampler,
+        segments: SegmentOptions,
     ) -> None:
         ending = StreamEnding()
         stream: Stream | None = None
         try:
-            async with recognizer.open_stream(model) as stream, trio.open_nursery() as nursery:
+            async with (
+                recognizer.open_stream(model, options=segments) as stream,
+                trio.open_nursery() as nursery,
+            ):
                 nursery.start_soon(_receive, stream, protocol, resampler, state, ending)
                 await _send(stream, protocol, state, model)
                 nursery.cancel_scope.cancel()

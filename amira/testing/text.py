@@ -42,3 +42,22 @@ def correct_words(hypothesis: Sequence[str], reference: Sequence[str]) -> list[b
         else:
             j -= 1
     return right
+
+
+def matched_positions(hypothesis: Sequence[object], reference: Sequence[object]) -> list[int]:
+    """The positions in `reference` of the words that a minimum edit-distance alignment matches to
+    `hypothesis` (the backtrace of `correct_words`)."""
+    table = list(_rows(hypothesis, reference))
+    matched = []
+    i, j = len(hypothesis), len(reference)
+    while i and j:
+        same = hypothesis[i - 1] == reference[j - 1]
+        if table[i][j] == table[i - 1][j - 1] + (not same):
+            if same:
+                matched.append(j - 1)
+            i, j = i - 1, j - 1
+        elif table[i][j] == table[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return matched[::-1]
