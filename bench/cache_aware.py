@@ -13,9 +13,11 @@ a few hundred bytes) and the call's wall time.
 
 **Cost** (`--cost`): the encoder's work per audio second, in process on the embedded backend, for a
 windowed set and a cache-aware set side by side (default: the demo models `default` and
-`default-streaming`): seconds of audio encoded per second of audio (each window encodes its left
-context, chunk and look-ahead; each chunk its own audio, plus the pre-encode cache's 7 to 9 mel
-frames), and encoder CPU-bound wall seconds per audio second (`--seconds` of LibriVox streamed).
+`default-streaming`), streamed in process with the default segment options: seconds of audio given
+to the encoder per second of audio, counted call by call (each window encodes its left context,
+chunk and look-ahead, each interim refresh its left context and the uncommitted audio; each chunk
+its own audio, plus the pre-encode cache's mel frames, shown apart), and the encoder calls' wall
+seconds per audio second (`--seconds` of LibriVox streamed).
 
 **Latency** (`--latency`): word-to-partial latency of a cache-aware set (default
 `default-streaming`) at its default chunk: N concurrent streams (`--streams 1,10,50`; the stream cap
@@ -51,6 +53,8 @@ import trio
 
 from amira.backends.embedded import EmbeddedBackend
 from amira.backends.triton import TritonBackend
+from amira.core.cache_aware import HOP, Chunk
+from amira.core.model_set import ModelSet
 from amira.core.tensors import SequenceFlags
 from amira.engine import Engine
 from amira.models import shipped_repository
@@ -160,46 +164,61 @@ async def transport(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
-async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str, object]]:
+async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str, Any]]:
     audio = librivox_concatenation(range(5)).samples[: round(seconds * 16_000)]
     settings = embedded_settings()
-    rows = []
     engine = Engine(EmbeddedBackend(settings.model_repository), settings)
     await engine.load()
     encoder_seconds: defaultdict[str, float] = defaultdict(float)
+    encoded: defaultdict[str, float] = defaultdict(float)  # seconds of audio the encoder was given
+    fresh: defaultdict[str, float] = defaultdict(float)  # of it, audio no earlier call was given
+    encode, encode_chunk = engine.encode, engine.encode_chunk
 
     def on_call(model_set: str, role: str, elapsed: float) -> None:
         if role == "encoder":
             encoder_seconds[model_set] += elapsed
 
+    async def counting_encode(model_set: ModelSet, samples: Any, policy: Any) -> Any:
+        encoded[model_set.name] += samples.size / 16_000
+        return await encode(model_set, samples, policy)
+
+    async def counting_encode_chunk(model_set: ModelSet, encoding: Any, chunk: Chunk, policy: Any) -> Any:
+        encoded[model_set.name] += chunk.length * HOP / 16_000
+        fresh[model_set.name] += (chunk.length - encoding.spec.pre_encode_frames) * HOP / 16_000
+        return await encode_chunk(model_set, encoding, chunk, policy)
+
     engine.on_call = on_call
+    engine.encode = counting_encode  # type: ignore[method-assign]
+    engine.encode_chunk = counting_encode_chunk  # type: ignore[method-assign]
     recognizer = Recognizer(engine)
+    rows = []
     for name in (windowed, cache_aware):
-        loaded = engine.model_sets[name]
         final = await streamed_final(recognizer, audio, name)
-        spec = loaded.model_set.cache_aware
-        if spec is None:
-            streaming = loaded.streaming
-            frames = streaming.left_frames + streaming.chunk_frames + streaming.right_frames
-            encoded = frames / streaming.chunk_frames  # every window but the first ones
-        else:
-            encoded = (spec.pre_encode_frames + spec.chunk_frames) / spec.chunk_frames
+        audio_seconds = audio.size / 16_000
         rows.append(
             {
                 "model_set": name,
-                "kind": loaded.model_set.encoder_kind,
-                "encoded_audio_per_audio_second": encoded,
-                "encoder_wall_seconds_per_audio_second": encoder_seconds[name] / (audio.size / 16_000),
+                "kind": engine.model_sets[name].model_set.encoder_kind,
+                "encoded_audio_per_audio_second": encoded[name] / audio_seconds,
+                "new_audio_per_audio_second": (fresh[name] or encoded[name]) / audio_seconds,
+                "encoder_wall_seconds_per_audio_second": encoder_seconds[name] / audio_seconds,
                 "words": len(final.transcription.split()),
             }
         )
     print_table(
-        ["model set", "encoder", "encoded s / audio s", "encoder wall s / audio s"],
+        [
+            "model set",
+            "encoder",
+            "encoded s / audio s",
+            "of which pre-encode cache",
+            "encoder wall s / audio s",
+        ],
         [
             [
                 r["model_set"],
                 r["kind"],
-                r["encoded_audio_per_audio_second"],
+                f"{r['encoded_audio_per_audio_second']:.2f}",
+                f"{r['encoded_audio_per_audio_second'] - r['new_audio_per_audio_second']:.2f}",
                 f"{r['encoder_wall_seconds_per_audio_second']:.4f}",
             ]
             for r in rows
