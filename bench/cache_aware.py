@@ -98,7 +98,7 @@ async def transport(seconds: float) -> list[dict[str, object]]:
     from amira.tooling.triton_repository import build_repository, write_model
 
     audio = librivox_concatenation(range(5)).samples[: round(seconds * 16_000)]
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="amira-bench-") as workdir:
         source = Path(workdir) / "parakeet-sized"
         generate_repository(source, sizes=PARAKEET_SHAPED, cache_sizes=CACHE_AWARE_PARAKEET)
@@ -191,7 +191,7 @@ async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str
     engine.encode = counting_encode  # type: ignore[method-assign]
     engine.encode_chunk = counting_encode_chunk  # type: ignore[method-assign]
     recognizer = Recognizer(engine)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in (windowed, cache_aware):
         final = await streamed_final(recognizer, audio, name)
         audio_seconds = audio.size / 16_000
