@@ -71,7 +71,8 @@ def _export(
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     name = path.parent.parent.name
-    config = config_pbtxt(name, *model_tensors(model, name), "production")
+    properties = {entry.key: entry.value for entry in model.metadata_props}  # a cache-aware chunk
+    config = config_pbtxt(name, *model_tensors(model, name), "production", parameters=properties)
     (path.parent.parent / "config.pbtxt").write_text(config, encoding="utf-8")
 
 

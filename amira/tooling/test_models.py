@@ -744,7 +744,8 @@ def _write_onnx_model(repository: Path, name: str, model: onnx.ModelProto) -> No
     version = repository / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.onnx").write_bytes(model.SerializeToString())
-    config = config_pbtxt(name, *model_tensors(model, name), "production")
+    properties = {entry.key: entry.value for entry in model.metadata_props}  # a cache-aware chunk
+    config = config_pbtxt(name, *model_tensors(model, name), "production", parameters=properties)
     (repository / name / "config.pbtxt").write_text(config, encoding="utf-8")
 
 
