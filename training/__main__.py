@@ -36,6 +36,7 @@ def main() -> None:
         action="store_true",
         help="train the causal cache-aware variant (the default-streaming set) instead",
     )
+    parser.add_argument("--streaming-layers", type=int, default=3, help="LSTM blocks of the causal encoder")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     metrics = run(
@@ -51,6 +52,7 @@ def main() -> None:
         args.copies,
         args.joined_copies,
         args.streaming,
+        args.streaming_layers,
     )
     print(
         f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "

@@ -29,7 +29,7 @@ from .model import Sizes
 
 PRE_ENCODE_CACHE = 7  # mel frames: the subsampling convs' receptive field beyond their chunk
 SUBSAMPLING = 8
-LAYERS = 3
+LAYERS = 3  # the default of `--streaming-layers`
 TIME_CACHE = 4  # K: the depthwise conv has kernel K + 1
 WIDTH = 256  # D, as the BiLSTM encoder's, so that the decoder/joint has the same shape
 
@@ -40,17 +40,18 @@ def encoded_frames(length: torch.Tensor) -> torch.Tensor:
 
 
 class CausalEncoder(nn.Module):
-    def __init__(self, sizes: Sizes) -> None:
+    def __init__(self, sizes: Sizes, layers: int = LAYERS) -> None:
         super().__init__()
         c = sizes.conv_channels
+        self.layers = layers
         self.register_buffer("mean", torch.zeros(sizes.features, 1))
         self.register_buffer("inv_std", torch.ones(sizes.features, 1))
         self.convs = nn.ModuleList([nn.Conv1d(cin, c, 3, stride=2) for cin in (sizes.features, c, c)])
         self.project = nn.Linear(c, WIDTH)
         self.time_convs = nn.ModuleList(
-            [nn.Conv1d(WIDTH, WIDTH, TIME_CACHE + 1, groups=WIDTH) for _ in range(LAYERS)]
+            [nn.Conv1d(WIDTH, WIDTH, TIME_CACHE + 1, groups=WIDTH) for _ in range(layers)]
         )
-        self.lstms = nn.ModuleList([nn.LSTM(WIDTH, WIDTH, batch_first=True) for _ in range(LAYERS)])
+        self.lstms = nn.ModuleList([nn.LSTM(WIDTH, WIDTH, batch_first=True) for _ in range(layers)])
         self.norm = nn.LayerNorm(WIDTH)
         self.dropout = nn.Dropout(0.15)
         self.width = WIDTH
@@ -62,8 +63,8 @@ class CausalEncoder(nn.Module):
 
     def initial_caches(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return (
-            torch.zeros(LAYERS, batch, 2, WIDTH),
-            torch.zeros(LAYERS, batch, WIDTH, TIME_CACHE),
+            torch.zeros(self.layers, batch, 2, WIDTH),
+            torch.zeros(self.layers, batch, WIDTH, TIME_CACHE),
             torch.zeros(batch, dtype=torch.long),
         )
 

@@ -170,6 +170,7 @@ def run(
     copies: int = 8,
     joined_copies: int = 4,
     streaming: bool = False,
+    streaming_layers: int = 3,
 ) -> dict:
     """The whole recipe; `streaming` trains the causal cache-aware variant (`training/causal.py`) on
     the streaming features instead, and exports it as the `default-streaming` set."""
@@ -189,7 +190,7 @@ def run(
     test_features = clean_features(pre, test_waves)
 
     sizes = Sizes(vocab_size=len(grammar.PIECES))
-    model = Transducer(sizes, CausalEncoder(sizes) if streaming else None)
+    model = Transducer(sizes, CausalEncoder(sizes, streaming_layers) if streaming else None)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
     train_started = time.time()
 
@@ -312,6 +313,7 @@ def run(
     metrics = {
         "seed": seed,
         "streaming": streaming,
+        "streaming_layers": streaming_layers if streaming else None,
         "steps": steps,
         "finetune_steps": finetune_steps,
         "batch": batch,
