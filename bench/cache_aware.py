@@ -29,9 +29,12 @@ Per word of the stream's final transcript, the latency runs from the word's end 
 final's words, on the stream's real-time clock) to the first result whose text shows it. A
 cache-aware stream commits every token it decodes, so its text only grows and the final is the
 batch transcript: a word is shown once the results' text holds the final's words up to it. Word ends
-come from the frame of a word's last token; the model emits a word's token some frames after it
-began, so the figure includes the model's own emission delay. Errors and streams that did not
-complete are counted.
+come from the frame of a word's last token, that is when the model emitted it: a causal model emits
+a word some frames after it was spoken, which that figure leaves out. So, second, per utterance
+(a stretch of speech followed by a pause of 250 ms or more; 10 ms frames within 35 dB of the loudest
+are speech), the latency from the end of its speech in the audio to the first result showing its
+last word (the last word emitted before the next stretch began): what the speaker waits for.
+Errors and streams that did not complete are counted.
 
 The machine is shared: read the figures side by side, not on their own.
 """
@@ -39,6 +42,7 @@ The machine is shared: read the figures side by side, not on their own.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections import defaultdict
@@ -64,6 +68,7 @@ from amira.testing.servers import embedded_settings, write_model_sets
 from bench.common import Subject, librivox_concatenation, machine, print_table, write_json
 
 FRAME_SECONDS = 0.1
+PAUSE_SECONDS = 0.25  # a pause after a word: where an utterance's speech ends
 
 
 class CountingTriton(TritonBackend):
@@ -265,14 +270,36 @@ async def one_stream(url: str, samples: npt.NDArray[np.float32], delay: float) -
     if not words:
         return {"error": "no COMPLETE result with words"}
     final_words = [word["word"] for word in words]
-    latencies = []
-    index = 0
+    shown_at: list[float] = []
     for received, text in shown:
         seen = text.split()
-        while index < len(final_words) and seen[: index + 1] == final_words[: index + 1]:
-            latencies.append(received - words[index]["end"])
-            index += 1
-    return {"latencies": latencies, "unshown": len(final_words) - index}
+        while (
+            len(shown_at) < len(final_words) and seen[: len(shown_at) + 1] == final_words[: len(shown_at) + 1]
+        ):
+            shown_at.append(received)
+    latencies = [at - word["end"] for at, word in zip(shown_at, words, strict=False)]
+    acoustic = []
+    spans = speech_spans(samples)
+    for (onset, end), (next_onset, _) in zip(spans, [*spans[1:], (math.inf, math.inf)], strict=True):
+        # the utterance's last word: the last one emitted before the next utterance began
+        own = [
+            i for i, w in enumerate(words[: len(shown_at)]) if onset <= w["end"] <= next_onset + FRAME_SECONDS
+        ]
+        if own:
+            acoustic.append(shown_at[own[-1]] - end)
+    return {"latencies": latencies, "acoustic": acoustic, "unshown": len(final_words) - len(shown_at)}
+
+
+def speech_spans(samples: npt.NDArray[np.float32]) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each stretch of speech between pauses of `PAUSE_SECONDS` or more:
+    10 ms frames within 35 dB of the loudest one are speech."""
+    frames = samples[: samples.size // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+    loud = np.flatnonzero(rms > rms.max() * 10 ** (-35 / 20))
+    breaks = np.flatnonzero(np.diff(loud) * 0.01 >= PAUSE_SECONDS)
+    starts = [loud[0], *(loud[i + 1] for i in breaks)]
+    ends = [*(loud[i] for i in breaks), loud[-1]]
+    return [(float(a) * 0.01, float(b + 1) * 0.01) for a, b in zip(starts, ends, strict=True)]
 
 
 async def collect(
@@ -301,6 +328,7 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                             for j in range(count):
                                 nursery.start_soon(collect, results, url, audio, j / count)
                     values = [v for r in results for v in r.get("latencies", [])]
+                    ends = [v for r in results for v in r.get("acoustic", [])]
                     errors = [r["error"] for r in results if "error" in r]
                     rows.append(
                         {
@@ -312,12 +340,27 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                             "p50_s": percentile(values, 50),
                             "p90_s": percentile(values, 90),
                             "p99_s": percentile(values, 99),
+                            "utterance_ends": len(ends),
+                            "acoustic_p50_s": percentile(ends, 50),
+                            "acoustic_p90_s": percentile(ends, 90),
                         }
                     )
                     if errors:
                         print(f"{backend} x{count}: {errors[:3]}")
     print_table(
-        ["backend", "streams", "words", "unshown", "errors", "p50 s", "p90 s", "p99 s"],
+        [
+            "backend",
+            "streams",
+            "words",
+            "unshown",
+            "errors",
+            "p50 s",
+            "p90 s",
+            "p99 s",
+            "utterance ends",
+            "from speech end p50 s",
+            "p90 s",
+        ],
         [
             [
                 r["backend"],
@@ -328,6 +371,9 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                 f"{r['p50_s']:.3f}",
                 f"{r['p90_s']:.3f}",
                 f"{r['p99_s']:.3f}",
+                r["utterance_ends"],
+                f"{r['acoustic_p50_s']:.3f}",
+                f"{r['acoustic_p90_s']:.3f}",
             ]
             for r in rows
         ],

@@ -69,7 +69,7 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
     ready = await http.get(f"{embedded_url}/ready")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "models": ["cache_aware", "cache_aware_batch_first", "default", "rnnt", "tdt"],
+        "models": ["cache_aware", "cache_aware_batch_first", "default", "default-streaming", "rnnt", "tdt"],
     }
     models = {m["name"]: m for m in (await http.get(f"{embedded_url}/v2/models")).json()["models"]}
     assert models["tdt"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"

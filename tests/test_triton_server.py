@@ -34,7 +34,7 @@ async def test_health_ready_and_models(http: httpx.AsyncClient, triton_server: s
     health = (await http.get(f"{triton_server}/health")).json()
     assert health["status"] == "healthy" and health["backend"] == "triton"
     ready = await http.get(f"{triton_server}/ready")
-    sets = ["cache_aware", "cache_aware_batch_first", "default", "rnnt", "tdt"]
+    sets = ["cache_aware", "cache_aware_batch_first", "default", "default-streaming", "rnnt", "tdt"]
     expected = {"status": "ready", "models": sets}
     assert ready.status_code == 200 and ready.json() == expected
     models = {m["name"]: m for m in (await http.get(f"{triton_server}/v2/models")).json()["models"]}
