@@ -11,11 +11,21 @@ in one of the ways `DECODE_MODE` names (see `amira.settings.DecodeMode`): batche
 the model set's `JointScheduler` (while the engine runs, `Engine.run`), one worker thread per span,
 or one worker-thread hand-off per call; or, with Triton, in Triton's decode model.
 
+Cache-aware model sets (`amira.core.cache_aware`) are encoded chunk by chunk: a
+`CacheAwareEncoding` per stream (or batch request) holds the sans-IO chunker and either the
+stream's pooled numpy caches or, where the backend keeps the caches (Triton's sequence batcher),
+the stream's sequence id. `Engine.encode_chunks` makes one preprocessor call for the new audio and
+one encoder call per chunk; leaving `Engine.cache_aware_encoding` always ends a backend sequence
+that was started, whatever ended the stream.
+
 Files (vocabularies) are read here, not in `amira.core`, which stays free of I/O.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,17 +40,30 @@ import trio
 from amira.backends.base import Backend
 from amira.backends.triton_pool import TritonPool
 from amira.batching import JointScheduler
+from amira.core.cache_aware import (
+    HALF_WINDOW,
+    HISTORY,
+    HOP,
+    WINDOW,
+    CacheAwareChunker,
+    CacheAwareSpec,
+    CachePool,
+    Chunk,
+    EncoderCaches,
+)
 from amira.core.decode_model import DECODE_OUTPUTS, apply_response, decode_model_name, span_request
 from amira.core.decoding import GreedyDecoder
-from amira.core.errors import BackendError, BackendUnavailable, UnknownModel
+from amira.core.errors import BackendError, BackendFailure, BackendUnavailable, UnknownModel
 from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_step, receive_outputs
 from amira.core.model_set import ModelSet, ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.state_pool import StatePool
+from amira.core.tensors import SequenceFlags
 from amira.core.vocabulary import Vocabulary, VocabularyError
 from amira.core.windowing import BATCH_WINDOW_SETTINGS, StreamingConfig, StreamingConfigError
 from amira.settings import DecodeMode, Settings, TritonDecodeModel
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 OUTAGE_RETRY_SECS = 0.25
 STATES_PER_STREAM = 3  # a stream's committed state, a scratch copy for tails, a checkpoint before each window
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
@@ -67,16 +90,97 @@ class Encoded:
 
 @attrs.frozen
 class LoadedModelSet:
-    """A model set ready to serve: validated, its streaming and batch windows in frames, its state pool."""
+    """A model set ready to serve: validated, its streaming and batch windows in frames, its state
+    pool, and for a cache-aware set whose caches AMIRA keeps, its pool of encoder caches."""
 
     model_set: ModelSet
     streaming: StreamingConfig
     states: StatePool
     batch_windows: StreamingConfig  # the windows of batch recordings longer than one of them
+    caches: CachePool | None = None
 
     @property
     def name(self) -> str:
         return self.model_set.name
+
+    def describe(self) -> dict[str, object]:
+        """The set as `/v2/models` shows it: its model set, and how it streams."""
+        described = self.model_set.describe()
+        spec = self.model_set.cache_aware
+        if spec is None:
+            streaming = self.streaming
+            frame_seconds = self.model_set.frame_seconds
+            described["streaming"] = {
+                "kind": "windowed",
+                "chunk_seconds": streaming.chunk_frames * frame_seconds,
+                "left_context_seconds": streaming.left_frames * frame_seconds,
+                "right_context_seconds": streaming.right_frames * frame_seconds,
+            }
+        else:
+            described["streaming"] = {
+                "kind": "cache_aware",
+                "chunk_seconds": spec.chunk_frames * self.model_set.hop_samples / self.model_set.sample_rate,
+                "chunk_mel_frames": spec.chunk_frames,
+                "pre_encode_cache_mel_frames": spec.pre_encode_frames,
+                "caches_kept_by": "backend" if spec.backend_state else "amira",
+                "cache_shapes": {cache.name: list(cache.shape) for cache in spec.caches},
+            }
+        return described
+
+
+class SequencePhase(enum.Enum):
+    """A cache-aware encoding's backend sequence: `UNUSED` until its first call is sent, `OPEN` from
+    then on (the backend may hold state for it, even if that call failed), `ENDED` once a call with
+    the end flag was answered or the end was sent on the way out."""
+
+    UNUSED = "unused"
+    OPEN = "open"
+    ENDED = "ended"
+
+
+@attrs.define
+class CacheAwareEncoding:
+    """One stream's (or batch request's) cache-aware encoder: the sans-IO chunker, the numpy caches
+    when AMIRA keeps them, and the backend sequence id when the backend does. A stream restarts it
+    for each segment, which is encoded from fresh caches."""
+
+    spec: CacheAwareSpec
+    chunker: CacheAwareChunker
+    caches: EncoderCaches | None
+    sequence_id: int
+    phase: SequencePhase = SequencePhase.UNUSED
+
+    def restart(self, chunker: CacheAwareChunker) -> None:
+        """A fresh encoder on `chunker`: zeroed caches, a new backend sequence. The previous sequence
+        must have been ended (`Engine.end_sequence`)."""
+        if self.phase is SequencePhase.OPEN:
+            raise RuntimeError(f"sequence {self.sequence_id} was not ended before the encoder restarted")
+        self.chunker = chunker
+        if self.caches is not None:
+            self.caches.reset()
+        self.sequence_id = new_sequence_id()
+        self.phase = SequencePhase.UNUSED
+
+
+def new_sequence_id() -> int:
+    """A random non-zero 63-bit id: unique across AMIRA replicas sharing one Triton."""
+    return secrets.randbits(63) | 1
+
+
+@attrs.frozen
+class EncodedChunk:
+    """One chunk's encoder output: frames `first_frame ...` of the chunker's audio (`encoded.length`)."""
+
+    chunk: Chunk
+    encoded: Encoded
+
+    @property
+    def first_frame(self) -> int:
+        return self.chunk.first_frame
+
+    @property
+    def stop_frame(self) -> int:
+        return self.first_frame + self.encoded.length
 
 
 def create_backend(settings: Settings) -> Backend:
@@ -244,7 +348,9 @@ class Engine:
                 STATES_PER_STREAM * settings.max_concurrent_streams + settings.max_concurrent_batches,
             )
             await self._find_decode_model(model_set)
-            self.model_sets[name] = LoadedModelSet(model_set, streaming, states, batch_windows)
+            spec = model_set.cache_aware
+            caches = CachePool(spec, settings.max_concurrent_streams) if spec and spec.caches else None
+            self.model_sets[name] = LoadedModelSet(model_set, streaming, states, batch_windows, caches)
 
     async def _find_decode_model(self, model_set: ModelSet) -> None:
         """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it
@@ -259,12 +365,165 @@ class Engine:
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
+        if model_set.cache_aware is not None:
+            await self._probe_cache_aware(model_set, model_set.cache_aware)
+            return model_set
         encoded = await self.encode(model_set, np.zeros(PROBE_SAMPLES, np.float32), self.batch_calls)
         if encoded.features_length < 1 or encoded.length < 1:
             raise ModelSetError(f"model set {model_set.name!r} gives no frames for {PROBE_SAMPLES} samples")
         hop = PROBE_SAMPLES // encoded.features_length
         subsampling = round(encoded.features_length / encoded.length)
         return attrs.evolve(model_set, hop_samples=hop, subsampling=subsampling)
+
+    async def _probe_cache_aware(self, model_set: ModelSet, spec: CacheAwareSpec) -> None:
+        """The preprocessor must frame 'valid' (the streaming preprocessor), and one chunk of silence
+        must give a chunk of encoder frames (and caches of the shapes the metadata says)."""
+        prefix = f"model set {model_set.name!r}"
+        pre = await self._infer(
+            model_set,
+            "preprocessor",
+            {
+                "waveforms": np.zeros((1, PROBE_SAMPLES), np.float32),
+                "waveforms_lens": np.array([PROBE_SAMPLES], np.int64),
+            },
+            ("features", "features_lens"),
+            self.batch_calls,
+        )
+        frames = (PROBE_SAMPLES - HISTORY - WINDOW) // HOP + 1
+        if int(pre["features_lens"][0]) != frames or pre["features"].shape[1:] != (spec.feature_size, frames):
+            raise ModelSetError(
+                f"{prefix}: a cache-aware encoder needs the streaming preprocessor (valid framing, no "
+                f"normalisation; `preprocessor_streaming`): {PROBE_SAMPLES} samples gave "
+                f"{int(pre['features_lens'][0])} frames, not {frames}"
+            )
+        async with self.cache_aware_encoding(model_set, CachePool(spec, 0), self.batch_calls) as encoding:
+            encoding.chunker.feed(np.zeros(spec.chunk_frames * HOP + HALF_WINDOW, np.float32))
+            chunks = await self.encode_chunks(model_set, encoding, self.batch_calls)
+        if not chunks or chunks[0].encoded.length != spec.chunk_encoder_frames:
+            got = chunks[0].encoded.length if chunks else 0
+            raise ModelSetError(
+                f"{prefix}: a chunk of {spec.chunk_frames} mel frames gave {got} encoder frames, not "
+                f"{spec.chunk_encoder_frames} (subsampling {spec.subsampling}): check chunk_size and "
+                "the encoder's subsampling_factor"
+            )
+
+    @asynccontextmanager
+    async def cache_aware_encoding(
+        self, model_set: ModelSet, pool: CachePool | None, policy: CallPolicy
+    ) -> AsyncIterator[CacheAwareEncoding]:
+        """A cache-aware encoding for one stream or batch request, its caches from `pool` (None: the
+        backend keeps them); on the way out, by any route, the caches go back to the pool and a
+        backend sequence that was started is ended."""
+        spec = model_set.cache_aware
+        if spec is None:
+            raise ValueError(f"model set {model_set.name!r} is not cache-aware")
+        caches = pool.acquire() if pool is not None and spec.caches else None
+        encoding = CacheAwareEncoding(spec, CacheAwareChunker(spec), caches, new_sequence_id())
+        try:
+            yield encoding
+        finally:
+            if caches is not None and pool is not None:
+                pool.release(caches)
+            with trio.CancelScope(shield=True):
+                await self.end_sequence(model_set, encoding, policy)
+
+    async def end_sequence(
+        self, model_set: ModelSet, encoding: CacheAwareEncoding, policy: CallPolicy
+    ) -> None:
+        """Send the end of an open backend sequence (a call that encodes nothing), so that the backend
+        frees its state now rather than at its idle timeout; best effort, bounded by the inference
+        timeout: a backend that is gone has lost the state anyway."""
+        if encoding.phase is not SequencePhase.OPEN:
+            return
+        encoding.phase = SequencePhase.ENDED
+        flags = SequenceFlags(encoding.sequence_id, end=True)
+        spec = encoding.spec
+        with trio.move_on_after(self.settings.inference_timeout_secs + 1.0):
+            try:
+                await self.backend.infer(
+                    model_set.config.encoder, spec.end_inputs(), spec.outputs, policy.limiter, flags
+                )
+            except BackendFailure as exc:
+                log.info("model set %s: the end of sequence %d failed: %s", model_set.name, flags.id, exc)
+            else:
+                self.calls["encoder_sequence_end"] += 1
+
+    async def encode_chunks(
+        self, model_set: ModelSet, encoding: CacheAwareEncoding, policy: CallPolicy
+    ) -> list[EncodedChunk]:
+        """Encode every chunk the audio fed to `encoding.chunker` so far allows (after `finish`, to the
+        end): one preprocessor call for the new audio, one encoder call per chunk."""
+        await self.featurize(model_set, encoding, policy)
+        encoded: list[EncodedChunk] = []
+        while (chunk := encoding.chunker.next_chunk()) is not None:
+            encoded.append(await self.encode_chunk(model_set, encoding, chunk, policy))
+        return encoded
+
+    async def featurize(self, model_set: ModelSet, encoding: CacheAwareEncoding, policy: CallPolicy) -> None:
+        """One streaming-preprocessor call for the mel frames the new audio allows (none if it allows
+        none); `encoding.chunker.next_chunk()` then cuts the chunks they complete."""
+        chunker, spec = encoding.chunker, encoding.spec
+        request = chunker.features_request()
+        if request is not None:
+            pre = await self._infer(
+                model_set,
+                "preprocessor",
+                {"waveforms": request[None, :], "waveforms_lens": np.array([request.size], np.int64)},
+                ("features", "features_lens"),
+                policy,
+            )
+            count = (request.size - HISTORY - WINDOW) // HOP + 1
+            features = pre["features"]
+            if int(pre["features_lens"][0]) != count or features.shape[:2] != (1, spec.feature_size):
+                raise BackendError(
+                    f"the streaming preprocessor gave features {features.shape} ({pre['features_lens']}) "
+                    f"for {request.size} samples, expected {count} frames"
+                )
+            chunker.add_features(features[0, :, :count])
+
+    async def encode_chunk(
+        self, model_set: ModelSet, encoding: CacheAwareEncoding, chunk: Chunk, policy: CallPolicy
+    ) -> EncodedChunk:
+        """One encoder call: `chunk` with the stream's caches (or in its backend sequence)."""
+        spec = encoding.spec
+        inputs = spec.chunk_inputs(chunk.signal, chunk.length, encoding.caches)
+        if spec.backend_state:
+            # Never retried: the backend's state moves on with every call that reaches it, so a call
+            # whose answer was lost cannot be sent again; the stream ends instead.
+            flags = SequenceFlags(
+                encoding.sequence_id, start=encoding.phase is SequencePhase.UNUSED, end=chunk.final
+            )
+            encoding.phase = SequencePhase.OPEN
+            started = time.perf_counter()
+            try:
+                out = await self.backend.infer(
+                    model_set.config.encoder, inputs, spec.outputs, policy.limiter, flags
+                )
+            finally:
+                self._record(model_set, "encoder", [time.perf_counter() - started])
+            if chunk.final:
+                encoding.phase = SequencePhase.ENDED
+        else:
+            out = await self._infer(model_set, "encoder", inputs, spec.outputs, policy)
+        frames, length = out[spec.encoded], int(np.ravel(out[spec.encoded_length])[0])
+        expected = chunk.frames if chunk.final else spec.chunk_encoder_frames
+        if (
+            frames.ndim != 3
+            or length > frames.shape[2]
+            or length > expected
+            or (not chunk.final and length != expected)
+        ):
+            raise BackendError(
+                f"the cache-aware encoder returned {spec.encoded} {frames.shape} and length {length} "
+                f"for a chunk of {expected} frames"
+            )
+        if encoding.caches is not None:
+            try:
+                encoding.caches.update(spec, out)
+            except ValueError as exc:
+                raise BackendError(f"the cache-aware encoder returned unusable caches: {exc}") from exc
+        features = chunk.length - spec.pre_encode_frames
+        return EncodedChunk(chunk, Encoded(frames[0, :, :length], length, features))
 
     async def ready(self) -> bool:
         """Whether the backend answers and every model of every set is ready."""

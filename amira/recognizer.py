@@ -29,7 +29,7 @@ from amira.core.transcript import (
     build_transcript,
     transcript_from_segments,
 )
-from amira.engine import CallPolicy, Engine, LoadedModelSet, create_backend
+from amira.engine import CallPolicy, Encoded, Engine, LoadedModelSet, create_backend
 from amira.settings import Settings
 from amira.stream_session import INPUT_CAPACITY, OUTPUT_CAPACITY, Stream, open_stream
 
@@ -76,6 +76,10 @@ class Recognizer:
         from a fresh decoder state carried across its windows, so that its segments, words and
         confidences are made exactly as a stream's. `progress` is called with the seconds of audio
         handed to the decoder so far and the total, after each window's worth.
+
+        A cache-aware set has no whole-recording encoder call: a recording up to
+        `BATCH_WHOLE_SECS` is one streaming-preprocessor call and the stream's chunk loop of
+        encoder calls, one segment; a longer one goes through the streaming session like any set.
         """
         engine = self.engine
         loaded = engine.model_set(model)
@@ -93,7 +97,10 @@ class Recognizer:
         self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
     ) -> Transcript:
         model_set = loaded.model_set
-        encoded = await self.engine.encode(model_set, samples, policy)
+        if model_set.cache_aware is not None:
+            encoded = await self._encode_chunked(loaded, samples, policy)
+        else:
+            encoded = await self.engine.encode(model_set, samples, policy)
         with loaded.states.state() as state:
             decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
             await self.engine.decode(model_set, decoder, encoded, 0, policy)
@@ -154,6 +161,21 @@ class Recognizer:
             sample_rate=MODEL_SAMPLE_RATE,
             features_length=samples.size // model_set.hop_samples + 1,
             encoded_length=samples.size // model_set.frame_samples + 1,
+        )
+
+    async def _encode_chunked(
+        self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
+    ) -> Encoded:
+        """A cache-aware set's encoder frames of a whole recording: the chunks a stream would make."""
+        async with self.engine.cache_aware_encoding(loaded.model_set, loaded.caches, policy) as encoding:
+            encoding.chunker.feed(samples)
+            encoding.chunker.finish()
+            chunks = await self.engine.encode_chunks(loaded.model_set, encoding, policy)
+        frames = [chunk.encoded.frames for chunk in chunks]
+        return Encoded(
+            np.concatenate(frames, axis=1),
+            sum(chunk.encoded.length for chunk in chunks),
+            sum(chunk.encoded.features_length for chunk in chunks),
         )
 
     def open_stream(

@@ -20,12 +20,21 @@ of the state, for a tail that keeps up with the speaker. Both channels push back
 while the infer task is behind, and the infer task waits while nobody reads results; so send and
 read in separate tasks.
 
+A cache-aware model set (`amira.core.cache_aware`) streams without windows: each segment's audio is
+encoded chunk by chunk, once, from fresh encoder caches (`Engine.cache_aware_encoding`, restarted
+per segment), and each chunk's frames are decoded and committed at once (there is no look-ahead to
+decode tentatively, and no interim refreshes). The end rules look at each chunk's committed frames;
+a segment that ends inside a chunk is decoded again up to the cut from the chunk's frames (the
+encoder is causal: frames before the cut do not depend on the audio after it), its encoder sequence
+is ended, and the audio after the cut is the next segment's to search.
+
 Work per window, and the size of every result but `COMPLETE`, depend on the open segment only: text
 is built per segment, and the whole stream's transcript once, for `COMPLETE`. What grows with the
 stream is the list of finished segments that `COMPLETE` reports (a few kB per hour of speech).
 
-Leaving the `async with`, by any route, cancels the infer task and returns the decoder states to
-the pool; call `end()` and read the results to the last one first to get the final result. An
+Leaving the `async with`, by any route, cancels the infer task and returns the decoder states (and a
+cache-aware stream's encoder caches) to the pool, and ends a backend sequence that was started;
+call `end()` and read the results to the last one first to get the final result. An
 inference error ends the stream: it propagates out of the `async with` (in an ExceptionGroup, as
 trio's nurseries do) and cancels the body.
 """
@@ -34,7 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -42,6 +51,7 @@ import numpy.typing as npt
 import trio
 
 from amira.core.audio import MODEL_SAMPLE_RATE
+from amira.core.cache_aware import CacheAwareChunker
 from amira.core.decoding import DecoderState, Emission, GreedyDecoder
 from amira.core.errors import BackendError, BadAudio
 from amira.core.segments import (
@@ -62,8 +72,8 @@ from amira.core.transcript import (
     shift_words,
     words_from_emissions,
 )
-from amira.core.windowing import StreamingConfig, Window
-from amira.engine import CallPolicy, Encoded, Engine, LoadedModelSet
+from amira.core.windowing import Chunker, StreamingConfig, Window
+from amira.engine import CacheAwareEncoding, CallPolicy, Encoded, EncodedChunk, Engine, LoadedModelSet
 
 INPUT_CAPACITY = 16  # audio messages in flight: seconds of audio at typical WebSocket frame sizes
 OUTPUT_CAPACITY = 8  # results a slow reader may fall behind by before decoding waits for it
@@ -100,8 +110,10 @@ class Stream:
         output_capacity: int,
         windows: StreamingConfig | None = None,
         calls: CallPolicy | None = None,
+        encoding: CacheAwareEncoding | None = None,
     ) -> None:
         self._engine = engine
+        self._encoding = encoding
         self._loaded = loaded
         self._model_set = model_set = loaded.model_set
         self._windows = windows or loaded.streaming
@@ -113,9 +125,9 @@ class Stream:
         self._finished: list[Segment] = []
         self._received = 0
         self._open_text = ""  # of the open segment's latest result
-        self._current = self._after_segment(
-            0, lead_frames=self._windows.chunk_frames + self._windows.right_frames
-        )
+        spec = model_set.cache_aware
+        lead = spec.chunk_encoder_frames if spec else self._windows.chunk_frames + self._windows.right_frames
+        self._current = self._after_segment(0, lead_frames=lead)
         self._audio_send, self._audio_receive = trio.open_memory_channel[npt.NDArray[np.float32] | _Finalize](
             input_capacity
         )
@@ -179,9 +191,17 @@ class Stream:
     def _open_segment(self, start_sample: int) -> OpenSegment:
         self._state.reset(self._model_set.decoding.blank)
         self._open_text = ""
-        return OpenSegment.open(
-            self._next_id, start_sample, self._windows, self._config, self._model_set.vocabulary
+        segment = OpenSegment.open(
+            self._next_id,
+            start_sample,
+            self._windows,
+            self._config,
+            self._model_set.vocabulary,
+            self._model_set.cache_aware,
         )
+        if self._encoding is not None and isinstance(segment.chunker, CacheAwareChunker):
+            self._encoding.restart(segment.chunker)
+        return segment
 
     def _after_segment(self, position: int, lead_frames: int = 0) -> OpenSegment | SpeechOnset:
         """What follows a segment that stopped at stream sample `position` (or the start of the
@@ -202,9 +222,13 @@ class Stream:
                 start, pending = found
                 self._current = self._open_segment(start)
             segment = self._current
-            segment.chunker.feed(pending)
+            if self._encoding is not None:
+                pending = await self._decode_chunks(segment, self._encoding, pending)
+                continue
+            chunker = self._window_chunker(segment)
+            chunker.feed(pending)
             pending = pending[:0]
-            while (window := segment.chunker.next_window()) is not None:
+            while (window := chunker.next_window()) is not None:
                 rest = await self._decode_window(segment, window, time.perf_counter())
                 if rest is not None:
                     pending = rest
@@ -212,6 +236,74 @@ class Stream:
             else:
                 if segment.refresh_due(self._config.interim_samples):
                     await self._refresh(segment)
+
+    @staticmethod
+    def _window_chunker(segment: OpenSegment) -> Chunker:
+        """The segment's window chunker (a set that is not cache-aware)."""
+        if not isinstance(segment.chunker, Chunker):
+            raise TypeError("a cache-aware segment has no windows")
+        return segment.chunker
+
+    async def _decode_chunks(
+        self, segment: OpenSegment, encoding: CacheAwareEncoding, samples: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Cache-aware: encode the chunks the new audio completes and commit each one's tokens; the
+        audio after the segment's end if it ended inside one (else nothing)."""
+        engine, policy = self._engine, self._calls
+        encoding.chunker.feed(samples)
+        await engine.featurize(self._model_set, encoding, policy)
+        while (chunk := encoding.chunker.next_chunk()) is not None:
+            started = time.perf_counter()
+            encoded = await engine.encode_chunk(self._model_set, encoding, chunk, policy)
+            rest = await self._decode_chunk(segment, encoding, encoded, started)
+            if rest is not None:
+                return rest
+        return samples[:0]
+
+    async def _decode_chunk(
+        self, segment: OpenSegment, encoding: CacheAwareEncoding, chunk: EncodedChunk, started: float
+    ) -> npt.NDArray[np.float32] | None:
+        """Commit a chunk's tokens; unless the segment stops inside it: then go back to the
+        checkpoint, decode the chunk again up to the cut, end the segment's encoder sequence, and
+        return the audio after the cut, which is the next segment's to search."""
+        frame_samples = self._model_set.frame_samples
+        self._state.copy_into(self._checkpoint)
+        committed = await self._run_decoder(self._state, chunk.encoded, chunk.first_frame, chunk.stop_frame)
+        audio = encoding.chunker.audio(chunk.first_frame * frame_samples, chunk.stop_frame * frame_samples)
+        boundary = segment.endpointer.observe(
+            committed, frame_energies(audio, frame_samples), chunk.first_frame, chunk.stop_frame
+        )
+        if boundary is None:
+            segment.decoded_frames = chunk.stop_frame
+            segment.weaver.commit(committed)
+            segment.weaver.propose(())
+            segment.tail_end = chunk.chunk.stop_sample
+            await self._send_partial(segment, started)
+            return None
+        self._checkpoint.copy_into(self._state)
+        rest = encoding.chunker.audio(boundary.resume * frame_samples)
+        await self._engine.end_sequence(self._model_set, encoding, self._calls)
+        if boundary.kind is not BoundaryKind.NO_SPEECH:
+            segment.weaver.commit(
+                await self._run_decoder(self._state, chunk.encoded, chunk.first_frame, boundary.cut)
+            )
+            segment.weaver.propose(())
+            segment.decoded_frames = boundary.cut
+            await self._finish_segment(segment, ENDS[boundary.kind], started)
+        self._current = self._after_segment(segment.start_sample + boundary.resume * frame_samples)
+        return rest
+
+    async def _commit_rest(self, segment: OpenSegment, encoding: CacheAwareEncoding) -> None:
+        """Cache-aware: the segment's audio ends here; encode its last chunks and commit everything."""
+        engine, policy = self._engine, self._calls
+        encoding.chunker.finish()
+        for chunk in await engine.encode_chunks(self._model_set, encoding, policy):
+            segment.weaver.commit(
+                await self._run_decoder(self._state, chunk.encoded, chunk.first_frame, chunk.stop_frame)
+            )
+            segment.decoded_frames = chunk.stop_frame
+        segment.weaver.propose(())
+        await engine.end_sequence(self._model_set, encoding, policy)
 
     async def _encode(self, samples: npt.NDArray[np.float32], window: Window) -> tuple[Encoded, int]:
         """The window's encoder output, and where committed decoding of it stops."""
@@ -235,7 +327,7 @@ class Stream:
         segment stops inside the window: then go back to the checkpoint, decode the chunk again up
         to the cut, and return the audio after it, which is the next segment's to search."""
         config, frame_samples = self._config, self._model_set.frame_samples
-        samples = segment.chunker.samples(window)
+        samples = self._window_chunker(segment).samples(window)
         encoded, stop = await self._encode(samples, window)
         self._state.copy_into(self._checkpoint)
         committed = await self._run_decoder(self._state, encoded, window.first_frame, stop)
@@ -259,7 +351,7 @@ class Stream:
             await self._send_partial(segment, started)
             return None
         self._checkpoint.copy_into(self._state)
-        final, rest = segment.chunker.cut(window, boundary.cut)
+        final, rest = self._window_chunker(segment).cut(window, boundary.cut)
         if boundary.kind is not BoundaryKind.NO_SPEECH:
             await self._commit_final(segment, final)
             await self._finish_segment(segment, ENDS[boundary.kind], started)
@@ -269,7 +361,7 @@ class Stream:
     async def _commit_final(self, segment: OpenSegment, window: Window | None) -> None:
         """Decode a segment's last window (a flush or a cut) to its end and commit everything."""
         if window is not None and window.commit_stop > self._state.frame:
-            encoded, stop = await self._encode(segment.chunker.samples(window), window)
+            encoded, stop = await self._encode(self._window_chunker(segment).samples(window), window)
             segment.weaver.commit(await self._run_decoder(self._state, encoded, window.first_frame, stop))
             segment.decoded_frames = stop
         segment.weaver.propose(())
@@ -278,7 +370,7 @@ class Stream:
         """The end of the stream: the audio not yet committed is decoded as last windows that still
         look for endpoints (a batch window's worth of audio can hold many utterances); returns the
         segment still open at the end, None when the audio after the last endpoint had no speech."""
-        while (window := segment.chunker.flush()) is not None:
+        while (window := self._window_chunker(segment).flush()) is not None:
             rest = await self._decode_window(segment, window, started)
             if rest is None:
                 break
@@ -291,7 +383,7 @@ class Stream:
 
     async def _refresh(self, segment: OpenSegment) -> None:
         """Decode the open segment's audio up to the newest sample from a copy of the state: a new tail."""
-        interim = segment.chunker.interim()
+        interim = self._window_chunker(segment).interim()
         if interim is None:
             return
         started = time.perf_counter()
@@ -315,13 +407,17 @@ class Stream:
             segment = self._open_segment(self._received if early is None else early[0])
             if early is not None:
                 segment.chunker.feed(early[1])
-        if reason is SegmentEnd.END_OF_STREAM:
+        if self._encoding is not None:
+            await self._commit_rest(segment, self._encoding)
+            if reason is SegmentEnd.END_OF_STREAM and not segment.weaver.committed:
+                return
+        elif reason is SegmentEnd.END_OF_STREAM:
             last = await self._drain(segment, started)
             if last is None or not last.weaver.committed:
                 return
             segment = last
         else:
-            await self._commit_final(segment, segment.chunker.flush())
+            await self._commit_final(segment, self._window_chunker(segment).flush())
         await self._finish_segment(segment, reason, started)
         self._current = self._after_segment(self._received)
 
@@ -429,21 +525,21 @@ async def open_stream(
     """
     loaded = engine.model_set(model)
     options = options or engine.settings.segment_options()
-    with (
-        loaded.states.state() as state,
-        loaded.states.state() as scratch,
-        loaded.states.state() as checkpoint,
-    ):
+    calls = calls or engine.stream_calls
+    async with AsyncExitStack() as stack:
+        states = (
+            stack.enter_context(loaded.states.state()),
+            stack.enter_context(loaded.states.state()),
+            stack.enter_context(loaded.states.state()),
+        )
+        encoding = None
+        if loaded.model_set.cache_aware is not None:
+            encoding = await stack.enter_async_context(
+                engine.cache_aware_encoding(loaded.model_set, loaded.caches, calls)
+            )
         async with trio.open_nursery() as nursery:
             stream = Stream(
-                engine,
-                loaded,
-                (state, scratch, checkpoint),
-                options,
-                input_capacity,
-                output_capacity,
-                windows,
-                calls,
+                engine, loaded, states, options, input_capacity, output_capacity, windows, calls, encoding
             )
             nursery.start_soon(stream.run)
             try:

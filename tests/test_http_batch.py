@@ -77,7 +77,7 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
     ready = await http.get(f"{embedded_url}/ready")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "models": ["default", "rnnt", "tdt"],
+        "models": ["cache_aware", "cache_aware_batch_first", "default", "default-streaming", "rnnt", "tdt"],
     }
     models = {m["name"]: m for m in (await http.get(f"{embedded_url}/v2/models")).json()["models"]}
     assert models["tdt"]["type"] == "tdt" and models["rnnt"]["type"] == "rnnt"
@@ -97,6 +97,13 @@ async def test_health_ready_models_metrics(http: httpx.AsyncClient, embedded_url
             "preprocessor": "preprocessor",
             "encoder": "encoder_tdt",
             "decoder_joint": "decoder_joint_tdt",
+        },
+        "encoder": "offline",
+        "streaming": {
+            "kind": "windowed",
+            "chunk_seconds": 1.6,
+            "left_context_seconds": 4.0,
+            "right_context_seconds": 1.2,
         },
     }
     metrics = await http.get(f"{embedded_url}/metrics")

@@ -26,6 +26,7 @@ from trio_websocket import open_websocket_url
 from amira import open_recognizer
 from amira.backends.embedded import EmbeddedBackend
 from amira.backends.triton_pool import EndpointState, TritonPool
+from amira.client import StreamError, open_stream_client
 from amira.core.joint import JOINT_OUTPUTS
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings, SettingsError, TritonDecodeModel
@@ -33,6 +34,8 @@ from amira.testing.recordings import CARDS, LIBRIVOX, pcm16, read_recording
 from amira.testing.servers import embedded_settings, start_server, write_model_sets
 from amira.testing.ws_protocol import StreamRecord, expect_complete, read_until_closed
 from amira.tooling.triton_launcher import TritonProcess
+from tests.test_cache_aware import SETS as CACHE_AWARE_SETS
+from tests.test_cache_aware import reference_tokens
 from tests.test_triton_streams import stream, ws
 
 SLOW_DELAY = 0.3  # seconds per call of `encoder_slow`, so that calls are surely in flight at a kill
@@ -40,6 +43,8 @@ SETS = {
     "default": ("preprocessor", "encoder", "decoder_joint"),
     "slow": ("preprocessor", "encoder_slow", "decoder_joint"),  # the same weights, slower
 }
+# a random-weight cache-aware set: Triton keeps its encoder caches per sequence (tests/test_cache_aware.py)
+CACHE_AWARE_SET = ("preprocessor_streaming", "encoder_cache_aware", "decoder_joint_rnnt", "vocab_test.txt")
 STREAM_AUDIO = [read_recording(path) for path in LIBRIVOX]  # 3 to 7 s each
 BATCH_AUDIO = [read_recording(path) for path in [*CARDS[:4], LIBRIVOX[1]]]
 
@@ -118,7 +123,8 @@ def two_tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Trito
     from amira.tooling.triton_repository import build_repository, write_model
 
     root = tmp_path_factory.mktemp("two_tritons")
-    repository = build_repository(shipped_repository(), root / "repository", "cpu", models=SETS["default"])
+    models = (*SETS["default"], *CACHE_AWARE_SET[:3])
+    repository = build_repository(shipped_repository(), root / "repository", "cpu", models=models)
     write_model(
         model_file(shipped_repository(), "encoder"),
         repository,
@@ -541,3 +547,56 @@ async def test_calls_from_a_worker_thread_fail_over_too(tritons: list[TritonProc
     assert pool.failovers == 1
     assert pool.endpoints[victim].state is EndpointState.DOWN
     assert sum(endpoint.calls for endpoint in pool.endpoints) == 8  # answered: the failed one was retried
+
+
+async def test_a_cache_aware_stream_is_pinned_to_the_triton_that_keeps_its_caches(
+    nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path
+) -> None:  # fmt: skip
+    """A stream of a set whose encoder caches Triton keeps sends every encoder call of its sequence
+    to one endpoint (its other calls are pure and go anywhere), and gives the reference tokens. When
+    that endpoint dies mid-stream, the stream ends with `backend_unavailable` (its caches are gone;
+    no replay, and never a transcript from emptied caches), while a new stream goes to the survivor
+    and is exact."""
+    settings = embedded_settings(
+        triton_endpoint=",".join(t.url for t in tritons),
+        model_sets_file=write_model_sets(tmp_path / "sets.toml", {"ca": CACHE_AWARE_SET}),
+        inference_timeout_secs=10.0,
+    )
+    base = await start_server(nursery, settings)
+    url = base.replace("http://", "ws://") + "/v2/decode/stream/ca?endpointing=false"
+    clip = STREAM_AUDIO[0]
+    expected = reference_tokens(*CACHE_AWARE_SETS["cache_aware"], clip)
+
+    async def encoder_calls() -> list[int]:
+        return [await inference_count(http, t, "encoder_cache_aware") for t in tritons]
+
+    async def tokens(frame_seconds: float) -> list[int]:
+        async with open_stream_client(url) as client, trio.open_nursery() as sending:
+            sending.start_soon(client.send_samples, clip, frame_seconds, False)
+            results = [result async for result in client.results()]
+        return list(results[-1]["metadata"]["tokens"])
+
+    for _ in range(4):  # several streams: the start calls are routed like any call
+        before = await encoder_calls()
+        assert await tokens(0.1) == expected
+        grown = [after - was for after, was in zip(await encoder_calls(), before, strict=True)]
+        assert sorted(grown)[0] == 0 and sorted(grown)[1] > 1, grown  # all on one endpoint
+
+    before = await encoder_calls()
+    async with open_stream_client(url) as client:
+        await client.send_samples_frame(clip[: 16_000 * 2])
+        results = client.results()
+        partial = await anext(results)
+        assert partial["status"] == "ACTIVE" and partial["committed"]
+        await trio.sleep(1.0)  # every chunk of the first 2 s is encoded: the stream waits for audio
+        grown = [after - was for after, was in zip(await encoder_calls(), before, strict=True)]
+        pinned = tritons[grown.index(max(grown))]
+        assert min(grown) == 0, grown
+        await pinned.akill()
+        await client.send_samples_frame(clip[16_000 * 2 :])
+        await client.end()
+        with trio.fail_after(30), pytest.raises(StreamError) as failed:
+            async for result in results:
+                assert result["status"] == "ACTIVE"  # never a COMPLETE from emptied caches
+    assert failed.value.error_type == "backend_unavailable" and failed.value.code == 1011
+    assert await tokens(0.5) == expected

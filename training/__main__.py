@@ -22,6 +22,12 @@ def main() -> None:
     parser.add_argument(
         "--resume-stage2", type=Path, default=None, help="stage-1 weights (work/stage1.pt): run stage 2 only"
     )
+    parser.add_argument(
+        "--continue-from",
+        type=Path,
+        default=None,
+        help="whole-model weights (work/model.pt) to go on training from: both stages, lower peaks",
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
         "--copies", type=int, default=8, help="augmented feature versions of each training utterance"
@@ -31,6 +37,12 @@ def main() -> None:
     )
     parser.add_argument("--train-utterances", type=int, default=6000)
     parser.add_argument("--test-utterances", type=int, default=400)
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="train the causal cache-aware variant (the default-streaming set) instead",
+    )
+    parser.add_argument("--streaming-layers", type=int, default=3, help="LSTM blocks of the causal encoder")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     metrics = run(
@@ -45,6 +57,9 @@ def main() -> None:
         args.resume_stage2,
         args.copies,
         args.joined_copies,
+        args.streaming,
+        args.streaming_layers,
+        args.continue_from,
     )
     print(
         f"held-out WER {metrics['held_out_wer']:.3%}; real recordings exact: "

@@ -7,27 +7,36 @@ import onnxruntime as ort
 import soxr
 
 from amira.models import onnx_asr_preprocessor
+from amira.tooling.streaming_preprocessor import N_FFT, streaming_preprocessor
 
 SAMPLE_RATE = 16_000
 
 
 class Preprocessor:
-    """onnx-asr's `nemo128.onnx` (the repository's `preprocessor`) on one CPU thread."""
+    """onnx-asr's `nemo128.onnx` (the repository's `preprocessor`) on one CPU thread; with `streaming`,
+    the streaming models' `preprocessor_streaming` (no normalisation, `amira.tooling.streaming_preprocessor`)
+    over the whole signal framed as a stream is (half a window of zeros at each end), so that training
+    features equal the server's chunked features."""
 
-    def __init__(self) -> None:
+    def __init__(self, streaming: bool = False) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_asr_preprocessor("nemo128")), options, providers=["CPUExecutionProvider"]
+        graph = (
+            streaming_preprocessor().SerializeToString()
+            if streaming
+            else str(onnx_asr_preprocessor("nemo128"))
         )
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.lead = 1 + N_FFT // 2 if streaming else 0  # pre-emphasis history + half a window
+        self.tail = N_FFT // 2 if streaming else 0
 
     def __call__(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """float32 waveforms -> features [B, 128, T], lengths [B]."""
-        lengths = np.array([len(w) for w in waveforms], np.int64)
+        lengths = np.array([self.lead + len(w) + self.tail for w in waveforms], np.int64)
         batch = np.zeros((len(waveforms), int(lengths.max())), np.float32)
         for row, wave in enumerate(waveforms):
-            batch[row, : len(wave)] = wave
+            batch[row, self.lead : self.lead + len(wave)] = wave
         features, features_lens = self.session.run(None, {"waveforms": batch, "waveforms_lens": lengths})
         return features, features_lens
 

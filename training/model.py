@@ -117,11 +117,12 @@ class Joint(nn.Module):
 
 
 class Transducer(nn.Module):
-    def __init__(self, sizes: Sizes) -> None:
+    def __init__(self, sizes: Sizes, encoder: nn.Module | None = None) -> None:
+        """`encoder` (default: the BiLSTM `Encoder`) maps ([B, F, T], [B]) to ([B, D, T'], [B])."""
         super().__init__()
         self.sizes = sizes
         self.blank = sizes.vocab_size - 1
-        self.encoder = Encoder(sizes)
+        self.encoder = encoder if encoder is not None else Encoder(sizes)
         self.predictor = Predictor(sizes)
         self.joint = Joint(sizes, self.encoder.width)
         self.ctc = nn.Linear(self.encoder.width, sizes.vocab_size)

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from . import grammar
+from .causal import CausalEncoder
 from .data import cache_path, log, make_data
-from .export import OnnxGreedy, export
+from .export import OnnxGreedy, OnnxStreamingGreedy, export, export_streaming
 from .features import SAMPLE_RATE, Preprocessor, augment, spec_augment
 from .joining import held_out_joined, join
 from .model import Sizes, Transducer, encoded_length
@@ -168,8 +169,16 @@ def run(
     resume: Path | None = None,
     copies: int = 8,
     joined_copies: int = 4,
+    streaming: bool = False,
+    streaming_layers: int = 3,
+    continue_from: Path | None = None,
 ) -> dict:
+    """The whole recipe; `streaming` trains the causal cache-aware variant (`training/causal.py`) on
+    the streaming features instead, and exports it as the `default-streaming` set. `continue_from`
+    starts both stages from a finished model's weights with a third of their peak learning rates
+    (more training of a model without starting over)."""
     torch.set_num_threads(1)
+    prefix = "streaming-" if streaming else ""  # of the files in `work`
     repo_root = Path(__file__).resolve().parent.parent
     torch.manual_seed(seed)
     np_rng = np.random.default_rng(seed)
@@ -180,12 +189,19 @@ def run(
     test_waves, test_texts = _waves(data, "test"), [str(t) for t in data["test_texts"]]
     train_targets = [grammar.encode(t) for t in train_texts]
     order = np.argsort([len(w) for w in train_waves], kind="stable")
-    pre = Preprocessor()
+    pre = Preprocessor(streaming)
     test_features = clean_features(pre, test_waves)
 
     sizes = Sizes(vocab_size=len(grammar.PIECES))
-    model = Transducer(sizes)
+    model = Transducer(sizes, CausalEncoder(sizes, streaming_layers) if streaming else None)
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters; {steps} + {finetune_steps} steps")
+    peak_scale = 1.0
+    if continue_from is not None:
+        model.load_state_dict(torch.load(continue_from))
+        peak_scale = 1 / 3
+        np_rng = np.random.default_rng(seed + 2)  # other augmentations and draws than the first run's
+        torch.manual_seed(seed + 2)
+        log(f"going on from {continue_from}")
     train_started = time.time()
 
     def train(
@@ -238,6 +254,9 @@ def run(
     # that it depends on the stage-1 weights alone (--resume-stage2).
     if resume is None:
         pool = augmented_pool(pre, train_waves, order, copies, np_rng)
+        if isinstance(model.encoder, CausalEncoder) and continue_from is None:  # standardise inside
+            frames = torch.from_numpy(np.concatenate(pool[0], axis=1).astype(np.float32))
+            model.encoder.set_statistics(frames.mean(1), frames.std(1))
 
         def draw_utterances(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[int]]]:
             start = int(rng.integers(0, len(order) - batch + 1))
@@ -246,9 +265,9 @@ def run(
             chosen = [pool[c][i] for c, i in zip(picks, rows, strict=True)]
             return chosen, [train_targets[i] for i in rows]
 
-        train(steps, 2e-3, min(500, steps // 10), np_rng, draw_utterances)
+        train(steps, 2e-3 * peak_scale, min(500, steps // 10), np_rng, draw_utterances)
         del pool
-        torch.save(model.state_dict(), work / "stage1.pt")
+        torch.save(model.state_dict(), work / f"{prefix}stage1.pt")
     else:
         model.load_state_dict(torch.load(resume))
         log(f"stage 1 weights from {resume}")
@@ -266,7 +285,15 @@ def run(
             chosen = examples[start : start + size]
             return [f for f, _ in chosen], [t for _, t in chosen]
 
-        train(finetune_steps, 1e-3, 100, stage2_rng, draw_joined, WINDOW_CONSISTENCY)
+        # a causal encoder streams exactly as it encodes whole: no window agreement to learn
+        train(
+            finetune_steps,
+            1e-3 * peak_scale,
+            100,
+            stage2_rng,
+            draw_joined,
+            0.0 if streaming else WINDOW_CONSISTENCY,
+        )
     train_s = time.time() - train_started
 
     wer, hyps = evaluate(model, test_features, test_texts)
@@ -279,12 +306,17 @@ def run(
     )
     log(f"held-out joined WER {joined_wer:.3%} over {len(joined)} recordings (3+ utterances, 8+ s)")
     shipping = output.resolve() == (repo_root / "amira" / "models" / "repository").resolve()
-    write_held_out(
-        joined[:HELD_OUT_SHIPPED],
-        repo_root / "tests" / "data" / "held_out" if shipping else work / "held_out",
-    )
-    export(model, output, grammar.PIECES)
-    onnx_greedy = OnnxGreedy(output)
+    onnx_greedy: OnnxGreedy | OnnxStreamingGreedy
+    if streaming:
+        export_streaming(model, output, grammar.PIECES)
+        onnx_greedy = OnnxStreamingGreedy(output)
+    else:
+        write_held_out(
+            joined[:HELD_OUT_SHIPPED],
+            repo_root / "tests" / "data" / "held_out" if shipping else work / "held_out",
+        )
+        export(model, output, grammar.PIECES)
+        onnx_greedy = OnnxGreedy(output)
     mismatches = 0
     for f, hyp in zip(test_features, hyps, strict=True):
         mismatches += grammar.decode(onnx_greedy(f, f.shape[1])) != hyp
@@ -297,6 +329,8 @@ def run(
         log(f"{name}: {hyp!r} ({'exact' if hyp == ref else 'expected ' + repr(ref)})")
     metrics = {
         "seed": seed,
+        "streaming": streaming,
+        "streaming_layers": streaming_layers if streaming else None,
         "steps": steps,
         "finetune_steps": finetune_steps,
         "batch": batch,
@@ -313,6 +347,6 @@ def run(
         "voices": sorted(set(map(str, data["train_voices"]))),
         "total_s": round(time.time() - started),
     }
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    torch.save(model.state_dict(), work / "model.pt")
+    (work / f"{prefix}metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    torch.save(model.state_dict(), work / f"{prefix}model.pt")
     return metrics

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 import numpy.typing as npt
 import trio
 
-from amira.core.tensors import ModelMetadata
+from amira.core.tensors import ModelMetadata, SequenceFlags
 
 T = TypeVar("T")
 
@@ -28,6 +28,10 @@ class Backend(Protocol):
     span of `decoder_joint` calls) runs them in one thread instead: `run_blocking(work, limiter)`
     runs `work` in a worker thread, and `work` calls `infer_blocking`, which blocks that thread. The
     thread hand-off (about 150 us) then happens once per span, not once per emitted token.
+
+    `sequence` makes `infer` a call of a stateful model's sequence (Triton's sequence batcher): its
+    id and start/end flags go with the call. A backend that keeps no state (embedded) reports no
+    `ModelMetadata.states` and refuses such calls.
     """
 
     kind: str
@@ -42,6 +46,7 @@ class Backend(Protocol):
         inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, npt.NDArray[Any]]: ...
 
     def infer_blocking(

@@ -19,7 +19,7 @@ import trio
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from amira.core.errors import BackendError, BackendUnavailable
-from amira.core.tensors import ModelMetadata, TensorSpec
+from amira.core.tensors import ModelMetadata, SequenceFlags, TensorSpec
 from amira.models import model_file
 
 T = TypeVar("T")
@@ -81,6 +81,7 @@ class EmbeddedBackend:
             model,
             tuple(_tensor_spec(a) for a in session.get_inputs()),
             tuple(_tensor_spec(a) for a in session.get_outputs()),
+            dict(session.get_modelmeta().custom_metadata_map),
         )
 
     async def is_model_ready(self, model: str) -> bool:
@@ -106,7 +107,10 @@ class EmbeddedBackend:
         inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
+        if sequence is not None:
+            raise BackendError(f"model {model!r}: the embedded backend keeps no sequence state")
         return await trio.to_thread.run_sync(self.infer_blocking, model, inputs, outputs, limiter=limiter)
 
     async def run_blocking(self, work: Callable[[], T], limiter: trio.CapacityLimiter) -> T:

@@ -30,7 +30,7 @@ import trio
 
 from amira.core.endpoints import parse_endpoint
 from amira.core.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
-from amira.core.tensors import ModelMetadata, TensorSpec
+from amira.core.tensors import ModelMetadata, SequenceFlags, TensorSpec
 
 T = TypeVar("T")
 
@@ -52,6 +52,21 @@ TRITON_TO_NUMPY: dict[str, np.dtype[Any]] = {
 NUMPY_TO_TRITON: dict[np.dtype[Any], str] = {dtype: name for name, dtype in TRITON_TO_NUMPY.items()}
 
 _UNAVAILABLE_MARKERS = ("unknown model", "not found", "not ready", "unavailable", "is not loaded")
+# A sequence call that the server no longer knows (Triton restarted, or the state expired): the state
+# is gone, and the stream cannot go on; it is the backend that went away, not the request.
+_LOST_SEQUENCE_MARKERS = ("must specify the start flag", "sequence state is gone")
+SEQUENCE_STATE_PARAMETER = "sequence_state"  # a stateful Python model's own list of the states it keeps
+
+
+def sequence_states(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The inputs a model's sequence batcher keeps per sequence: its implicit state, or the states a
+    stateful model keeps itself (`parameters { key: "sequence_state" }`, comma-separated)."""
+    batching = config.get("sequence_batching")
+    if not batching:
+        return ()
+    states = tuple(str(state["input_name"]) for state in batching.get("state", ()))
+    own = config.get("parameters", {}).get(SEQUENCE_STATE_PARAMETER, {}).get("string_value", "")
+    return states or tuple(name.strip() for name in own.split(",") if name.strip())
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -134,6 +149,8 @@ class TritonBackend:
             status = error.status()
             text = f"{what}: Triton answered {status or 'an error'}: {message}"
             lowered = message.lower()
+            if any(marker in lowered for marker in _LOST_SEQUENCE_MARKERS):
+                raise BackendUnavailable(f"{text} (the stream's encoder state is gone)") from None
             if status in ("404", "503") or any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
                 raise BackendUnavailable(text) from None
             raise BackendError(text) from None
@@ -182,10 +199,18 @@ class TritonBackend:
                 )
             return tuple(result)
 
+        config = await self.model_config(model)
+        parameters = config.get("parameters", {})
         return ModelMetadata(
             name=raw.get("name", model),
             inputs=specs(raw.get("inputs", ())),
             outputs=specs(raw.get("outputs", ())),
+            properties={
+                key: str(value.get("string_value", ""))
+                for key, value in parameters.items()
+                if isinstance(value, Mapping)
+            },
+            states=sequence_states(config),
         )
 
     async def model_config(self, model: str) -> dict[str, Any]:
@@ -225,7 +250,11 @@ class TritonBackend:
             return False
 
     def _request(
-        self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        sequence: SequenceFlags | None = None,
     ) -> Callable[[Any], dict[str, npt.NDArray[Any]]]:
         """The inference call as an action on a thread's client."""
         import tritonclient.http as triton_http
@@ -241,8 +270,16 @@ class TritonBackend:
             request_inputs.append(tensor)
         requested = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs]
 
+        flags: dict[str, Any] = {}
+        if sequence is not None:
+            flags = {
+                "sequence_id": sequence.id,
+                "sequence_start": sequence.start,
+                "sequence_end": sequence.end,
+            }
+
         def run(client: Any) -> dict[str, npt.NDArray[Any]]:
-            result = client.infer(model, request_inputs, outputs=requested)
+            result = client.infer(model, request_inputs, outputs=requested, **flags)
             arrays = {}
             for name in outputs:
                 array = result.as_numpy(name)
@@ -259,8 +296,10 @@ class TritonBackend:
         inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        return await self._call(self._request(model, inputs, outputs), f"inference on {model!r}", limiter)
+        what = f"inference on {model!r}" if sequence is None else f"inference on {model!r} (sequence)"
+        return await self._call(self._request(model, inputs, outputs, sequence), what, limiter)
 
     def infer_blocking(
         self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]

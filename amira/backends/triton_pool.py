@@ -20,6 +20,13 @@ decoder state lives in AMIRA, the models keep none), so any endpoint can answer 
   another healthy endpoint, so losing one Triton of several loses no call. A timeout is not retried
   (the call's time is spent; a hung endpoint fails its next probe) and an error that Triton answered
   is not either (any endpoint would answer the same).
+* **Pinned sequences.** A call of a stateful model's sequence (a cache-aware encoder whose caches
+  Triton keeps: `SequenceFlags`) is not pure. Its start call is routed like any call (and fails over
+  like one: no state exists yet); the sequence is then pinned to the endpoint that took it, and its
+  later calls go there at once, outside the queue (a stream makes one at a time). When that endpoint
+  fails or loses the state (restart), the sequence cannot go on anywhere else: the call raises
+  `BackendUnavailable` and the stream ends with `backend_unavailable` (AMIRA does not replay a
+  stream's audio into a new sequence). The end call unpins it, whatever its outcome.
 
 Threads. Calls come from trio (`infer`, each in a worker thread of its own) and from worker threads
 that make many calls in a row (`infer_blocking`: a span's thread, a batching scheduler's thread).
@@ -53,7 +60,7 @@ from amira.core.errors import (
     CapacityExceeded,
     NoHealthyEndpoint,
 )
-from amira.core.tensors import ModelMetadata
+from amira.core.tensors import ModelMetadata, SequenceFlags
 
 T = TypeVar("T")
 log = logging.getLogger("amira.backends.triton_pool")
@@ -142,6 +149,7 @@ class TritonPool:
         self._lock = threading.Lock()  # over the endpoints' state, in flight counts and `failovers`
         self._waiters: collections.deque[_Waiter] = collections.deque()  # the trio thread's only
         self._picks = itertools.count(1)
+        self._pins: dict[int, Endpoint] = {}  # an open sequence's id: the endpoint that keeps its state
         self._token: trio.lowlevel.TrioToken | None = None  # set while running
         self._running = False
         self._closed = False
@@ -472,10 +480,67 @@ class TritonPool:
         inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        return await self._routed(
-            f"inference on {model!r}", lambda backend: backend.infer(model, inputs, outputs, limiter)
-        )
+        what = f"inference on {model!r}"
+        if sequence is None:
+            return await self._routed(what, lambda backend: backend.infer(model, inputs, outputs, limiter))
+        try:
+            if sequence.start:
+                return await self._routed(what, self._pinning(sequence, model, inputs, outputs, limiter))
+            return await self._pinned_call(what, sequence, model, inputs, outputs, limiter)
+        finally:
+            if sequence.end:
+                self._pins.pop(sequence.id, None)
+
+    def _pinning(
+        self,
+        sequence: SequenceFlags,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> Callable[[TritonBackend], Awaitable[dict[str, npt.NDArray[Any]]]]:
+        """A sequence's start call that pins the sequence to whichever endpoint makes it."""
+
+        def call(backend: TritonBackend) -> Awaitable[dict[str, npt.NDArray[Any]]]:
+            self._pins[sequence.id] = next(e for e in self.endpoints if e.backend is backend)
+            return backend.infer(model, inputs, outputs, limiter, sequence)
+
+        return call
+
+    async def _pinned_call(
+        self,
+        what: str,
+        sequence: SequenceFlags,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        limiter: trio.CapacityLimiter,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """A later call of a sequence, on the endpoint that keeps its state."""
+        self._check_open(what)
+        endpoint = self._pins.get(sequence.id)
+        if endpoint is None:
+            raise BackendUnavailable(f"{what}: sequence {sequence.id} is not open on any Triton endpoint")
+        if endpoint.state is not EndpointState.HEALTHY:
+            self._pins.pop(sequence.id, None)
+            raise BackendUnavailable(
+                f"{what}: {endpoint.url}, which keeps this stream's encoder state, is {endpoint.state.value}"
+            )
+        with self._lock:
+            endpoint.in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await endpoint.backend.infer(model, inputs, outputs, limiter, sequence)
+        except (BackendUnavailable, BackendTimeout):
+            self._pins.pop(sequence.id, None)
+            endpoint.wake.set()  # gone, or only this sequence's state? its probe tells
+            raise
+        finally:
+            self._release(endpoint)
+        self._answered(endpoint, time.perf_counter() - started)
+        return result
 
     def infer_blocking(
         self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]

@@ -3,6 +3,11 @@
 Everything about a model set is read from the backend's model metadata and checked against the
 contract of `models-and-decoding.md` before a request is served: a server that starts with a
 vocabulary or tensor that does not fit would otherwise fail, or worse, answer nonsense, later.
+
+Two kinds of encoder: an offline one (`audio_signal`, `length` -> `outputs`, `encoded_lengths`),
+streamed in overlapping windows, and a **cache-aware** one (NeMo's cache-aware export,
+`amira.core.cache_aware`), recognised by its `cache_last_channel` input (or state, where the
+backend keeps the caches), streamed one chunk per call.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
+from amira.core.cache_aware import CacheAwareSpec, CacheTensor
 from amira.core.decoding import NEMO_MAX_SYMBOLS_PER_STEP, DecodingSpec
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.vocabulary import Vocabulary
@@ -47,6 +53,26 @@ CONTRACT: dict[str, tuple[dict[str, tuple[np.dtype[Any], int]], dict[str, tuple[
 }
 
 
+# The cache-aware encoder's tensors: each name with its alternatives (NeMo's own export uses the
+# offline names for signal and output, and `cache_last_channel_next_len`), dtype and ranks. A length
+# of rank 2 is `[B, 1]`: a model batched by Triton's sequence batcher (`max_batch_size` > 0).
+CACHE_AWARE_INPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], tuple[int, ...]]] = {
+    "signal": (("processed_signal", "audio_signal"), F32, (3,)),
+    "signal_length": (("processed_signal_length", "length"), I64, (1, 2)),
+}
+CACHE_AWARE_OUTPUTS: dict[str, tuple[tuple[str, ...], np.dtype[Any], tuple[int, ...]]] = {
+    "encoded": (("encoded", "outputs"), F32, (3,)),
+    "encoded_length": (("encoded_len", "encoded_lengths"), I64, (1, 2)),
+}
+# cache input -> (its `_next` output names, rank)
+CACHES: dict[str, tuple[tuple[str, ...], int]] = {
+    "cache_last_channel": (("cache_last_channel_next",), 4),
+    "cache_last_time": (("cache_last_time_next",), 4),
+    "cache_last_channel_len": (("cache_last_channel_len_next", "cache_last_channel_next_len"), 1),
+}
+DEFAULT_SUBSAMPLING = 8  # NeMo's FastConformer; a model may say otherwise (`subsampling_factor`)
+
+
 class ModelSetError(ValueError):
     """A model set does not fit the contract; the server refuses to start with it."""
 
@@ -62,6 +88,10 @@ class ModelSetConfig:
     vocabulary: Path = Path("vocab.txt")
     durations: tuple[int, ...] | None = None
     max_symbols_per_step: int = NEMO_MAX_SYMBOLS_PER_STEP
+    # cache-aware encoders: mel frames per encoder call and of the pre-encode cache; the encoder's
+    # metadata (`chunk_size`, `pre_encode_cache_size`) gives them when these are not set
+    chunk_size: int | None = None
+    pre_encode_cache_size: int | None = None
 
     @property
     def models(self) -> dict[str, str]:
@@ -87,6 +117,7 @@ class ModelSet:
     hop_samples: int = 160
     subsampling: int = 8
     sample_rate: int = 16_000
+    cache_aware: CacheAwareSpec | None = None
 
     @property
     def name(self) -> str:
@@ -95,6 +126,10 @@ class ModelSet:
     @property
     def kind(self) -> Literal["rnnt", "tdt"]:
         return self.decoding.kind
+
+    @property
+    def encoder_kind(self) -> Literal["offline", "cache_aware"]:
+        return "offline" if self.cache_aware is None else "cache_aware"
 
     @property
     def frame_samples(self) -> int:
@@ -115,10 +150,13 @@ class ModelSet:
             "durations": list(self.decoding.durations),
             "frame_seconds": self.frame_seconds,
             "models": self.config.models,
+            "encoder": self.encoder_kind,
         }
 
 
 def _check_tensors(role: str, model: str, metadata: ModelMetadata) -> list[str]:
+    if role == "encoder" and is_cache_aware(metadata):
+        return _check_cache_aware(model, metadata)
     problems = []
     inputs, outputs = CONTRACT[role]
     for direction, expected, find in (
@@ -135,6 +173,133 @@ def _check_tensors(role: str, model: str, metadata: ModelMetadata) -> list[str]:
                     f"expected {dtype}[rank {rank}]"
                 )
     return problems
+
+
+def is_cache_aware(encoder: ModelMetadata) -> bool:
+    """A cache-aware encoder has a `cache_last_channel` input, or state where the backend keeps it."""
+    return encoder.input("cache_last_channel") is not None or "cache_last_channel" in encoder.states
+
+
+def _find(specs: tuple[TensorSpec, ...], names: tuple[str, ...]) -> TensorSpec | None:
+    return next((spec for name in names for spec in specs if spec.name == name), None)
+
+
+def _check_cache_aware(model: str, metadata: ModelMetadata) -> list[str]:
+    problems = []
+    for direction, table, specs in (
+        ("input", CACHE_AWARE_INPUTS, metadata.inputs),
+        ("output", CACHE_AWARE_OUTPUTS, metadata.outputs),
+    ):
+        for names, dtype, ranks in table.values():
+            spec = _find(specs, names)
+            if spec is None:
+                problems.append(
+                    f"cache-aware encoder {model!r} has no {direction} {' or '.join(map(repr, names))}"
+                )
+            elif spec.dtype != dtype or spec.rank not in ranks or (spec.rank == 2 and spec.shape[1] != 1):
+                expected = " or ".join(f"rank {r}" for r in ranks)
+                problems.append(
+                    f"cache-aware encoder {model!r} {direction} {spec.name!r} is "
+                    f"{spec.dtype}{list(spec.shape)}, expected {dtype}[{expected}]"
+                )
+    kept_by_backend = bool(metadata.states)
+    for cache, (next_names, rank) in CACHES.items():
+        if kept_by_backend:
+            if cache not in metadata.states:
+                problems.append(f"cache-aware encoder {model!r} keeps state but not {cache!r}")
+            continue
+        for direction, spec in (
+            ("input", metadata.input(cache)),
+            ("output", _find(metadata.outputs, next_names)),
+        ):
+            name = cache if direction == "input" else " or ".join(map(repr, next_names))
+            if spec is None:
+                problems.append(f"cache-aware encoder {model!r} has no {direction} {name}")
+            elif spec.rank != rank or spec.dtype not in (F32, I64, I32):
+                problems.append(
+                    f"cache-aware encoder {model!r} {direction} {spec.name!r} is "
+                    f"{spec.dtype}[rank {spec.rank}], expected rank {rank}"
+                )
+    return problems
+
+
+def _cache_tensor(metadata: ModelMetadata, cache: str, prefix: str) -> CacheTensor:
+    """A cache's shape for one stream; its batch axis is the dynamic one of the first two (or, in an
+    export with a fixed batch, the one of size 1; for batch 1 both layouts are then the same)."""
+    spec = _require(metadata, "input", cache)
+    next_spec = _find(metadata.outputs, CACHES[cache][0])
+    assert next_spec is not None  # checked by _check_cache_aware
+    if next_spec.dtype != spec.dtype:
+        raise ModelSetError(f"{prefix}: {cache} is {spec.dtype} but {next_spec.name} is {next_spec.dtype}")
+    shape = list(spec.shape)
+    axes = (0,) if len(shape) == 1 else (1, 0)  # NeMo's [L, B, ...] first
+    dynamic = [axis for axis in axes if shape[axis] < 1]
+    ones = [axis for axis in axes if shape[axis] == 1]
+    if len(dynamic) > 1 or not (dynamic or ones):
+        raise ModelSetError(
+            f"{prefix}: {cache} {spec.shape}: cannot tell its batch axis (one of the first two, dynamic or 1)"
+        )
+    batch_axis = (dynamic or ones)[0]
+    shape[batch_axis] = 1
+    if any(size < 1 for size in shape):
+        raise ModelSetError(f"{prefix}: {cache} {spec.shape} must be fixed in every axis but the batch")
+    return CacheTensor(cache, next_spec.name, tuple(shape), spec.dtype, batch_axis)
+
+
+def _positive_property(metadata: ModelMetadata, key: str, configured: int | None, prefix: str) -> int | None:
+    if configured is not None:
+        return configured
+    text = metadata.properties.get(key)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ModelSetError(f"{prefix}: the encoder's {key!r} is {text!r}, not a whole number") from None
+
+
+def cache_aware_spec(config: ModelSetConfig, encoder: ModelMetadata, encoder_dim: int) -> CacheAwareSpec:
+    """The validated streaming spec of a cache-aware encoder (its tensors already checked)."""
+    prefix = f"model set {config.name!r}"
+    signal = _find(encoder.inputs, CACHE_AWARE_INPUTS["signal"][0])
+    length = _find(encoder.inputs, CACHE_AWARE_INPUTS["signal_length"][0])
+    encoded = _find(encoder.outputs, CACHE_AWARE_OUTPUTS["encoded"][0])
+    encoded_length = _find(encoder.outputs, CACHE_AWARE_OUTPUTS["encoded_length"][0])
+    assert signal and length and encoded and encoded_length  # checked by _check_cache_aware
+    chunk = _positive_property(encoder, "chunk_size", config.chunk_size, prefix)
+    pre_encode = _positive_property(encoder, "pre_encode_cache_size", config.pre_encode_cache_size, prefix)
+    subsampling = _positive_property(encoder, "subsampling_factor", None, prefix) or DEFAULT_SUBSAMPLING
+    if chunk is None or pre_encode is None:
+        raise ModelSetError(
+            f"{prefix}: a cache-aware encoder needs its chunk and pre-encode cache sizes in mel frames: "
+            "set chunk_size and pre_encode_cache_size in the model set (or in the encoder's metadata)"
+        )
+    caches: tuple[CacheTensor, ...] = ()
+    if not encoder.states:
+        caches = tuple(_cache_tensor(encoder, cache, prefix) for cache in CACHES)
+        channel, time = caches[0].shape, caches[1].shape
+        d_channel, d_time = channel[3], time[2]
+        if d_channel != encoder_dim or d_time != encoder_dim:
+            raise ModelSetError(
+                f"{prefix}: cache_last_channel {channel} and cache_last_time {time} must have the "
+                f"encoder's width {encoder_dim} (D) as their last and third axis"
+            )
+    try:
+        return CacheAwareSpec(
+            chunk_frames=chunk,
+            pre_encode_frames=pre_encode,
+            subsampling=subsampling,
+            feature_size=_static(signal, 1, f"{prefix}: the encoder's feature size"),
+            signal=signal.name,
+            signal_length=length.name,
+            length_shape=(1,) * length.rank,
+            encoded=encoded.name,
+            encoded_length=encoded_length.name,
+            caches=caches,
+            backend_state=bool(encoder.states),
+        )
+    except ValueError as exc:
+        raise ModelSetError(f"{prefix}: {exc}") from exc
 
 
 def _require(metadata: ModelMetadata, direction: Literal["input", "output"], name: str) -> TensorSpec:
@@ -168,12 +333,17 @@ def validate_model_set(
     prefix = f"model set {config.name!r}"
     pre, enc, joint = metadata["preprocessor"], metadata["encoder"], metadata["decoder_joint"]
     features = _require(pre, "output", "features").shape[1]
-    feature_size = _static(_require(enc, "input", "audio_signal"), 1, f"{prefix}: the encoder's feature size")
+    cache_aware = is_cache_aware(enc)
+    signal = _find(enc.inputs, CACHE_AWARE_INPUTS["signal"][0] if cache_aware else ("audio_signal",))
+    encoded = _find(enc.outputs, CACHE_AWARE_OUTPUTS["encoded"][0] if cache_aware else ("outputs",))
+    if signal is None or encoded is None:  # checked above; a clear error all the same
+        raise ModelSetError(f"{prefix}: the encoder has no signal input or no encoded output")
+    feature_size = _static(signal, 1, f"{prefix}: the encoder's feature size")
     if features > 0 and features != feature_size:
         raise ModelSetError(
             f"{prefix}: the preprocessor makes {features} features, the encoder wants {feature_size}"
         )
-    encoder_dim = _static(_require(enc, "output", "outputs"), 1, f"{prefix}: the encoder's output size")
+    encoder_dim = _static(encoded, 1, f"{prefix}: the encoder's output size")
     joint_dim = _require(joint, "input", "encoder_outputs").shape[1]
     if joint_dim > 0 and joint_dim != encoder_dim:
         raise ModelSetError(
@@ -207,6 +377,7 @@ def validate_model_set(
                 f"but {len(durations)} durations are configured"
             )
         spec = DecodingSpec("tdt", vocabulary.blank, size, tuple(durations), config.max_symbols_per_step)
+    streaming = cache_aware_spec(config, enc, encoder_dim) if cache_aware else None
     return ModelSet(
         config=config,
         vocabulary=vocabulary,
@@ -215,4 +386,6 @@ def validate_model_set(
         encoder_dim=encoder_dim,
         state_layers=layers,
         state_hidden=hidden,
+        subsampling=streaming.subsampling if streaming else DEFAULT_SUBSAMPLING,
+        cache_aware=streaming,
     )

@@ -48,6 +48,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from amira.core.cache_aware import CacheAwareChunker, CacheAwareSpec
 from amira.core.decoding import Emission
 from amira.core.transcript import SegmentSpan
 from amira.core.vocabulary import Vocabulary
@@ -283,19 +284,22 @@ class SpeechOnset:
 
 @attrs.define
 class OpenSegment:
-    """The segment being decoded: its windows, its tokens, its end rules.
+    """The segment being decoded: its windows (or, for a cache-aware set, its encoder chunks), its
+    tokens, its end rules.
 
     Frames and samples count from the segment's start, `start_sample` in the stream. `tail_end` is
     the segment sample up to which the tentative tail was decoded; an interim refresh is due once
     `interim_samples` more have arrived. `decoded_frames` is where committed decoding stopped: the
-    end of the segment's last word.
+    end of the segment's last word. A cache-aware segment is encoded from fresh caches from its
+    start, and commits every chunk whole: it has no tentative tail and no refreshes.
     """
 
     id: int
     start_sample: int
-    chunker: Chunker
+    chunker: Chunker | CacheAwareChunker
     weaver: TokenWeaver
     endpointer: Endpointer
+    frame_samples: int
     tail_end: int = 0
     decoded_frames: int = 0
 
@@ -307,21 +311,24 @@ class OpenSegment:
         streaming: StreamingConfig,
         config: SegmentConfig,
         vocabulary: Vocabulary,
+        cache_aware: CacheAwareSpec | None = None,
     ) -> OpenSegment:
         return cls(
             id,
             start_sample,
-            Chunker(streaming),
+            Chunker(streaming) if cache_aware is None else CacheAwareChunker(cache_aware),
             TokenWeaver(vocabulary),
             Endpointer(config.endpointing_frames, config.max_frames),
+            streaming.frame_samples,
         )
 
     def refresh_due(self, interim_samples: int | None) -> bool:
         chunker = self.chunker
         return (
-            interim_samples is not None
+            isinstance(chunker, Chunker)
+            and interim_samples is not None
             and chunker.total_samples - self.tail_end >= interim_samples
-            and chunker.total_samples > chunker.next_frame * chunker.config.frame_samples
+            and chunker.total_samples > chunker.next_frame * self.frame_samples
         )
 
     def span(self, stop_sample: int, sample_rate: int) -> SegmentSpan:
@@ -333,4 +340,4 @@ class OpenSegment:
     @property
     def frame_offset(self) -> int:
         """Whole encoder frames from the start of the stream to the segment's start."""
-        return self.start_sample // self.chunker.config.frame_samples
+        return self.start_sample // self.frame_samples

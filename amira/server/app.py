@@ -96,9 +96,7 @@ def create_app(state: ServerState) -> Quart:
         described = []
         for name, config in sorted(engine.configs.items()):
             loaded = engine.model_sets.get(name)
-            described.append(
-                loaded.model_set.describe() if loaded else {"name": name, "models": config.models}
-            )
+            described.append(loaded.describe() if loaded else {"name": name, "models": config.models})
         return jsonify({"models": described})
 
     @app.post("/v2/decode/batch/<model>")

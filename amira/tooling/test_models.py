@@ -9,6 +9,10 @@ token every few frames, sometimes several on one frame, and every TDT duration i
     python -m amira.tooling.test_models                  # rewrite the shipped repository
     python -m amira.tooling.test_models --output DIR --parakeet-shaped
     python -m amira.tooling.test_models --output DIR --check tests/data/librivox/*.wav
+
+Beside the offline sets, two cache-aware sets (NeMo's cache-aware export contract,
+`amira.core.cache_aware`): `cache_aware` (caches [L, B, ...], RNN-T) and `cache_aware_batch_first`
+(caches [B, L, ...], TDT), on the streaming preprocessor (`preprocessor_streaming`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from amira.models import model_file, shipped_repository
+from amira.tooling.streaming_preprocessor import streaming_preprocessor
 from amira.tooling.triton_repository import config_pbtxt, model_tensors, onnx_tensors
 
 DEFAULT_SEED = 20240611
@@ -52,16 +57,44 @@ preprocessor = "preprocessor"
 encoder = "encoder_rnnt"
 decoder_joint = "decoder_joint_rnnt"
 vocabulary = "vocab_test.txt"
+
+[model_sets.cache_aware]
+preprocessor = "preprocessor_streaming"
+encoder = "encoder_cache_aware"
+decoder_joint = "decoder_joint_rnnt"
+vocabulary = "vocab_test.txt"
+
+[model_sets.cache_aware_batch_first]
+preprocessor = "preprocessor_streaming"
+encoder = "encoder_cache_aware_batch_first"
+decoder_joint = "decoder_joint_tdt"
+vocabulary = "vocab_test.txt"
 """
 
 # The trained demo transducer (`python -m training`, see MODEL_CARD.md) is the repository's default
 # model set; it is not generated here, and it is listed in `model_sets.toml` whenever it is present.
-TRAINED_FILES = ("encoder", "decoder_joint", "vocab.txt", "MODEL_CARD.md")
+TRAINED_FILES = (
+    "encoder",
+    "decoder_joint",
+    "encoder_streaming",
+    "decoder_joint_streaming",
+    "vocab.txt",
+    "MODEL_CARD.md",
+)
 DEFAULT_MODEL_SET_TOML = """\
 [model_sets.default]
 preprocessor = "preprocessor"
 encoder = "encoder"
 decoder_joint = "decoder_joint"
+vocabulary = "vocab.txt"
+
+"""
+# The trained streaming demo transducer (`python -m training --streaming`), listed when present.
+STREAMING_MODEL_SET_TOML = """\
+[model_sets.default-streaming]
+preprocessor = "preprocessor_streaming"
+encoder = "encoder_streaming"
+decoder_joint = "decoder_joint_streaming"
 vocabulary = "vocab.txt"
 
 """
@@ -85,6 +118,28 @@ SMALL = ModelSizes()
 PARAKEET_SHAPED = ModelSizes(
     conv_channels=256, d_model=1024, pred_hidden=640, joint_hidden=640, vocab_size=1025
 )
+
+
+@dataclass(frozen=True)
+class CacheAwareSizes:
+    """Dimensions of a generated cache-aware encoder: L layers, C channel-cache frames, K time-cache
+    frames, and its streaming metadata (mel frames)."""
+
+    layers: int = 2
+    channel_cache: int = 6
+    time_cache: int = 4
+    chunk_size: int = 16
+    pre_encode_cache_size: int = 9
+    subsampling: int = 8
+
+
+CACHE_AWARE_SMALL = CacheAwareSizes()
+PROJECTED = 16  # mel features -> channels before the subsampling conv: keeps the shipped files small
+MEL_OFFSET, MEL_SCALE = 10.0, 1 / 3.5
+SUBSAMPLE_GAIN = 2.0
+# Nemotron Speech Streaming 0.6B's cache and chunk sizes (design notes 3): 24 layers, C = 70, K = 8,
+# 56 mel frames a chunk; with D = 1024 its caches are about 7.7 MB a stream.
+CACHE_AWARE_PARAKEET = CacheAwareSizes(layers=24, channel_cache=70, time_cache=8, chunk_size=56)
 
 
 # Hand-tuned on the LibriVox clips in tests/data (see --check) rather than fitted in the generator, so
@@ -341,6 +396,205 @@ def encoder_graph(sizes: ModelSizes, seed: int) -> onnx.ModelProto:
     return _model(graph, "random-weight NeMo-layout encoder (8x subsampling)")
 
 
+def cache_aware_encoder_graph(
+    sizes: ModelSizes, cache: CacheAwareSizes, seed: int, *, batch_first: bool = False
+) -> onnx.ModelProto:
+    """A random cache-aware encoder with NeMo's cache-aware export contract.
+
+    The chunk's unnormalised mel frames, with the `P` pre-encode frames before them, are standardised
+    by fixed constants and go through a pointwise conv to `PROJECTED` channels and one valid conv of
+    kernel P + 8 and stride 8 with a ReLU (so an encoder frame sees its 8 frames and the P before,
+    whichever chunk they came in), then L layers of
+    `x + tanh(causal depthwise conv(x) + mean of the channel cache)`:
+    the time cache holds each layer's last K inputs, the channel cache its last C (a chunk-level
+    context, as a limited-context attention has), and a LayerNorm. `cache_last_channel_len` counts
+    the valid channel-cache frames (up to C). `batch_first` exports the caches as [B, L, ...].
+    """
+    w = _Weights(seed)
+    f, d = sizes.features, sizes.d_model
+    n_layers, c, k, p = cache.layers, cache.channel_cache, cache.time_cache, cache.pre_encode_cache_size
+    kernel = p + cache.subsampling
+
+    def const(name: str, value: npt.NDArray[Any]) -> str:
+        return w.add(name, value)
+
+    nodes = [
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64))),
+        helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1, np.int64))),
+        helper.make_node("Shape", ["processed_signal"], ["t_shape"], start=2, end=3),
+        helper.make_node("Squeeze", ["t_shape"], ["t"]),
+        helper.make_node(
+            "Range",
+            ["zero", "t", "one"],
+            ["steps"],
+        ),
+        helper.make_node(
+            "Unsqueeze", ["processed_signal_length", const("axis1", np.array([1], np.int64))], ["len2"]
+        ),
+        helper.make_node("Less", ["steps", "len2"], ["valid"]),
+        helper.make_node("Unsqueeze", ["valid", "axis1"], ["valid3"]),
+        helper.make_node("Cast", ["valid3"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["processed_signal", "mask"], ["masked"]),
+        # unnormalised log-mel (about -10 +- 3.5 on speech): a fixed standardisation, as a trained
+        # streaming encoder learns one
+        helper.make_node(
+            "Add", ["masked", const("mel.offset", np.array([MEL_OFFSET], np.float32))], ["shifted"]
+        ),
+        helper.make_node(
+            "Mul", ["shifted", const("mel.scale", np.array([MEL_SCALE], np.float32))], ["signal"]
+        ),
+        helper.make_node(
+            "Conv",
+            [
+                "signal",
+                const("project.weight", w.normal("project.weight", (PROJECTED, f, 1), 1 / np.sqrt(f))),
+            ],
+            ["projected"],
+        ),
+        helper.make_node(
+            "Conv",
+            [
+                "projected",
+                const(
+                    "subsample.weight",
+                    w.normal(
+                        "subsample.weight",
+                        (d, PROJECTED, kernel),
+                        SUBSAMPLE_GAIN / np.sqrt(PROJECTED * kernel),
+                    ),
+                ),
+            ],
+            ["subsampled"],
+            strides=[cache.subsampling],
+        ),
+        helper.make_node("Relu", ["subsampled"], ["x0"]),
+        # encoded_len = max(0, ceil((length - P) / 8))
+        helper.make_node(
+            "Sub",
+            ["processed_signal_length", const("p", np.array(p + 1 - cache.subsampling, np.int64))],
+            ["len_shift"],
+        ),
+        helper.make_node(
+            "Div", ["len_shift", const("sub", np.array(cache.subsampling, np.int64))], ["len_div"]
+        ),
+        helper.make_node("Max", ["len_div", "zero"], ["encoded_len"]),
+        helper.make_node("Add", ["cache_last_channel_len", "encoded_len"], ["len_sum"]),
+        helper.make_node(
+            "Min", ["len_sum", const("c", np.array(c, np.int64))], ["cache_last_channel_len_next"]
+        ),
+    ]
+    const("axis0", np.array([0], np.int64))
+    channel_in, time_in = "cache_last_channel", "cache_last_time"
+    if batch_first:  # work in NeMo's [L, B, ...] inside
+        nodes += [
+            helper.make_node("Transpose", ["cache_last_channel"], ["channel_lb"], perm=[1, 0, 2, 3]),
+            helper.make_node("Transpose", ["cache_last_time"], ["time_lb"], perm=[1, 0, 2, 3]),
+        ]
+        channel_in, time_in = "channel_lb", "time_lb"
+    x = "x0"
+    channel_next, time_next = [], []
+    for layer in range(n_layers):
+        q = f"layer{layer}"
+        index = const(f"{q}.index", np.array([layer], np.int64))
+        nodes += [
+            helper.make_node("Gather", [time_in, index], [f"{q}_time1"]),
+            helper.make_node("Squeeze", [f"{q}_time1", "axis0"], [f"{q}_time"]),  # [B, D, K]
+            helper.make_node("Concat", [f"{q}_time", x], [f"{q}_history"], axis=2),
+            helper.make_node(
+                "Slice",
+                [
+                    f"{q}_history",
+                    const(f"{q}.k", np.array([-k], np.int64)),
+                    const(f"{q}.end", np.array([2**62], np.int64)),
+                    const(f"{q}.axis2", np.array([2], np.int64)),
+                ],
+                [f"{q}_time_next"],
+            ),
+            helper.make_node(
+                "Conv",
+                [f"{q}_history", const(f"{q}.dw", w.normal(f"{q}.dw", (d, 1, k + 1), 1 / np.sqrt(k + 1)))],
+                [f"{q}_conv"],
+                group=d,
+            ),
+            helper.make_node("Gather", [channel_in, index], [f"{q}_channel1"]),
+            helper.make_node("Squeeze", [f"{q}_channel1", "axis0"], [f"{q}_channel"]),  # [B, C, D]
+            helper.make_node("ReduceMean", [f"{q}_channel"], [f"{q}_context"], axes=[1], keepdims=1),
+            helper.make_node("Transpose", [f"{q}_context"], [f"{q}_context_t"], perm=[0, 2, 1]),  # [B, D, 1]
+            helper.make_node("Add", [f"{q}_conv", f"{q}_context_t"], [f"{q}_pre"]),
+            helper.make_node("Tanh", [f"{q}_pre"], [f"{q}_act"]),
+            helper.make_node("Transpose", [x], [f"{q}_xt"], perm=[0, 2, 1]),  # [B, n, D]
+            helper.make_node("Concat", [f"{q}_channel", f"{q}_xt"], [f"{q}_seen"], axis=1),
+            helper.make_node(
+                "Slice",
+                [f"{q}_seen", const(f"{q}.c", np.array([-c], np.int64)), f"{q}.end", "axis1"],
+                [f"{q}_channel_next"],
+            ),
+            helper.make_node("Add", [x, f"{q}_act"], [f"{q}_out"]),
+            helper.make_node(
+                "Unsqueeze",
+                [f"{q}_channel_next", "axis0"],
+                [f"{q}_channel_next4"],
+            ),
+            helper.make_node("Unsqueeze", [f"{q}_time_next", "axis0"], [f"{q}_time_next4"]),
+        ]
+        channel_next.append(f"{q}_channel_next4")
+        time_next.append(f"{q}_time_next4")
+        x = f"{q}_out"
+    channel_out = "cache_last_channel_next_lb" if batch_first else "cache_last_channel_next"
+    time_out = "cache_last_time_next_lb" if batch_first else "cache_last_time_next"
+    nodes += [
+        helper.make_node("Concat", channel_next, [channel_out], axis=0),
+        helper.make_node("Concat", time_next, [time_out], axis=0),
+        helper.make_node("Transpose", [x], ["x_btd"], perm=[0, 2, 1]),
+        helper.make_node(
+            "LayerNormalization",
+            [
+                "x_btd",
+                const("norm.weight", np.ones(d, np.float32)),
+                const("norm.bias", np.zeros(d, np.float32)),
+            ],
+            ["normed"],
+            axis=-1,
+        ),
+        helper.make_node("Transpose", ["normed"], ["encoded"], perm=[0, 2, 1]),
+    ]
+    if batch_first:
+        nodes += [
+            helper.make_node("Transpose", [channel_out], ["cache_last_channel_next"], perm=[1, 0, 2, 3]),
+            helper.make_node("Transpose", [time_out], ["cache_last_time_next"], perm=[1, 0, 2, 3]),
+        ]
+    channel_shape: list[int | str] = ["B", n_layers, c, d] if batch_first else [n_layers, "B", c, d]
+    time_shape: list[int | str] = ["B", n_layers, d, k] if batch_first else [n_layers, "B", d, k]
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [
+            helper.make_tensor_value_info("processed_signal", TensorProto.FLOAT, ["B", f, "T"]),
+            helper.make_tensor_value_info("processed_signal_length", TensorProto.INT64, ["B"]),
+            helper.make_tensor_value_info("cache_last_channel", TensorProto.FLOAT, channel_shape),
+            helper.make_tensor_value_info("cache_last_time", TensorProto.FLOAT, time_shape),
+            helper.make_tensor_value_info("cache_last_channel_len", TensorProto.INT64, ["B"]),
+        ],
+        [
+            helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["B", d, "T_out"]),
+            helper.make_tensor_value_info("encoded_len", TensorProto.INT64, ["B"]),
+            helper.make_tensor_value_info("cache_last_channel_next", TensorProto.FLOAT, channel_shape),
+            helper.make_tensor_value_info("cache_last_time_next", TensorProto.FLOAT, time_shape),
+            helper.make_tensor_value_info("cache_last_channel_len_next", TensorProto.INT64, ["B"]),
+        ],
+        w.initializers,
+    )
+    layout = "[B, L, ...]" if batch_first else "[L, B, ...]"
+    model = _model(graph, f"random-weight NeMo cache-aware encoder (caches {layout})")
+    for key, value in (
+        ("chunk_size", cache.chunk_size),
+        ("pre_encode_cache_size", p),
+        ("subsampling_factor", cache.subsampling),
+    ):
+        model.metadata_props.add(key=key, value=str(value))
+    return model
+
+
 def decoder_joint_graph(sizes: ModelSizes, seed: int, *, tdt: bool) -> onnx.ModelProto:
     """Embedding + L-layer LSTM prediction net and a tanh joint, scoring K frames against one state.
 
@@ -490,14 +744,22 @@ def _write_onnx_model(repository: Path, name: str, model: onnx.ModelProto) -> No
     version = repository / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.onnx").write_bytes(model.SerializeToString())
-    config = config_pbtxt(name, *model_tensors(model, name), "production")
+    properties = {entry.key: entry.value for entry in model.metadata_props}  # a cache-aware chunk
+    config = config_pbtxt(name, *model_tensors(model, name), "production", parameters=properties)
     (repository / name / "config.pbtxt").write_text(config, encoding="utf-8")
 
 
-def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: ModelSizes = SMALL) -> None:
+def generate_repository(
+    repository: Path,
+    *,
+    seed: int = DEFAULT_SEED,
+    sizes: ModelSizes = SMALL,
+    cache_sizes: CacheAwareSizes = CACHE_AWARE_SMALL,
+) -> None:
     """Write the random-weight TDT (`tdt`) and RNN-T (`rnnt`) model sets, sharing preprocessor,
-    encoder weights and vocabulary, with `model_sets.toml` and Triton configs. The trained demo set
-    (`TRAINED_FILES`) is left alone, and listed in `model_sets.toml` as `default` when present."""
+    encoder weights and vocabulary, and the two cache-aware sets on their decoders, with
+    `model_sets.toml` and Triton configs. The trained demo sets (`TRAINED_FILES`) are left alone, and
+    listed in `model_sets.toml` as `default` and `default-streaming` when present."""
     repository.mkdir(parents=True, exist_ok=True)
     preprocessor = repository / "preprocessor"
     (preprocessor / "1").mkdir(parents=True, exist_ok=True)
@@ -511,8 +773,18 @@ def generate_repository(repository: Path, *, seed: int = DEFAULT_SEED, sizes: Mo
     _write_onnx_model(repository, "encoder_rnnt", encoder)
     _write_onnx_model(repository, "decoder_joint_tdt", decoder_joint_graph(sizes, seed, tdt=True))
     _write_onnx_model(repository, "decoder_joint_rnnt", decoder_joint_graph(sizes, seed + 1, tdt=False))
+    _write_onnx_model(repository, "preprocessor_streaming", streaming_preprocessor(sizes.features))
+    _write_onnx_model(
+        repository, "encoder_cache_aware", cache_aware_encoder_graph(sizes, cache_sizes, seed + 2)
+    )
+    _write_onnx_model(
+        repository,
+        "encoder_cache_aware_batch_first",
+        cache_aware_encoder_graph(sizes, cache_sizes, seed + 3, batch_first=True),
+    )
     write_vocabulary(repository / TEST_VOCABULARY, vocabulary(sizes.vocab_size))
     default = DEFAULT_MODEL_SET_TOML if (repository / "encoder").is_dir() else ""
+    default += STREAMING_MODEL_SET_TOML if (repository / "encoder_streaming").is_dir() else ""
     (repository / "model_sets.toml").write_text(default + TEST_MODEL_SETS_TOML, encoding="utf-8")
 
 
@@ -624,7 +896,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parakeet_shaped and args.output.resolve() == DEFAULT_REPOSITORY.resolve():
         parser.error("--parakeet-shaped models are never written into the shipped repository; give --output")
-    generate_repository(args.output, seed=args.seed, sizes=PARAKEET_SHAPED if args.parakeet_shaped else SMALL)
+    generate_repository(
+        args.output,
+        seed=args.seed,
+        sizes=PARAKEET_SHAPED if args.parakeet_shaped else SMALL,
+        cache_sizes=CACHE_AWARE_PARAKEET if args.parakeet_shaped else CACHE_AWARE_SMALL,
+    )
     if args.check:
         import soundfile
 

@@ -12,6 +12,20 @@ Two flavours:
   onnxruntime backend.
 * `production`: `platform: "onnxruntime_onnx"`, `KIND_GPU` instances, for a real Triton image.
 
+A **cache-aware encoder** (inputs `cache_last_channel`, `cache_last_time`, `cache_last_channel_len`;
+`amira.core.cache_aware`) keeps its caches inside Triton, per stream, under the sequence batcher, so
+that a call carries only the chunk's features (`keep_caches=False` writes a plain model instead, whose
+caches travel with every call):
+
+* `production`: implicit state (`sequence_batching { state [...] }`, zeros at the sequence start,
+  each `..._next` output fed back as the next call's input), direct strategy, `max_batch_size: 0`
+  (NeMo's caches put the batch second, which Triton's state batching cannot stack), so each model
+  instance serves one stream at a time;
+* `cpu`: the wheel's Python backend cannot do implicit state, so a Python model
+  (`amira/tooling/triton_stateful_model.py`) keeps the caches itself, keyed by the sequence id, with
+  the oldest strategy (`max_batch_size: 8`, any number of streams per instance); the chunk length
+  input then has a batch axis, `[B, 1]`.
+
 Both flavours get a **decode model** `<decoder_joint>_decode` next to every `decoder_joint` (a model
 whose inputs are `targets` and `input_states_1`): a Python-backend model (`1/model.py`, a copy of
 `amira/tooling/triton_decode_model.py`, with a copy of `amira/core` beside it) that decodes whole
@@ -68,6 +82,13 @@ class ConfigTensor:
     dims: tuple[int, ...]
 
 
+def onnx_properties(path: Path) -> dict[str, str]:
+    """An ONNX file's `metadata_props`: a cache-aware encoder's chunk and pre-encode cache sizes go
+    into its config's parameters, where AMIRA reads them through Triton."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.key: entry.value for entry in model.metadata_props}
+
+
 def onnx_tensors(path: Path) -> tuple[tuple[ConfigTensor, ...], tuple[ConfigTensor, ...]]:
     """The graph inputs (initialisers excluded) and outputs of an ONNX file, without loading weights."""
     return model_tensors(onnx.load(str(path), load_external_data=False), str(path))
@@ -110,6 +131,60 @@ def _tensor_block(kind: str, tensors: Sequence[ConfigTensor]) -> str:
     return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
 
 
+CACHE_INPUTS = ("cache_last_channel", "cache_last_time", "cache_last_channel_len")
+SEQUENCE_IDLE_MICROSECONDS = (
+    120_000_000  # a stream silent this long loses its caches (streams time out sooner)
+)
+STATEFUL_MAX_BATCH = 8
+SEQUENCE_STATE_PARAMETER = "sequence_state"  # as `amira.backends.triton` reads it
+
+
+def is_cache_aware_encoder(inputs: Sequence[ConfigTensor]) -> bool:
+    return "cache_last_channel" in {tensor.name for tensor in inputs}
+
+
+def _cache_next(cache: str, outputs: Sequence[ConfigTensor]) -> ConfigTensor:
+    names = (f"{cache}_next", cache.replace("_len", "_next_len"))
+    found = next((tensor for tensor in outputs if tensor.name in names), None)
+    if found is None:
+        raise ValueError(f"cache-aware encoder: no output {names[0]!r} for its input {cache!r}")
+    return found
+
+
+def _sequence_block(caches: Sequence[ConfigTensor], outputs: Sequence[ConfigTensor], flavour: Flavour) -> str:
+    """`sequence_batching`: implicit state of every cache (production), or the oldest strategy for the
+    stateful Python model (cpu)."""
+    if flavour == "cpu":
+        return (
+            "sequence_batching {\n"
+            f"  max_sequence_idle_microseconds: {SEQUENCE_IDLE_MICROSECONDS}\n"
+            "  oldest {\n    max_candidate_sequences: 1024\n    max_queue_delay_microseconds: 0\n  }\n}\n"
+        )
+    states = []
+    for cache in caches:
+        dims = ", ".join(str(d if d > 0 else 1) for d in cache.dims)  # one stream's: batch 1
+        states.append(
+            "    {\n"
+            f'      input_name: "{cache.name}"\n'
+            f'      output_name: "{_cache_next(cache.name, outputs).name}"\n'
+            f"      data_type: {cache.data_type}\n"
+            f"      dims: [ {dims} ]\n"
+            "      initial_state: {\n"
+            f"        data_type: {cache.data_type}\n"
+            f"        dims: [ {dims} ]\n"
+            "        zero_data: true\n"
+            '        name: "zeros"\n'
+            "      }\n"
+            "    }"
+        )
+    return (
+        "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {SEQUENCE_IDLE_MICROSECONDS}\n"
+        "  direct { }\n"
+        "  state [\n" + ",\n".join(states) + "\n  ]\n}\n"
+    )
+
+
 def config_pbtxt(
     name: str,
     inputs: Sequence[ConfigTensor],
@@ -119,8 +194,10 @@ def config_pbtxt(
     instance_count: int = 1,
     gpus: Sequence[int] | None = None,
     parameters: Mapping[str, str] | None = None,
+    keep_caches: bool = True,
 ) -> str:
-    """The text of one model's `config.pbtxt` (`max_batch_size: 0`: dims include the batch dim)."""
+    """The text of one model's `config.pbtxt` (`max_batch_size: 0`: dims include the batch dim; a
+    cache-aware encoder that keeps its caches: see the module docstring)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     if instance_count < 1:
@@ -130,9 +207,21 @@ def config_pbtxt(
         parts.append('backend: "python"\n')
     else:
         parts.append('platform: "onnxruntime_onnx"\n')
-    parts.append("max_batch_size: 0\n")
+    sequence = ""
+    if keep_caches and is_cache_aware_encoder(inputs):
+        caches = [tensor for tensor in inputs if tensor.name in CACHE_INPUTS]
+        nexts = {_cache_next(cache.name, outputs).name for cache in caches}
+        sequence = _sequence_block(caches, outputs, flavour)
+        inputs = [tensor for tensor in inputs if tensor.name not in CACHE_INPUTS]
+        outputs = [tensor for tensor in outputs if tensor.name not in nexts]
+        if flavour == "cpu":  # batched by the sequence batcher: dims without the batch axis
+            inputs = [attrs.evolve(tensor, dims=tensor.dims[1:]) for tensor in inputs]
+            outputs = [attrs.evolve(tensor, dims=tensor.dims[1:]) for tensor in outputs]
+            parameters = {**(parameters or {}), SEQUENCE_STATE_PARAMETER: ",".join(c.name for c in caches)}
+    parts.append(f"max_batch_size: {STATEFUL_MAX_BATCH if sequence and flavour == 'cpu' else 0}\n")
     parts.append(_tensor_block("input", inputs))
     parts.append(_tensor_block("output", outputs))
+    parts.append(sequence)
     if flavour == "cpu":
         group = f"  {{\n    kind: KIND_CPU\n    count: {instance_count}\n  }}"
     else:
@@ -171,6 +260,11 @@ def _external_data_files(path: Path) -> list[str]:
 def python_model_source() -> Path:
     """The generic Python-backend model that CPU-flavour repositories use as `1/model.py`."""
     return Path(__file__).with_name("triton_python_model.py")
+
+
+def stateful_model_source() -> Path:
+    """The Python-backend model that keeps a cache-aware encoder's caches per sequence (cpu flavour)."""
+    return Path(__file__).with_name("triton_stateful_model.py")
 
 
 DECODE_MAX_BATCH = 64
@@ -291,9 +385,11 @@ def write_model(
     gpus: Sequence[int] | None = None,
     parameters: Mapping[str, str] | None = None,
     decode_model: bool = True,
+    keep_caches: bool = True,
 ) -> Path:
     """Write `<dest>/<name>/` (config, `1/model.onnx` with its external data, `1/model.py` for cpu);
-    for a `decoder_joint`, its decode model too (unless `decode_model` is False)."""
+    for a `decoder_joint`, its decode model too (unless `decode_model` is False); a cache-aware
+    encoder keeps its caches in Triton unless `keep_caches` is False."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     model_dir = dest / name
@@ -302,12 +398,21 @@ def write_model(
     _link_or_copy(onnx_path, version_dir / "model.onnx")
     for data_name in _external_data_files(onnx_path):
         _link_or_copy(onnx_path.parent / data_name, version_dir / data_name)
-    if flavour == "cpu":
-        shutil.copyfile(python_model_source(), version_dir / "model.py")
     inputs, outputs = onnx_tensors(onnx_path)
+    if flavour == "cpu":
+        stateful = keep_caches and is_cache_aware_encoder(inputs)
+        source = stateful_model_source() if stateful else python_model_source()
+        shutil.copyfile(source, version_dir / "model.py")
     count = instance_count if instance_count is not None else (2 if flavour == "cpu" else 1)
     text = config_pbtxt(
-        name, inputs, outputs, flavour, instance_count=count, gpus=gpus, parameters=parameters
+        name,
+        inputs,
+        outputs,
+        flavour,
+        instance_count=count,
+        gpus=gpus,
+        parameters={**onnx_properties(onnx_path), **(parameters or {})},
+        keep_caches=keep_caches,
     )
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     if decode_model and is_decoder_joint(inputs):
@@ -325,13 +430,15 @@ def build_repository(
     gpus: Sequence[int] | None = None,
     parameters: Mapping[str, Mapping[str, str]] | None = None,
     clean: bool = False,
+    keep_caches: bool = True,
 ) -> Path:
     """Write a ready Triton repository at `dest` from the source repository `source_repo`.
 
     `instance_count` is one count for every model or a per-model mapping (default: 2 per model on
     the CPU, 1 per GPU model); `gpus` lists the GPU ids of production instance groups (default: all);
     `parameters` maps a model name to its string parameters (e.g. `{"slow": {"delay_seconds": "2"}}`
-    for a deliberately slow CPU model). `clean` removes `dest` first. Returns `dest`.
+    for a deliberately slow CPU model). `clean` removes `dest` first; `keep_caches` False makes cache-aware
+    encoders plain models whose caches travel with every call (to measure what that costs). Returns `dest`.
     """
     source_repo = Path(source_repo)
     dest = Path(dest)
@@ -353,6 +460,7 @@ def build_repository(
             instance_count=_per_model(instance_count, name, default_count),
             gpus=gpus,
             parameters=(parameters or {}).get(name),
+            keep_caches=keep_caches,
         )
     for extra in source_repo.iterdir():  # vocabularies, model_sets.toml, the model card
         if extra.is_file():
@@ -389,9 +497,13 @@ def build_repository_from_nemo_export(
     """Write a Triton repository from a NeMo RNN-T/TDT ONNX export (as onnx-asr loads it).
 
     `export_dir` holds `encoder-model.onnx` (with its external data file, if any),
-    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`.
+    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`,
+    or for a cache-aware encoder (NeMo's export with `cache_support`) the streaming preprocessor made
+    from it (`amira.tooling.streaming_preprocessor`); such a set needs `chunk_size` and
+    `pre_encode_cache_size` in its model-sets table unless the encoder's metadata has them.
     """
     from amira.models import onnx_asr_preprocessor
+    from amira.tooling.streaming_preprocessor import write_streaming_preprocessor
 
     export_dir = Path(export_dir)
     dest = Path(dest)
@@ -405,8 +517,12 @@ def build_repository_from_nemo_export(
         shutil.rmtree(dest)
     dest.mkdir(parents=True, exist_ok=True)
     default_count = 2 if flavour == "cpu" else 1
+    preprocessor = onnx_asr_preprocessor(f"nemo{size}")
+    if is_cache_aware_encoder(onnx_tensors(export_dir / NEMO_ENCODER_FILE)[0]):
+        preprocessor = dest / f".{preprocessor_name}-streaming.onnx"
+        write_streaming_preprocessor(preprocessor, size)
     sources = {
-        preprocessor_name: onnx_asr_preprocessor(f"nemo{size}"),
+        preprocessor_name: preprocessor,
         encoder_name: export_dir / NEMO_ENCODER_FILE,
         decoder_joint_name: export_dir / NEMO_DECODER_JOINT_FILE,
     }
@@ -420,4 +536,6 @@ def build_repository_from_nemo_export(
             gpus=gpus,
         )
     shutil.copyfile(export_dir / "vocab.txt", dest / "vocab.txt")
+    if preprocessor.parent == dest:
+        preprocessor.unlink()
     return dest
