@@ -27,6 +27,7 @@ from amira.models import model_file, onnx_asr_preprocessor, shipped_repository
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
 from amira.testing.recordings import LIBRIVOX, pcm16, read_recording
+from amira.testing.reference import greedy_frame_by_frame
 from amira.testing.servers import embedded_settings, write_model_sets
 
 REPOSITORY = shipped_repository()
@@ -89,35 +90,8 @@ def reference_tokens(
         caches = {"cache_last_channel": channel, "cache_last_time": time}
         previous = signal[:, signal.shape[1] - pre_encode :]
         frames.append(encoded[0, :, : int(length[0])])
-    encoded = np.concatenate(frames, axis=1)
-    state_shape = joint.get_inputs()[3].shape
-    h = np.zeros((state_shape[0], 1, state_shape[2]), np.float32)
-    c = h.copy()
     vocab = joint.get_outputs()[0].shape[3] - len(durations)
-    blank, last, t, emitted, tokens = vocab - 1, vocab - 1, 0, 0, []
-    while t < encoded.shape[1]:
-        logits, _, h_next, c_next = joint.run(
-            None,
-            {
-                "encoder_outputs": encoded[None, :, t : t + 1],
-                "targets": np.array([[last]], np.int32),
-                "target_length": np.array([1], np.int32),
-                "input_states_1": h,
-                "input_states_2": c,
-            },
-        )
-        row = logits[0, 0, 0]
-        token = int(row[:vocab].argmax())
-        duration = durations[int(row[vocab:].argmax())] if durations else 1
-        if token == blank:
-            t, emitted = t + max(duration, 1), 0
-            continue
-        tokens.append(token)
-        last, h, c, emitted = token, h_next, c_next, emitted + 1
-        if durations and duration > 0:
-            t, emitted = t + duration, 0
-        elif emitted == 10:
-            t, emitted = t + 1, 0
+    tokens, _, _ = greedy_frame_by_frame(joint, np.concatenate(frames, axis=1), vocab, durations)
     return tokens
 
 

@@ -103,36 +103,51 @@ class FrameByFrame:
         waveforms = np.asarray(waveform, np.float32)[None]
         features, lengths = pre.run(None, {"waveforms": waveforms, "waveforms_lens": [waveforms.shape[1]]})
         (encoded,), (frames,) = enc.run(None, {"audio_signal": features, "length": lengths})
-        shape = dec.get_inputs()[3].shape  # input_states_1: [L, B, H]
-        h = c = np.zeros((shape[0], 1, shape[2]), np.float32)
-        blank = self.vocab_size - 1
-        last, t, symbols = blank, 0, 0
-        tokens: list[int] = []
-        token_frames: list[int] = []
-        taken: dict[int, int] = {}
-        while t < frames:
-            logits, _, h_next, c_next = dec.run(
-                None,
-                {
-                    "encoder_outputs": encoded[None, :, t : t + 1],
-                    "targets": np.array([[last]], np.int32),
-                    "target_length": np.array([1], np.int32),
-                    "input_states_1": h,
-                    "input_states_2": c,
-                },
-            )
-            row = logits[0, 0, 0]
-            token = int(row[: self.vocab_size].argmax())
-            duration = self.durations[int(row[self.vocab_size :].argmax())] if self.durations else 1
-            taken[duration] = taken.get(duration, 0) + 1
-            if token == blank:
-                t, symbols = t + max(duration, 1), 0
-                continue
-            tokens.append(token)
-            token_frames.append(t)
-            last, h, c, symbols = token, h_next, c_next, symbols + 1
-            if self.durations and duration > 0:
-                t, symbols = t + duration, 0
-            elif symbols == self.max_symbols:
-                t, symbols = t + 1, 0
-        return tokens, token_frames, taken
+        return greedy_frame_by_frame(
+            dec, encoded[:, :frames], self.vocab_size, self.durations, self.max_symbols
+        )
+
+
+def greedy_frame_by_frame(
+    joint: Any,
+    encoded: npt.NDArray[np.float32],
+    vocab_size: int,
+    durations: tuple[int, ...] = (),
+    max_symbols: int = 10,
+) -> tuple[list[int], list[int], dict[int, int]]:
+    """The spec's greedy loop over encoder frames `encoded` [D, T], one call of the onnxruntime
+    session `joint` (a `decoder_joint`) per step: `(token_ids, token_frames, taken)`, where `taken`
+    counts the duration values used. Written from the spec, sharing nothing with `amira.core`."""
+    shape = joint.get_inputs()[3].shape  # input_states_1: [L, B, H]
+    h = c = np.zeros((shape[0], 1, shape[2]), np.float32)
+    blank = vocab_size - 1
+    last, t, symbols = blank, 0, 0
+    tokens: list[int] = []
+    token_frames: list[int] = []
+    taken: dict[int, int] = {}
+    while t < encoded.shape[1]:
+        logits, _, h_next, c_next = joint.run(
+            None,
+            {
+                "encoder_outputs": encoded[None, :, t : t + 1],
+                "targets": np.array([[last]], np.int32),
+                "target_length": np.array([1], np.int32),
+                "input_states_1": h,
+                "input_states_2": c,
+            },
+        )
+        row = logits[0, 0, 0]
+        token = int(row[:vocab_size].argmax())
+        duration = durations[int(row[vocab_size:].argmax())] if durations else 1
+        taken[duration] = taken.get(duration, 0) + 1
+        if token == blank:
+            t, symbols = t + max(duration, 1), 0
+            continue
+        tokens.append(token)
+        token_frames.append(t)
+        last, h, c, symbols = token, h_next, c_next, symbols + 1
+        if durations and duration > 0:
+            t, symbols = t + duration, 0
+        elif symbols == max_symbols:
+            t, symbols = t + 1, 0
+    return tokens, token_frames, taken
