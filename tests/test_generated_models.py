@@ -81,7 +81,7 @@ def test_repository_layout() -> None:
         "vocabulary": "vocab_test.txt",
     }
     assert sets["rnnt"]["encoder"] == "encoder_rnnt" and sets["rnnt"]["decoder_joint"] == "decoder_joint_rnnt"
-    assert (REPOSITORY / "preprocessor/1/model.source").read_text().strip() == "onnx_asr:nemo128"
+    assert (REPOSITORY / "preprocessor/1/model.source").read_text().strip() == "onnx_asr:nemo128_conv"
     for model in ("preprocessor", "encoder_tdt", "decoder_joint_tdt", "encoder_rnnt", "decoder_joint_rnnt"):
         config = (REPOSITORY / model / "config.pbtxt").read_text()
         assert f'name: "{model}"' in config and 'platform: "onnxruntime_onnx"' in config

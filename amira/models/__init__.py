@@ -3,8 +3,13 @@
 A repository has the Triton layout (`<repo>/<model>/config.pbtxt`, `<repo>/<model>/1/model.onnx`,
 `<repo>/vocab.txt`). The preprocessor is the real NeMo feature graph that the onnx-asr package
 ships; rather than copying it, a repository may name it in `<repo>/<model>/1/model.source`
-(`onnx_asr:nemo128` or `onnx_asr:nemo80`), and it is taken from the installed package when the
-repository is loaded or built.
+(`onnx_asr:nemo128_conv`, or another of `ONNX_ASR_PREPROCESSORS`), and it is taken from the
+installed package when the repository is loaded or built.
+
+AMIRA serves onnx-asr's `_conv` variants (`nemo_preprocessor`): the same NeMo features with the STFT
+written as a convolution, which onnxruntime runs about 3x faster on a CPU than the `STFT` operator
+of `nemo128.onnx` (1.3 against 4.0 ms for a 3 s clip, one thread); the two agree within 1e-4, and
+every test recording gives the same tokens with either.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ from importlib.resources import files
 from pathlib import Path
 
 ONNX_ASR_PREFIX = "onnx_asr:"
-ONNX_ASR_PREPROCESSORS = ("nemo128", "nemo80")
+ONNX_ASR_PREPROCESSORS = ("nemo128", "nemo80", "nemo128_conv", "nemo80_conv")
+
+
+def nemo_preprocessor(feature_size: int) -> str:
+    """The onnx-asr preprocessor graph AMIRA serves for NeMo models of `feature_size` mel bins."""
+    return f"nemo{feature_size}_conv"
 
 
 def shipped_repository() -> Path:

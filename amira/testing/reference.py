@@ -61,7 +61,7 @@ def reference_decoder(repository: Path, model_set: str, tmp_path: Path) -> Refer
         kind,
         directory,
         providers=["CPUExecutionProvider"],
-        preprocessor_config={"use_numpy_preprocessors": False, "use_conv_preprocessors": False},
+        preprocessor_config={"use_numpy_preprocessors": False, "use_conv_preprocessors": True},
     )
     return ReferenceDecoder(adapter)
 

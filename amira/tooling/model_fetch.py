@@ -42,7 +42,7 @@ import numpy as np
 from amira.core.model_set import ModelSetConfig, ModelSetError, validate_model_set
 from amira.core.tensors import ModelMetadata, TensorSpec
 from amira.core.vocabulary import Vocabulary, VocabularyError
-from amira.models import onnx_asr_preprocessor
+from amira.models import nemo_preprocessor, onnx_asr_preprocessor
 from amira.tooling import triton_repository
 
 ENCODER_FILE = "encoder-model.onnx"
@@ -223,7 +223,7 @@ def verify_contract(export_dir: Path, set_name: str) -> tuple[str, int]:
         vocabulary_path = export_dir / VOCABULARY_FILE
         vocabulary = Vocabulary.parse(vocabulary_path.read_text(encoding="utf-8"), str(vocabulary_path))
         metadata = {
-            "preprocessor": onnx_metadata(onnx_asr_preprocessor(f"nemo{feature_size}"), "preprocessor"),
+            "preprocessor": onnx_metadata(onnx_asr_preprocessor(nemo_preprocessor(feature_size)), "preprocessor"),
             "encoder": onnx_metadata(export_dir / ENCODER_FILE, "encoder"),
             "decoder_joint": onnx_metadata(export_dir / DECODER_JOINT_FILE, "decoder_joint"),
         }

@@ -41,7 +41,7 @@ IR_VERSION = 8
 # The ONNX `producer_name`: the generator's module path when the shipped models were first written;
 # kept as is so that they regenerate byte for byte.
 PRODUCER = "amira.models.generate"
-PREPROCESSOR_SOURCE = "onnx_asr:nemo128"
+PREPROCESSOR_SOURCE = "onnx_asr:nemo128_conv"
 BLANK = "<blk>"
 
 TEST_VOCABULARY = "vocab_test.txt"

@@ -497,12 +497,12 @@ def build_repository_from_nemo_export(
     """Write a Triton repository from a NeMo RNN-T/TDT ONNX export (as onnx-asr loads it).
 
     `export_dir` holds `encoder-model.onnx` (with its external data file, if any),
-    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>`,
+    `decoder_joint-model.onnx` and `vocab.txt`; the preprocessor is onnx-asr's `nemo<feature_size>_conv`,
     or for a cache-aware encoder (NeMo's export with `cache_support`) the streaming preprocessor made
     from it (`amira.tooling.streaming_preprocessor`); such a set needs `chunk_size` and
     `pre_encode_cache_size` in its model-sets table unless the encoder's metadata has them.
     """
-    from amira.models import onnx_asr_preprocessor
+    from amira.models import nemo_preprocessor, onnx_asr_preprocessor
     from amira.tooling.streaming_preprocessor import write_streaming_preprocessor
 
     export_dir = Path(export_dir)
@@ -517,7 +517,7 @@ def build_repository_from_nemo_export(
         shutil.rmtree(dest)
     dest.mkdir(parents=True, exist_ok=True)
     default_count = 2 if flavour == "cpu" else 1
-    preprocessor = onnx_asr_preprocessor(f"nemo{size}")
+    preprocessor = onnx_asr_preprocessor(nemo_preprocessor(size))
     if is_cache_aware_encoder(onnx_tensors(export_dir / NEMO_ENCODER_FILE)[0]):
         preprocessor = dest / f".{preprocessor_name}-streaming.onnx"
         write_streaming_preprocessor(preprocessor, size)
