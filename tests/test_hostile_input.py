@@ -84,7 +84,7 @@ class WellBehavedClient:
                 if response.status_code != 200 or response.json()["metadata"]["tokens"] != self.expected:
                     self.problems.append(f"batch: {response.status_code} {response.text[:200]}")
                 url = self.base.replace("http://", "ws://") + "/v2/decode/stream/default"
-                async with open_websocket_url(url) as ws:
+                async with open_websocket_url(url, message_queue_size=64) as ws:  # see fuzz_stream
                     await ws.send_message(PCM)
                     await ws.send_message(b"\x00")
                     record = await read_until_closed(ws)  # a broken wire rule fails the client
@@ -189,8 +189,12 @@ frames = st.lists(
 
 async def fuzz_stream(url: str, messages: list) -> None:
     """Whatever the frames, the stream ends by the wire rules (`read_until_closed` checks them): one
-    COMPLETE and 1000, or one documented ERROR and its close code."""
-    async with open_websocket_url(url) as ws:
+    COMPLETE and 1000, or one documented ERROR and its close code.
+
+    The client keeps up to 64 messages unread: with trio-websocket's default of one, its reader
+    waits to hand over the ERROR while the ACTIVE before it is unread, and when a frame this client
+    sends after the server closed fails (1006), the library drops that waiting ERROR."""
+    async with open_websocket_url(url, message_queue_size=64) as ws:
         for message in messages:
             try:
                 await ws.send_message(message)
@@ -354,7 +358,7 @@ def test_deepgram_prerecorded_answers_every_body_in_deepgram_shape(
 
 async def fuzz_live(url: str, messages: list, types: set[str], end: str | bytes | None) -> None:
     """Send the messages; every answer is a JSON message of the dialect, every close code documented."""
-    async with open_websocket_url(url) as ws:
+    async with open_websocket_url(url, message_queue_size=64) as ws:  # see fuzz_stream
         for message in messages:
             try:
                 await ws.send_message(message)
