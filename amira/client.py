@@ -131,11 +131,19 @@ class StreamClient:
                 return
 
 
+RESULT_BUFFER = 64
+
+
 @asynccontextmanager
 async def open_stream_client(url: str, sample_rate: int = MODEL_SAMPLE_RATE) -> AsyncIterator[StreamClient]:
     if sample_rate != MODEL_SAMPLE_RATE:
         url = f"{url}{'&' if '?' in url else '?'}sample_rate={sample_rate}"
-    async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as connection:
+    # Results wait unread up to RESULT_BUFFER deep: with trio-websocket's default of one, a frame
+    # sent after the server closed (1006 on our side) makes the library drop a result still waiting
+    # to be handed over, such as the server's ERROR.
+    async with open_websocket_url(
+        url, max_message_size=16 * 1024 * 1024, message_queue_size=RESULT_BUFFER
+    ) as connection:
         yield StreamClient(connection, sample_rate)
 
 
