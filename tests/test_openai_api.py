@@ -144,7 +144,14 @@ async def test_streamed_deltas_join_to_the_final_text(base_url: str) -> None:
 async def test_models_and_errors_in_openai_shape(base_url: str) -> None:
     sdk = client(base_url)
     listed = await in_thread(sdk.models.list)
-    assert sorted(m.id for m in listed.data) == ["default", "rnnt", "tdt"]
+    assert sorted(m.id for m in listed.data) == [
+        "cache_aware",
+        "cache_aware_batch_first",
+        "default",
+        "default-streaming",
+        "rnnt",
+        "tdt",
+    ]
     assert Model.model_validate(listed.data[0].model_dump()).owned_by == "amira"
     assert (await in_thread(lambda: sdk.models.retrieve("tdt"))).id == "tdt"
     raw = await in_thread(
