@@ -196,7 +196,7 @@ def create_backend(settings: Settings) -> Backend:
         )
     from amira.backends.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(settings.model_repository)
+    return EmbeddedBackend(settings.model_repository, max_running_calls=settings.inference_threads)
 
 
 def read_vocabulary(config: ModelSetConfig) -> Vocabulary:

@@ -216,6 +216,7 @@ class Settings:
     inference_timeout_secs: float = 5.0
     max_concurrent_streams: int = 10
     max_concurrent_batches: int = 50
+    inference_threads: int | None = None  # embedded: model calls running at once; None: the cores
     stream_timeout_secs: float = 30.0
     max_batch_audio_secs: float = 4 * 3600.0
     max_batch_body_bytes: int = 256 * 1_048_576
@@ -337,6 +338,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "INFERENCE_TIMEOUT_SECS": ("inference_timeout_secs", _positive_float),
     "MAX_CONCURRENT_STREAMS": ("max_concurrent_streams", _positive_int),
     "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", _positive_int),
+    "INFERENCE_THREADS": ("inference_threads", _positive_int),
     "STREAM_TIMEOUT_SECS": ("stream_timeout_secs", _positive_float),
     "MAX_BATCH_AUDIO_SECS": ("max_batch_audio_secs", _positive_float),
     "MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _positive_int),

@@ -4,6 +4,9 @@ batching scheduler keeps the limits, cancellation and state pool of unbatched de
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import trio
 
@@ -126,3 +129,35 @@ def test_decode_settings_parse() -> None:
     settings = Settings.from_env({"DECODE_MODE": "Per-Call", "DECODER_BATCH_WINDOW_MS": "2.5"})
     assert settings.decode_mode is DecodeMode.PER_CALL
     assert settings.decoder_batch_window_ms == 2.5
+
+
+async def test_the_embedded_backend_runs_at_most_inference_threads_calls_at_once() -> None:
+    """`INFERENCE_THREADS=2`: of eight calls started together (under a stream cap of eight), two
+    run at a time and the others wait their turn in trio, not in threads; every one completes."""
+    assert Settings.from_env({"INFERENCE_THREADS": "2"}).inference_threads == 2
+    with pytest.raises(SettingsError, match="INFERENCE_THREADS"):
+        Settings.from_env({"INFERENCE_THREADS": "0"})
+    backend = create_backend(embedded_settings(inference_threads=2))
+    running, most, done = 0, 0, 0
+    callers = trio.CapacityLimiter(8)  # the callers' own cap, as a stream policy's
+    counting = threading.Lock()
+
+    def work() -> None:
+        nonlocal running, most
+        with counting:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with counting:
+            running -= 1
+
+    async def call() -> None:
+        nonlocal done
+        await backend.run_blocking(work, callers)
+        done += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(call)
+    assert done == 8 and most == 2
+    assert create_backend(embedded_settings()).max_running_calls >= 1  # default: the usable cores

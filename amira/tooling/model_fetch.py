@@ -223,7 +223,9 @@ def verify_contract(export_dir: Path, set_name: str) -> tuple[str, int]:
         vocabulary_path = export_dir / VOCABULARY_FILE
         vocabulary = Vocabulary.parse(vocabulary_path.read_text(encoding="utf-8"), str(vocabulary_path))
         metadata = {
-            "preprocessor": onnx_metadata(onnx_asr_preprocessor(nemo_preprocessor(feature_size)), "preprocessor"),
+            "preprocessor": onnx_metadata(
+                onnx_asr_preprocessor(nemo_preprocessor(feature_size)), "preprocessor"
+            ),
             "encoder": onnx_metadata(export_dir / ENCODER_FILE, "encoder"),
             "decoder_joint": onnx_metadata(export_dir / DECODER_JOINT_FILE, "decoder_joint"),
         }
