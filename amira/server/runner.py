@@ -11,6 +11,7 @@ trying in the background until the backend comes back.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 import sys
@@ -251,6 +252,16 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
+def freeze_startup_objects() -> None:
+    """Take every object alive once the server is ready (modules, sessions, the app) out of the
+    garbage collector's view (`gc.freeze`, after one last collection). Otherwise each full
+    collection walks all of them while holding the GIL: with 100 streams on 2 cores it stopped the
+    event loop for 55 to 75 ms every few seconds (`bench.stream`, the stalls); with them frozen, at
+    most about 20 ms. What the server makes from then on is collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     settings: Settings,
     recognizer: Recognizer | None = None,
@@ -287,6 +298,7 @@ async def serve(
             except (BackendFailure, trio.TooSlowError) as exc:
                 log.warning("starting without the backend (%s); /ready reports 503 until it answers", exc)
             app = track_requests(guard_sends(close_when_body_unread(create_app(state))), state)
+            freeze_startup_objects()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_loading, state)
                 nursery.start_soon(state.drain_after_shutdown)
