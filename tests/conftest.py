@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -188,6 +189,18 @@ def build_test_repository(dest: Path, instance_count: int | None = None) -> Path
     make_broken_encoder(broken)
     write_model(broken, dest, "encoder_broken", "cpu", instance_count=1)
     return dest
+
+
+@asynccontextmanager
+async def started_triton(repository: Path, log_path: Path) -> AsyncIterator[TritonProcess]:
+    """A Triton of a test's own on `repository` (a test may kill and restart it); stopped on exit."""
+    triton = TritonProcess(repository, log_path=log_path, startup_timeout=120)
+    await triton.astart()
+    try:
+        yield triton
+    finally:
+        with trio.CancelScope(shield=True):
+            await triton.astop()
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from amira.testing.recordings import LIBRIVOX, read_recording
 from amira.testing.servers import embedded_settings, write_model_sets
 from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository, write_model
-from tests.conftest import TritonFixture
+from tests.conftest import TritonFixture, started_triton
 from tests.test_cache_aware import SETS, finalized_segments, reference_tokens
 
 CLIP = read_recording(LIBRIVOX[0])
@@ -130,13 +130,8 @@ async def own_triton(tmp_path: Path) -> AsyncIterator[TritonProcess]:
     """A Triton of the test's own with the cache-aware set, to restart."""
     models = ["preprocessor_streaming", "encoder_cache_aware", "decoder_joint_rnnt"]
     repository = build_repository(shipped_repository(), tmp_path / "repository", "cpu", models=models)
-    triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
-    await triton.astart()
-    try:
+    async with started_triton(repository, tmp_path / "triton.log") as triton:
         yield triton
-    finally:
-        with trio.CancelScope(shield=True):
-            await triton.astop()
 
 
 async def test_a_triton_restart_mid_stream_ends_the_stream_with_backend_unavailable(

@@ -25,7 +25,7 @@ from amira.testing.ws_protocol import (
 )
 from amira.tooling.triton_launcher import TritonProcess
 from amira.tooling.triton_repository import build_repository
-from tests.conftest import TritonFixture
+from tests.conftest import TritonFixture, started_triton
 
 pytestmark = pytest.mark.triton  # every test here runs a real Triton
 
@@ -105,13 +105,8 @@ async def own_triton(tmp_path: Path) -> TritonProcess:
         shipped_repository(), tmp_path / "repository", "cpu",
         models=list(OWN_SET[:3]), instance_count=1,
     )  # fmt: skip
-    triton = TritonProcess(repository, log_path=tmp_path / "triton.log", startup_timeout=120)
-    await triton.astart()
-    try:
+    async with started_triton(repository, tmp_path / "triton.log") as triton:
         yield triton
-    finally:
-        with trio.CancelScope(shield=True):
-            await triton.astop()
     assert triton.leftovers() == ([], [])  # killed and restarted: no stub, no shared memory left
 
 
