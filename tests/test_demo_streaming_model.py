@@ -94,3 +94,24 @@ async def over_triton(nursery: trio.Nursery, asr_triton: TritonFixture) -> str:
 async def test_the_real_recordings_come_out_exactly_over_triton(over_triton: str) -> None:
     for path, text in REAL_DOMAIN:
         assert (await stream(over_triton, read_recording(path), 0.1))[-1]["transcription"] == text, path.name
+
+
+async def test_a_long_recording_comes_out_segment_by_segment_through_the_batch_endpoint(
+    embedded: str,
+) -> None:
+    """55 s, the six recordings joined three times: longer than `BATCH_WHOLE_SECS`, so the batch
+    request goes through the stream session, its segments cut at the pauses, each encoded chunk by
+    chunk from fresh caches; every utterance comes out exactly, in its own segment."""
+    audio, _ = joined_utterances(DOMAIN, repeats=3)
+    assert audio.size > 30 * 16_000
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.post(
+            f"{embedded}/v2/decode/batch/{MODEL}",
+            content=pcm16(audio),
+            headers={"Content-Type": "audio/pcm"},
+        )
+    assert response.status_code == 200, response.text
+    texts = dict(REAL_DOMAIN)
+    assert [segment["text"] for segment in response.json()["segments"]] == [
+        texts[path] for path in DOMAIN
+    ] * 3
