@@ -258,6 +258,7 @@ async def test_calls_spread_over_both_tritons(
         for samples, expected in zip(BATCH_AUDIO, references.batch, strict=True):
             requests.start_soon(one, samples, expected)
 
+    shares = [0, 0]  # the routed calls each Triton answered
     for role, model in ROLES.items():
         served = [
             await inference_count(http, t, model) - served_before[i, model] for i, t in enumerate(tritons)
@@ -268,7 +269,12 @@ async def test_calls_spread_over_both_tritons(
         else:
             assert sum(served) == made, (model, served)  # every call AMIRA made, answered by one of them
         if role in routed:
-            assert min(served) >= 0.3 * sum(served) > 0, (model, served)  # both took a fair share
+            assert sum(served) > 0, (model, served)
+            shares = [share + count for share, count in zip(shares, served, strict=True)]
+    # Both took a fair share of the calls. Not of each model's: requests one at a time alternate
+    # between endpoints call by call, so a model's calls may keep landing on one of them when the
+    # requests make an even number of calls each.
+    assert min(shares) >= 0.3 * sum(shares), shares
     for triton in tritons:
         assert await metric(http, base, "amira_backend_endpoint_up", endpoint=triton.url) == 1
         assert await metric(http, base, "amira_backend_endpoint_call_seconds_count", endpoint=triton.url) > 0
