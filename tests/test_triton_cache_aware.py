@@ -11,7 +11,7 @@ own `ModelConfig` schema instead.
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,26 @@ async def test_a_stream_that_ends_early_still_ends_its_sequence(
     assert engine.calls["encoder_sequence_end"] == probes + 2
 
 
+async def interrupted_stream(
+    url: str, clip: npt.NDArray[np.float32], interrupt: Callable[[], Awaitable[None]]
+) -> StreamError:
+    """Stream 2 s of `clip`, wait until they are encoded, `interrupt()` the backend, send the rest:
+    the stream must end with an error (returned), never with a `COMPLETE` from emptied caches."""
+    async with open_stream_client(url) as client:
+        await client.send_samples_frame(clip[: 16_000 * 2])
+        results = client.results()
+        partial = await anext(results)
+        assert partial["status"] == "ACTIVE" and partial["committed"]
+        await trio.sleep(1.0)  # every chunk of the first 2 s is encoded: the stream waits for audio
+        await interrupt()
+        await client.send_samples_frame(clip[16_000 * 2 :])
+        await client.end()
+        with trio.fail_after(30), pytest.raises(StreamError) as failed:
+            async for result in results:
+                assert result["status"] == "ACTIVE"  # never a COMPLETE from emptied caches
+    return failed.value
+
+
 @pytest.fixture
 async def own_triton(tmp_path: Path) -> AsyncIterator[TritonProcess]:
     """A Triton of the test's own with the cache-aware set, to restart."""
@@ -150,21 +170,14 @@ async def test_a_triton_restart_mid_stream_ends_the_stream_with_backend_unavaila
         stream_outage_secs=30.0,
     )
     base, _ = await start(nursery, settings)
-    async with open_stream_client(ws(base, "ca")) as client:
-        await client.send_samples_frame(CLIP[: 16_000 * 2])
-        results = client.results()
-        partial = await anext(results)
-        assert partial["status"] == "ACTIVE" and partial["committed"]
-        await trio.sleep(1.0)  # every chunk of the first 2 s is encoded: the stream waits for audio
+
+    async def restart() -> None:
         await own_triton.akill()
         await own_triton.astart()
-        await client.send_samples_frame(CLIP[16_000 * 2 :])
-        await client.end()
-        with trio.fail_after(30), pytest.raises(StreamError) as failed:
-            async for result in results:
-                assert result["status"] == "ACTIVE"  # never a COMPLETE from emptied caches
-    assert failed.value.error_type == "backend_unavailable" and failed.value.code == 1011
-    assert "encoder state is gone" in str(failed.value)
+
+    failed = await interrupted_stream(ws(base, "ca"), CLIP, restart)
+    assert failed.error_type == "backend_unavailable" and failed.code == 1011
+    assert "encoder state is gone" in str(failed)
     # a new stream on the restarted Triton starts a new sequence and is exact again
     expected = reference_tokens(*SETS["cache_aware"], CLIP)
     assert (await stream(ws(base, "ca"), CLIP, 0.5))[-1]["metadata"]["tokens"] == expected

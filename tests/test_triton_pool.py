@@ -26,7 +26,7 @@ from trio_websocket import open_websocket_url
 from amira import open_recognizer
 from amira.backends.embedded import EmbeddedBackend
 from amira.backends.triton_pool import EndpointState, TritonPool
-from amira.client import StreamError, open_stream_client
+from amira.client import open_stream_client
 from amira.core.joint import JOINT_OUTPUTS
 from amira.models import model_file, shipped_repository
 from amira.settings import Settings, SettingsError, TritonDecodeModel
@@ -36,6 +36,7 @@ from amira.testing.ws_protocol import StreamRecord, expect_complete, read_until_
 from amira.tooling.triton_launcher import TritonProcess
 from tests.test_cache_aware import SETS as CACHE_AWARE_SETS
 from tests.test_cache_aware import reference_tokens
+from tests.test_triton_cache_aware import interrupted_stream
 from tests.test_triton_streams import stream, ws
 
 SLOW_DELAY = 0.3  # seconds per call of `encoder_slow`, so that calls are surely in flight at a kill
@@ -589,20 +590,12 @@ async def test_a_cache_aware_stream_is_pinned_to_the_triton_that_keeps_its_cache
         assert sorted(grown)[0] == 0 and sorted(grown)[1] > 1, grown  # all on one endpoint
 
     before = await encoder_calls()
-    async with open_stream_client(url) as client:
-        await client.send_samples_frame(clip[: 16_000 * 2])
-        results = client.results()
-        partial = await anext(results)
-        assert partial["status"] == "ACTIVE" and partial["committed"]
-        await trio.sleep(1.0)  # every chunk of the first 2 s is encoded: the stream waits for audio
+
+    async def kill_the_pinned_one() -> None:
         grown = [after - was for after, was in zip(await encoder_calls(), before, strict=True)]
-        pinned = tritons[grown.index(max(grown))]
         assert min(grown) == 0, grown
-        await pinned.akill()
-        await client.send_samples_frame(clip[16_000 * 2 :])
-        await client.end()
-        with trio.fail_after(30), pytest.raises(StreamError) as failed:
-            async for result in results:
-                assert result["status"] == "ACTIVE"  # never a COMPLETE from emptied caches
-    assert failed.value.error_type == "backend_unavailable" and failed.value.code == 1011
+        await tritons[grown.index(max(grown))].akill()
+
+    failed = await interrupted_stream(url, clip, kill_the_pinned_one)
+    assert failed.error_type == "backend_unavailable" and failed.code == 1011
     assert await tokens(0.5) == expected
