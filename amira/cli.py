@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -25,6 +26,7 @@ from amira.core.transcript import Transcript
 from amira.protocols.native_batch import batch_document, text_body
 from amira.recognizer import open_recognizer
 from amira.settings import Settings, SettingsError
+from amira.settings import workers as workers_setting
 
 FORMATS = ("text", "json", "srt", "vtt")
 BAR_WIDTH = 30
@@ -113,18 +115,54 @@ def run_transcribe(settings: Settings, args: argparse.Namespace) -> int:
         return trio.run(transcribe_files, settings, args.files, args.model, response_format, output)
 
 
+async def signalled() -> None:
+    """Return at the first SIGINT or SIGTERM: the server's shutdown trigger."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logging.getLogger("amira.server").info("%s received: shutting down", signal.Signals(signum).name)
+            return
+
+
 async def serve_until_signalled(settings: Settings) -> None:
     from amira.server.runner import serve
 
-    async def shutdown_trigger() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                logging.getLogger("amira.server").info(
-                    "%s received: shutting down", signal.Signals(signum).name
-                )
-                return
+    await serve(settings, shutdown_trigger=signalled)
 
-    await serve(settings, shutdown_trigger=shutdown_trigger)
+
+def serve_as_worker(settings: Settings, listen_fd: int) -> NoReturn:
+    """One of several server processes (`amira.server.workers`): accept on the inherited socket
+    `listen_fd`, stop when standard input closes; SIGINT and SIGTERM are the supervisor's to act on."""
+    from amira.server.runner import serve
+    from amira.server.workers import stdin_closed, worker_settings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    trio.run(partial(serve, worker_settings(settings), shutdown_trigger=stdin_closed, listen_fd=listen_fd))
+    exit_at_once()
+
+
+def supervise_workers(settings: Settings, argv: Sequence[str]) -> int:
+    """`WORKERS` server processes (`amira.server.workers`) on one socket bound here; each runs this
+    command line (`argv`) again with `--listen-fd`."""
+    from amira.server.runner import hypercorn_config
+    from amira.server.workers import listening_socket, supervise
+
+    config = hypercorn_config(settings)
+    try:
+        listener = listening_socket(settings.server_host, settings.server_port, config.backlog)
+    except OSError as exc:
+        print(
+            f"amira: cannot listen on {settings.server_host}:{settings.server_port}: {exc}", file=sys.stderr
+        )
+        return 2
+    with listener:
+        host, port = listener.getsockname()[:2]
+        logging.getLogger("amira.server").info("%d workers on %s port %d", settings.workers, host, port)
+
+        def command(fd: int) -> list[str]:
+            return [sys.executable, "-m", "amira.cli", *argv, "--listen-fd", str(fd)]
+
+        return trio.run(supervise, settings.workers, command, listener, signalled, config.graceful_timeout)
 
 
 def exit_at_once() -> NoReturn:
@@ -145,6 +183,13 @@ def gpu_list(text: str) -> list[int]:
     if not gpus or min(gpus) < 0:
         raise argparse.ArgumentTypeError(f"expected GPU ids like 0,1, got {text!r}")
     return gpus
+
+
+def worker_count(text: str) -> int:
+    try:
+        return workers_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def positive_int(text: str) -> int:
@@ -273,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--model-sets", dest="model_sets_file", type=Path)
+    serve.add_argument(
+        "--workers", type=worker_count, help="server processes on one socket (default: $WORKERS or 1)"
+    )
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's (amira.server.workers)
 
     triton = commands.add_parser(
         "triton",
@@ -365,13 +414,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_model_command(args)
     overrides = {
         key: getattr(args, key, None)
-        for key in ("server_host", "server_port", "triton_endpoint", "model_repository", "model_sets_file")
+        for key in (
+            "server_host",
+            "server_port",
+            "workers",
+            "triton_endpoint",
+            "model_repository",
+            "model_sets_file",
+        )
     }
     try:
         settings = Settings.from_env(**overrides)
         if args.command == "transcribe":
             return run_transcribe(settings, args)
         if args.command == "serve":
+            if args.listen_fd is not None:
+                serve_as_worker(settings, args.listen_fd)
+            if settings.workers > 1:
+                return supervise_workers(settings, sys.argv[1:] if argv is None else argv)
             trio.run(serve_until_signalled, settings)
             exit_at_once()
     except (SettingsError, ModelSetError, RequestError) as exc:

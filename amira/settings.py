@@ -67,6 +67,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_WORKERS = 64
+
+
+def workers(text: str) -> int:
+    """`WORKERS` (and `amira serve --workers`)."""
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS} server processes")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -213,6 +224,8 @@ class Settings:
     decoder_joint_model_name: str = "decoder_joint"
     server_host: str = "0.0.0.0"
     server_port: int = 8057
+    # server processes on one listening socket (`amira.server.workers`); the caps are per process
+    workers: int = 1
     inference_timeout_secs: float = 5.0
     max_concurrent_streams: int = 10
     max_concurrent_batches: int = 50
@@ -335,6 +348,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DECODER_JOINT_MODEL_NAME": ("decoder_joint_model_name", _name),
     "SERVER_HOST": ("server_host", _name),
     "SERVER_PORT": ("server_port", _port),
+    "WORKERS": ("workers", workers),
     "INFERENCE_TIMEOUT_SECS": ("inference_timeout_secs", _positive_float),
     "MAX_CONCURRENT_STREAMS": ("max_concurrent_streams", _positive_int),
     "MAX_CONCURRENT_BATCHES": ("max_concurrent_batches", _positive_int),

@@ -2,7 +2,7 @@
 
     python -m bench.stream [--backend embedded|triton|triton2|both] [--model small|parakeet|demo|both]
                            [--json out.json] [--quick] [--repeat N] [--streams 1,2,5,10,20,50,100,200]
-                           [--decode-modes per-call,batched]
+                           [--decode-modes per-call,batched] [--workers N]
 
 The server runs in its own process (bench/worker.py) with the default streaming windows (chunk
 C = 1.6 s, left context 4.0 s, look-ahead Rc = 1.2 s), one segment per stream and no interim
@@ -34,6 +34,8 @@ a chunk after the first, so that their windows do not all fall due at the same i
 With `--decode-modes per-call,batched` one server runs per decode path (`DECODE_MODE`; with Triton
 the per-call server also has `TRITON_DECODE_MODEL=off`, the batched one uses the decode model) and
 every scenario runs on each in turn, so that their CPU per audio second is compared in one run.
+With `--workers N` the server runs N processes on one socket (`WORKERS`), as `amira serve --workers`
+does; its CPU and calls are then the sum over them, its stall the largest.
 
 Figures are medians over `--repeat` repetitions of each scenario. Separately, each stream's final
 `metadata.tokens` are compared with the batch endpoint's tokens for the same audio (token-level
@@ -271,6 +273,7 @@ async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  #
         # bench.endpointing measure segments and interim refreshes)
         "stream_endpointing_ms": "false",
         "stream_interim_secs": 0,
+        "workers": args.workers,
     }
     async with (
         open_subject(backend, model, args.workdir) as subject,
@@ -330,7 +333,8 @@ async def bench_subject(backend: str, model: str, args) -> dict[str, object]:  #
         for n in levels:
             found = runs[mode, n]
             row: dict[str, object] = {
-                "backend": backend, "model": model, "mode": mode, "streams": n, "repeat": repeat
+                "backend": backend, "model": model, "mode": mode, "workers": args.workers, "streams": n,
+                "repeat": repeat,
             }  # fmt: skip
             row.update({k: median(run[k] for run in found) for k in numeric})  # type: ignore[misc]
             row["errors"] = sum(run["errors"] for run in found)  # type: ignore[misc]
@@ -386,7 +390,7 @@ def targets(subject: dict[str, object], mode: str) -> dict[str, object]:
 
 def report(results: list[dict[str, object]]) -> dict[str, object]:
     columns = (
-        "backend", "model", "decode", "N", "partial p50", "p90", "p99", "final p50", "final p99",
+        "backend", "model", "decode", "workers", "N", "partial p50", "p90", "p99", "final p50", "final p99",
         "CPU s/audio s", "Triton CPU", "load-gen CPU", "load-gen cores", "joint calls/s", "tokens/s",
         "windows/s", "stall ms", "errors", "edit rate",
     )  # fmt: skip
@@ -398,6 +402,7 @@ def report(results: list[dict[str, object]]) -> dict[str, object]:
                 r["backend"],
                 r["model"],
                 r["mode"],
+                r["workers"],
                 r["streams"],
                 r["partial_p50_ms"],
                 r["partial_p90_ms"],
@@ -480,6 +485,9 @@ if __name__ == "__main__":
         type=lambda text: text.split(","),
         default=["batched"],
         help="decode paths to compare side by side (DECODE_MODE), e.g. per-call,batched",
+    )
+    command_line.add_argument(
+        "--workers", type=int, default=1, help="server processes (WORKERS; amira.server.workers)"
     )
     arguments = command_line.parse_args()
     started = time.perf_counter()

@@ -15,22 +15,31 @@ it answers each line on stdin with one JSON line of counters since it started:
   audio given to the preprocessor and encoder.
 
 End of input (or `quit`) shuts the server down.
+
+With `WORKERS` > 1 it runs the server as `amira serve` does then (`amira.server.workers`): it binds
+the socket and starts that many worker processes, each this module with `--listen-fd`, and answers
+each line with their counters summed (`max_stall_ms`: the largest of them; `time`: its own clock).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from functools import partial
+from typing import Any
 
 import trio
 
 from amira.engine import Engine, create_backend
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
+from amira.server.workers import worker_settings
 from amira.settings import Settings
 
 STALL_TICK = 0.010
@@ -84,35 +93,97 @@ def answer(document: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
-async def control(probe: Probe, done: trio.Event) -> None:
+async def stdin_lines() -> AsyncIterator[str]:
+    """The lines of standard input, stripped, to its end."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     buffer = b""
     async with stdin:
-        while True:
-            data = await stdin.receive_some()
-            if not data:
-                break
+        while data := await stdin.receive_some():
             buffer += data
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                command = line.decode().strip()
-                if command == "quit":
-                    done.set()
-                    return
-                if command == "reset":
-                    probe.max_stall = 0.0
-                answer(probe.report())
+                yield line.decode().strip()
+
+
+async def control(probe: Probe, done: trio.Event) -> None:
+    async with aclosing(stdin_lines()) as lines:
+        async for command in lines:
+            if command == "quit":
+                break
+            if command == "reset":
+                probe.max_stall = 0.0
+            answer(probe.report())
     done.set()
+
+
+def merged(reports: list[dict[str, Any]]) -> dict[str, object]:
+    """The counters of several workers as one server's."""
+    calls: Counter[str] = Counter()
+    for report in reports:
+        calls.update(report["calls"])
+    summed = {key: sum(r[key] for r in reports) for key in ("cpu_s", "emitted", "spans", "encoded_s")}
+    return {
+        **summed,
+        "max_stall_ms": max(r["max_stall_ms"] for r in reports),
+        "calls": dict(calls),
+        "time": time.monotonic(),
+    }
+
+
+async def supervise(settings: Settings) -> None:
+    """`settings.workers` probing workers on one socket; every stdin line goes to each of them."""
+    from amira.server.runner import hypercorn_config
+    from amira.server.workers import listening_socket
+    from bench.common import ServerProcess
+
+    with listening_socket(settings.server_host, 0, hypercorn_config(settings).backlog) as listener:
+        fd = listener.fileno()
+        workers = []
+        try:
+            for _ in range(settings.workers):
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "bench.worker", "--listen-fd", str(fd)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    pass_fds=(fd,),
+                )
+                workers.append(ServerProcess(process))
+            urls = [(await worker._line())["url"] for worker in workers]
+            answer({"url": urls[0]})
+            async with aclosing(stdin_lines()) as lines:
+                async for command in lines:
+                    if command == "quit":
+                        break
+                    answer(merged([await worker.probe(reset=command == "reset") for worker in workers]))
+        finally:
+            with trio.CancelScope(shield=True):
+                for worker in workers:
+                    assert worker.process.stdin is not None
+                    await worker.process.stdin.aclose()
+                with trio.move_on_after(60):
+                    for worker in workers:
+                        await worker.process.wait()
+                for worker in workers:
+                    if worker.process.poll() is None:
+                        worker.process.kill()
 
 
 async def main() -> None:
     settings = Settings.from_env(server_host="127.0.0.1", server_port=0)
+    listen_fd = int(sys.argv[2]) if sys.argv[1:2] == ["--listen-fd"] else None
+    if listen_fd is None and settings.workers > 1:
+        await supervise(settings)
+        return
+    if listen_fd is not None:
+        settings = worker_settings(settings)
     recognizer = Recognizer(Engine(create_backend(settings), settings))
     probe = Probe(recognizer)
     done = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, settings, recognizer, shutdown_trigger=done.wait))
+            binds = await nursery.start(
+                partial(serve, settings, recognizer, shutdown_trigger=done.wait, listen_fd=listen_fd)
+            )
             if not recognizer.engine.loaded:
                 raise SystemExit("the backend did not answer at start-up")
             nursery.start_soon(probe.watch_stalls)

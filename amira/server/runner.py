@@ -237,10 +237,14 @@ class _Config(Config):
         return sockets
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings, listen_fd: int | None = None) -> Config:
+    """Hypercorn's configuration; `listen_fd` is a listening socket to accept on instead of binding
+    one (a worker process's, `amira.server.workers`)."""
     config = _Config()
     config.send_timeout_ms = round(settings.stream_timeout_secs * 1000)
-    config.bind = [f"{settings.server_host}:{settings.server_port}"]
+    config.bind = [
+        f"{settings.server_host}:{settings.server_port}" if listen_fd is None else f"fd://{listen_fd}"
+    ]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through the application's logging, once
     # Streams get the drain time, then their final results: the last flush may take a few backend calls.
@@ -267,9 +271,11 @@ async def serve(
     recognizer: Recognizer | None = None,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
+    `listen_fd`: accept on this listening socket (a worker's) instead of binding `SERVER_HOST:PORT`.
 
     Shutdown is graceful and as short as the work in flight allows: `/ready` answers 503 at once
     and new batches and streams are refused (`shutting_down`); idle connections close at once;
@@ -305,7 +311,7 @@ async def serve(
                 nursery.start_soon(watch_event_loop, state.metrics)
                 await serve_connections(
                     app,
-                    hypercorn_config(settings),
+                    hypercorn_config(settings, listen_fd),
                     state,
                     shutdown_trigger or trio.sleep_forever,
                     task_status=task_status,

@@ -1,0 +1,155 @@
+"""`WORKERS`: several `amira serve` processes on one socket (`amira.server.workers`), as real
+processes: the supervisor and its workers, reached over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import trio
+
+from amira.client import open_stream_client
+from amira.testing.process import running_server
+from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
+
+WORKERS = {"WORKERS": "2"}
+SPAWN_SECS = 30.0
+
+
+def children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def wait_for_children(pid: int, count: int, other_than: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+    """The supervisor's `count` workers, once it has them, none of them in `other_than`."""
+    deadline = time.monotonic() + SPAWN_SECS
+    while time.monotonic() < deadline:
+        found = children(pid)
+        if len(found) == count and not found & other_than:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"the supervisor has workers {children(pid)}, expected {count} new ones")
+
+
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections to `port` that process `pid` holds open (its sockets in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_two_workers_share_the_port_and_their_streams_are_exact() -> None:
+    """Streams held open at once land on both workers (the kernel hands each connection to one), and
+    every one gets its recording's transcript."""
+    cases = REAL_DOMAIN * 3
+    # the caps are per worker and the kernel does not balance: room for all of them on either
+    with running_server(WORKERS | {"MAX_CONCURRENT_STREAMS": str(len(cases))}) as server:
+        workers = wait_for_children(server.pid, 2)
+        port = urlparse(server.url).port
+        assert port is not None
+        connected = trio.Semaphore(0)
+        release = trio.Event()
+        finals: list[str | None] = [None] * len(cases)
+
+        async def stream(index: int, path: Path) -> None:
+            async with open_stream_client(f"{server.ws_url}/v2/decode/stream/default") as client:
+                await client.send_pcm(pcm16(read_recording(path)))
+                connected.release()
+                await release.wait()
+                await client.end()
+                async for result in client.results():
+                    finals[index] = result["transcription"]
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for index, (path, _) in enumerate(cases):
+                    nursery.start_soon(stream, index, path)
+                for _ in cases:
+                    await connected.acquire()
+                held = {pid: established_connections(pid, port) for pid in workers}
+                release.set()
+    assert sum(held.values()) == len(cases), held
+    assert all(count > 0 for count in held.values()), f"connections per worker: {held}"
+    assert finals == [text for _, text in cases]
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
+    with running_server(WORKERS) as server:
+        first = wait_for_children(server.pid, 2)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for_children(server.pid, 2, other_than={victim})
+        assert replaced - first and max(first) in replaced
+        deadline = time.monotonic() + SPAWN_SECS
+        while not healthy(server.url):  # the survivor answers meanwhile; the new one soon
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.2)
+        path, text = REAL_DOMAIN[0]
+        for _ in range(6):  # new connections each: some reach the new worker
+            response = httpx.post(
+                f"{server.url}/v2/decode/batch/default",
+                content=path.read_bytes(),
+                headers={"Content-Type": "audio/wav"},
+                timeout=30,
+            )
+            assert response.status_code == 200 and response.json()["transcription"] == text
+        os.kill(server.pid, signal.SIGTERM)  # the supervisor alone, as Docker or Kubernetes would
+        assert server.process.wait(timeout=30) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in replaced)  # stopped, and reaped
+    assert "worker 0 started" in server.log and f"(pid {victim}) exited with status -9" in server.log
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_2(tmp_path: Path) -> None:
+    sets = tmp_path / "sets.toml"
+    sets.write_text(
+        '[model_sets.default]\npreprocessor = "preprocessor"\nencoder = "encoder"\n'
+        'decoder_joint = "decoder_joint"\nvocabulary = "missing.txt"\n'
+    )
+    env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0", "MODEL_SETS_FILE": str(sets)}
+    env.pop("TRITON_ENDPOINT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "amira.cli", "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "missing.txt" in done.stderr and "configuration error: stopping" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_a_bad_worker_count_is_refused(value: str) -> None:
+    env = os.environ | {"WORKERS": value}
+    done = subprocess.run(
+        [sys.executable, "-m", "amira.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and f"WORKERS={value!r}" in done.stderr
