@@ -1,6 +1,7 @@
 """AMIRA against sherpa-onnx's C++ offline WebSocket server and onnx-asr, on identical weights.
 
-    python -m bench.sherpa [--clients 1,4,8] [--rounds 3] [--requests 40] [--json out.json] [--quick]
+    python -m bench.sherpa [--clients 1,4,8] [--rounds 3] [--requests 40] [--workers 2] [--json out.json]
+                           [--quick]
 
 The weights are the random-weight RNN-T test set `rnnt` (RNN-T: sherpa-onnx caps TDT at 5 symbols
 a frame where the contract says 10): AMIRA serves it as is, sherpa-onnx gets the same encoder with
@@ -20,6 +21,8 @@ rotating order), figures the median over rounds:
 * `amira triton`: the AMIRA server on a CPU-flavour Triton with the decode model (one HTTP call per
   recording's span); `amira triton per-call`: the same Triton without it (`TRITON_DECODE_MODEL=off`,
   `DECODE_MODE=per-call`: one HTTP call per `decoder_joint` call);
+* `amira xN`, `amira triton xN`: `amira` and `amira triton` with `--workers N` (default 2) server
+  processes on one socket (`WORKERS`, `amira.server.workers`), as `amira serve --workers N` runs;
 * `onnx-asr`: onnx-asr's `recognize` in this process, one worker thread per client.
 
 CPU seconds per audio second come from /proc/<pid>/stat of every process involved (the server
@@ -239,6 +242,12 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
             decode_mode="per-call",
             triton_decode_model="off",
         ) as amira_triton_per_call,
+        running_server(local, work / "amira-workers.log", workers=args.workers) as amira_workers,
+        running_server(
+            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
+            work / "amira-triton-workers.log",
+            workers=args.workers,
+        ) as amira_triton_workers,
     ):
         sherpa = SherpaPool(nursery, sherpa_url)
         pools = {}
@@ -247,6 +256,8 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
             ("amira per-call", amira_per_call),
             ("amira triton", amira_triton),
             ("amira triton per-call", amira_triton_per_call),
+            (f"amira x{args.workers}", amira_workers),
+            (f"amira triton x{args.workers}", amira_triton_workers),
         ):
             pools[name] = (Http1Pool(server.url), server.process.pid)
 
@@ -382,6 +393,9 @@ def cli() -> None:
     parser.add_argument("--requests", type=int, help="requests per measurement (default 40)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="server processes of the `amira xN` systems (WORKERS)"
+    )
     args = parser.parse_args()
     in_private_network()
     started = time.monotonic()
