@@ -1,6 +1,7 @@
 """Cache-aware streaming: what a chunk costs on the wire, and what the encoder costs per audio second.
 
     python -m bench.cache_aware [--transport] [--cost] [--latency] [--seconds 20] [--json out.json]
+                                [--streams 1,10,50] [--frame-ms 100] [--workers 1]
 
 **Transport** (`--transport`): random cache-aware models with the tensor sizes of Nemotron Speech
 Streaming 0.6B (24 layers, C = 70, K = 8, D = 1024, 56 mel frames a chunk; generated into a temporary
@@ -22,9 +23,12 @@ seconds per audio second (`--seconds` of LibriVox streamed).
 **Latency** (`--latency`): word-to-partial latency of a cache-aware set (default
 `default-streaming`) at its default chunk: N concurrent streams (`--streams 1,10,50`; the stream cap
 raised to N) each send the held-out long recordings of `tests/data/held_out` (utterances of the
-demo domain joined with pauses) in 100 ms frames paced in real time against an absolute clock,
-stream j starting j/N s after the first, to an AMIRA server in its own process (`bench/worker.py`)
-on the embedded backend and on a CPU Triton that keeps the caches (`--backend embedded,triton`).
+demo domain joined with pauses) in 100 ms frames (`--frame-ms`) paced in real time against an
+absolute clock, each frame sent once its last sample has been spoken (the clock's 0 is the stream's
+first sample spoken; until session 5 a frame went out when its first sample was, which made every
+figure 100 ms too small), stream j starting j/N s after the first, to an AMIRA server in its own
+process (`bench/worker.py`; `--workers N` processes, `WORKERS`) on the embedded backend and on a
+CPU Triton that keeps the caches (`--backend embedded,triton`).
 Per word of the stream's final transcript, the latency runs from the word's end (its `end` in the
 final's words, on the stream's real-time clock) to the first result whose text shows it. A
 cache-aware stream commits every token it decodes, so its text only grows and the final is the
@@ -67,7 +71,6 @@ from amira.testing.long_audio import streamed_final
 from amira.testing.servers import embedded_settings, write_model_sets
 from bench.common import Subject, librivox_concatenation, machine, print_table, write_json
 
-FRAME_SECONDS = 0.1
 PAUSE_SECONDS = 0.25  # a pause after a word: where an utterance's speech ends
 
 
@@ -232,14 +235,17 @@ async def cost(windowed: str, cache_aware: str, seconds: float) -> list[dict[str
     return rows
 
 
-async def one_stream(url: str, samples: npt.NDArray[np.float32], delay: float) -> dict[str, Any]:
-    """Stream `samples` in real time after `delay`; (received time, text) of every result, and the
-    final's words with their ends, on the stream's clock (its first sample sent at 0)."""
+async def one_stream(
+    url: str, samples: npt.NDArray[np.float32], delay: float, frame_seconds: float
+) -> dict[str, Any]:
+    """Stream `samples` in real time after `delay`, in frames of `frame_seconds` each sent when its
+    last sample has been spoken; (received time, text) of every result, and the final's words with
+    their ends, on the stream's clock (its first sample spoken at 0)."""
     from amira.client import StreamError, open_stream_client
     from amira.testing.recordings import pcm16
 
     await trio.sleep(delay)
-    step = round(FRAME_SECONDS * 16_000)
+    step = round(frame_seconds * 16_000)
     shown: list[tuple[float, str]] = []
     try:
         async with open_stream_client(url) as client, trio.open_nursery() as nursery:
@@ -247,7 +253,7 @@ async def one_stream(url: str, samples: npt.NDArray[np.float32], delay: float) -
 
             async def send() -> None:
                 for index, offset in enumerate(range(0, samples.size, step)):
-                    await trio.sleep_until(start + index * FRAME_SECONDS)
+                    await trio.sleep_until(start + (index + 1) * frame_seconds)
                     await client.send_pcm(pcm16(samples[offset : offset + step]))
                 await client.end()
 
@@ -283,7 +289,7 @@ async def one_stream(url: str, samples: npt.NDArray[np.float32], delay: float) -
     for (onset, end), (next_onset, _) in zip(spans, [*spans[1:], (math.inf, math.inf)], strict=True):
         # the utterance's last word: the last one emitted before the next utterance began
         own = [
-            i for i, w in enumerate(words[: len(shown_at)]) if onset <= w["end"] <= next_onset + FRAME_SECONDS
+            i for i, w in enumerate(words[: len(shown_at)]) if onset <= w["end"] <= next_onset + frame_seconds
         ]
         if own:
             acoustic.append(shown_at[own[-1]] - end)
@@ -303,12 +309,14 @@ def speech_spans(samples: npt.NDArray[np.float32]) -> list[tuple[float, float]]:
 
 
 async def collect(
-    results: list[dict[str, Any]], url: str, samples: npt.NDArray[np.float32], delay: float
+    results: list[dict[str, Any]], url: str, samples: npt.NDArray[np.float32], delay: float, frame: float
 ) -> None:
-    results.append(await one_stream(url, samples, delay))
+    results.append(await one_stream(url, samples, delay, frame))
 
 
-async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) -> list[dict[str, object]]:
+async def latency(
+    model: str, backends: Sequence[str], counts: Sequence[int], frame_seconds: float, workers: int
+) -> list[dict[str, object]]:
     from amira.testing.long_audio import held_out
     from bench.common import percentile, running_server
 
@@ -320,19 +328,24 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
             async with latency_subject(backend, model, Path(workdir)) as subject:
                 for count in counts:
                     async with running_server(
-                        subject, Path(workdir) / "server.log", max_concurrent_streams=max(count, 10)
+                        subject,
+                        Path(workdir) / "server.log",
+                        max_concurrent_streams=max(count, 10),
+                        workers=workers,
                     ) as server:
                         url = server.url.replace("http://", "ws://") + f"/v2/decode/stream/{model}"
                         results: list[dict[str, Any]] = []
                         async with trio.open_nursery() as nursery:
                             for j in range(count):
-                                nursery.start_soon(collect, results, url, audio, j / count)
+                                nursery.start_soon(collect, results, url, audio, j / count, frame_seconds)
                     values = [v for r in results for v in r.get("latencies", [])]
                     ends = [v for r in results for v in r.get("acoustic", [])]
                     errors = [r["error"] for r in results if "error" in r]
                     rows.append(
                         {
                             "backend": backend,
+                            "workers": workers,
+                            "frame_ms": round(frame_seconds * 1000),
                             "streams": count,
                             "words": len(values),
                             "unshown": sum(int(r.get("unshown", 0)) for r in results),
@@ -343,6 +356,7 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                             "utterance_ends": len(ends),
                             "acoustic_p50_s": percentile(ends, 50),
                             "acoustic_p90_s": percentile(ends, 90),
+                            "acoustic_p99_s": percentile(ends, 99),
                         }
                     )
                     if errors:
@@ -350,6 +364,8 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
     print_table(
         [
             "backend",
+            "workers",
+            "frame ms",
             "streams",
             "words",
             "unshown",
@@ -360,10 +376,13 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
             "utterance ends",
             "from speech end p50 s",
             "p90 s",
+            "p99 s",
         ],
         [
             [
                 r["backend"],
+                r["workers"],
+                r["frame_ms"],
                 r["streams"],
                 r["words"],
                 r["unshown"],
@@ -374,6 +393,7 @@ async def latency(model: str, backends: Sequence[str], counts: Sequence[int]) ->
                 r["utterance_ends"],
                 f"{r['acoustic_p50_s']:.3f}",
                 f"{r['acoustic_p90_s']:.3f}",
+                f"{r['acoustic_p99_s']:.3f}",
             ]
             for r in rows
         ],
@@ -418,6 +438,8 @@ def main() -> None:
         "--backend", default="embedded,triton", help="for --latency: embedded, triton or both"
     )
     parser.add_argument("--streams", default="1,10,50", help="for --latency: concurrent stream counts")
+    parser.add_argument("--frame-ms", type=int, default=100, help="for --latency: the clients' frames")
+    parser.add_argument("--workers", type=int, default=1, help="for --latency: server processes (WORKERS)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -431,7 +453,9 @@ def main() -> None:
             document["cost"] = await cost(args.windowed, args.cache_aware, args.seconds)
         if args.latency or every:
             counts = [int(n) for n in args.streams.split(",")]
-            document["latency"] = await latency(args.cache_aware, args.backend.split(","), counts)
+            document["latency"] = await latency(
+                args.cache_aware, args.backend.split(","), counts, args.frame_ms / 1000, args.workers
+            )
 
     trio.run(run)
     write_json(args.json, document)
