@@ -46,6 +46,11 @@ def test_build_from_the_shipped_repository(tmp_path: Path) -> None:
         assert (tmp_path / "cpu" / model / "1" / "model.py").is_file()
     for extra in ("vocab.txt", "model_sets.toml"):
         assert (tmp_path / "cpu" / extra).read_bytes() == (shipped / extra).read_bytes()
+    # the cpu flavour's decode model runs its own copy of the decoder_joint file, not BLS calls
+    decode = (tmp_path / "cpu" / "decoder_joint_decode" / "config.pbtxt").read_text()
+    assert 'key: "decoder_joint_onnx"' in decode and 'string_value: "decoder_joint.onnx"' in decode
+    joint_copy = tmp_path / "cpu" / "decoder_joint_decode" / "1" / "decoder_joint.onnx"
+    assert joint_copy.read_bytes() == (shipped / "decoder_joint" / "1" / "model.onnx").read_bytes()
 
     production = amira(
         "model-repo", "build", "--from-repository", str(shipped), "--output", str(tmp_path / "prod"),
@@ -61,6 +66,9 @@ def test_build_from_the_shipped_repository(tmp_path: Path) -> None:
         assert not (tmp_path / "prod" / model / "1" / "model.py").exists()
     encoder = (tmp_path / "prod" / "encoder" / "config.pbtxt").read_text()
     assert 'name: "audio_signal"' in encoder and "dims: [ -1, 128, -1 ]" in encoder
+    decode = (tmp_path / "prod" / "decoder_joint_decode" / "config.pbtxt").read_text()
+    assert "decoder_joint_onnx" not in decode  # production: BLS calls to the joint on its GPU
+    assert not (tmp_path / "prod" / "decoder_joint_decode" / "1" / "decoder_joint.onnx").exists()
 
 
 async def test_build_from_a_nemo_export(tmp_path: Path) -> None:

@@ -8,7 +8,14 @@ steps them together: one `decoder_joint` call (Business Logic Scripting, in-proc
 per unfinished span, until every span is decoded. A span whose request does not fit gets an error
 response of its own; a failing `decoder_joint` call fails the spans of that call.
 
-Parameters in `config.pbtxt`: `decoder_joint`, the name of the model to call.
+Parameters in `config.pbtxt`: `decoder_joint`, the name of the model to call; `decoder_joint_onnx`
+(the CPU flavour's), that model's ONNX file copied into this version directory: the model then runs
+it itself with onnxruntime, as the CPU flavour's `decoder_joint` does (the same file, options and
+library: the same tokens), instead of a BLS call per step. A BLS call crosses Triton twice (this
+stub to the core to the `decoder_joint` stub and back), about 0.3 ms; a decode makes one per emitted
+token, so on the CPU that hop, not the model, was most of a request's time (24 of 33 ms for the
+random-weight RNN-T set, `bench/sherpa.py`). In production `decoder_joint` runs on the GPU and is
+called by BLS.
 """
 
 from __future__ import annotations
@@ -31,9 +38,25 @@ INPUTS = ("encoder_outputs", "states_1", "states_2", "state", "spec")
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.decoder_joint = config["parameters"]["decoder_joint"]["string_value"]
+        parameters = config["parameters"]
+        self.decoder_joint = parameters["decoder_joint"]["string_value"]
+        onnx_file = parameters.get("decoder_joint_onnx", {}).get("string_value", "")
+        self.session = None
+        if onnx_file:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
+            self.session = ort.InferenceSession(
+                path, sess_options=options, providers=["CPUExecutionProvider"]
+            )
 
     def _joint(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        if self.session is not None:
+            return dict(zip(JOINT_OUTPUTS, self.session.run(list(JOINT_OUTPUTS), inputs), strict=True))
         request = pb_utils.InferenceRequest(
             model_name=self.decoder_joint,
             requested_output_names=list(JOINT_OUTPUTS),

@@ -29,9 +29,11 @@ caches travel with every call):
 Both flavours get a **decode model** `<decoder_joint>_decode` next to every `decoder_joint` (a model
 whose inputs are `targets` and `input_states_1`): a Python-backend model (`1/model.py`, a copy of
 `amira/tooling/triton_decode_model.py`, with a copy of `amira/core` beside it) that decodes whole
-spans against `decoder_joint` in-process, with dynamic batching (`amira.core.decode_model`). It
-needs numpy and attrs in Triton's Python (`pip install attrs` in a stock Triton image); the
-`decoder_joint` it calls runs where its own config says (on the GPU in production).
+spans next to `decoder_joint`, with dynamic batching (`amira.core.decode_model`). It needs numpy
+and attrs in Triton's Python (`pip install attrs` in a stock Triton image). In production it calls
+`decoder_joint` through BLS (which runs it where its own config says: on the GPU); in the `cpu`
+flavour it runs a copy of `decoder_joint`'s ONNX file itself with onnxruntime, the way the `cpu`
+flavour's `decoder_joint` model does, saving two trips through Triton per emitted token.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ _ONNX_TO_TRITON: dict[int, str] = {
 
 NEMO_ENCODER_FILE = "encoder-model.onnx"
 NEMO_DECODER_JOINT_FILE = "decoder_joint-model.onnx"
+JOINT_COPY = "decoder_joint.onnx"  # the CPU flavour's decode model runs this copy itself
 
 
 @attrs.frozen
@@ -281,9 +284,14 @@ def is_decoder_joint(inputs: Sequence[ConfigTensor]) -> bool:
 
 
 def decode_config_pbtxt(
-    name: str, decoder_joint: str, inputs: Sequence[ConfigTensor], instance_count: int
+    name: str,
+    decoder_joint: str,
+    inputs: Sequence[ConfigTensor],
+    instance_count: int,
+    joint_onnx: str | None = None,
 ) -> str:
-    """`config.pbtxt` of the decode model of `decoder_joint` (whose ONNX inputs are `inputs`)."""
+    """`config.pbtxt` of the decode model of `decoder_joint` (whose ONNX inputs are `inputs`);
+    `joint_onnx`: its copy of that model's ONNX file, run in the decode model's own process."""
     tensors = {tensor.name: tensor.dims for tensor in inputs}
     dim = tensors["encoder_outputs"][1]
     layers, hidden = tensors["input_states_1"][0], tensors["input_states_1"][2]
@@ -332,11 +340,21 @@ def decode_config_pbtxt(
         + f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {instance_count}\n  }}\n]\n"
         + 'parameters {\n  key: "decoder_joint"\n'
         + f"  value: {{ string_value: {json.dumps(decoder_joint)} }}\n}}\n"
+        + (
+            ""
+            if joint_onnx is None
+            else 'parameters {\n  key: "decoder_joint_onnx"\n'
+            + f"  value: {{ string_value: {json.dumps(joint_onnx)} }}\n}}\n"
+        )
     )
 
 
-def write_decode_model(joint_onnx: Path, dest: Path, decoder_joint: str, instance_count: int) -> Path:
-    """Write `<dest>/<decoder_joint>_decode/`: config, `1/model.py` and the copy of `amira/core`."""
+def write_decode_model(
+    joint_onnx: Path, dest: Path, decoder_joint: str, instance_count: int, in_process: bool
+) -> Path:
+    """Write `<dest>/<decoder_joint>_decode/`: config, `1/model.py` and the copy of `amira/core`;
+    `in_process` (the CPU flavour): also `decoder_joint`'s ONNX file, which the decode model then
+    runs itself instead of calling `decoder_joint` through BLS."""
     from amira.core.decode_model import decode_model_name
 
     name = decode_model_name(decoder_joint)
@@ -351,8 +369,14 @@ def write_decode_model(joint_onnx: Path, dest: Path, decoder_joint: str, instanc
     for module in sorted(Path(__file__).parents[1].joinpath("core").glob("*.py")):
         shutil.copyfile(module, core / module.name)
     shutil.copyfile(decode_model_source(), version_dir / "model.py")
+    joint_copy = None
+    if in_process:
+        joint_copy = JOINT_COPY
+        _link_or_copy(joint_onnx, version_dir / joint_copy)
+        for data_name in _external_data_files(joint_onnx):
+            _link_or_copy(joint_onnx.parent / data_name, version_dir / data_name)
     inputs, _ = onnx_tensors(joint_onnx)
-    text = decode_config_pbtxt(name, decoder_joint, inputs, instance_count)
+    text = decode_config_pbtxt(name, decoder_joint, inputs, instance_count, joint_copy)
     (dest / name / "config.pbtxt").write_text(text, encoding="utf-8")
     return dest / name
 
@@ -416,7 +440,7 @@ def write_model(
     )
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     if decode_model and is_decoder_joint(inputs):
-        write_decode_model(onnx_path, dest, name, 2 if flavour == "cpu" else 1)
+        write_decode_model(onnx_path, dest, name, 2 if flavour == "cpu" else 1, in_process=flavour == "cpu")
     return model_dir
 
 
