@@ -12,8 +12,8 @@ Parameters in `config.pbtxt`: `decoder_joint`, the name of the model to call; `d
 (the CPU flavour's), that model's ONNX file copied into this version directory: the model then runs
 it itself with onnxruntime, as the CPU flavour's `decoder_joint` does (the same file, options and
 library: the same tokens), instead of a BLS call per step. A BLS call crosses Triton twice (this
-stub to the core to the `decoder_joint` stub and back), about 0.3 ms; a decode makes one per emitted
-token, so on the CPU that hop, not the model, was most of a request's time (24 of 33 ms for the
+stub to the core to the `decoder_joint` stub and back), about 0.7 ms on the CPU; a decode makes one
+per step, so that hop, not the model, was most of a request's time (24 of 33 ms for the
 random-weight RNN-T set, `bench/sherpa.py`). In production `decoder_joint` runs on the GPU and is
 called by BLS.
 """
