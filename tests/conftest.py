@@ -55,10 +55,11 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 # fault-injection models:
 #
 # * `encoder_slow`: the shipped encoder, answering after `SLOW_DELAY` seconds (2 instances);
-# * `decoder_joint_slow`: the shipped decoder_joint, answering after `SLOW_JOINT_DELAY` seconds. The
-#   recogniser probes every set's preprocessor and encoder at load (never its decoder_joint), so a
-#   set with this joint loads under an `INFERENCE_TIMEOUT_SECS` shorter than the delay, and its
-#   first decoding call times out;
+# * `decoder_joint_slow`: the shipped decoder_joint, answering after `SLOW_JOINT_DELAY` seconds,
+#   with a decode model that calls it through BLS (the production path; the CPU flavour's decode
+#   models otherwise run their own copy of the joint). The recogniser probes every set's
+#   preprocessor and encoder at load (never its decoder_joint), so a set with this joint loads
+#   under an `INFERENCE_TIMEOUT_SECS` shorter than the delay, and its first decoding call times out;
 # * `encoder_broken`: the encoder's interface; works up to `BROKEN_MAX_FEATURES` feature frames
 #   (10 s of audio), fails inside onnxruntime beyond (a Gather index out of range).
 
@@ -184,6 +185,7 @@ def build_test_repository(dest: Path, instance_count: int | None = None) -> Path
         "cpu",
         instance_count=1,
         parameters={"delay_seconds": str(SLOW_JOINT_DELAY)},
+        decode_in_process=False,  # its decode model must call the slow joint: BLS, as in production
     )
     broken = dest.parent / "encoder_broken.onnx"
     make_broken_encoder(broken)

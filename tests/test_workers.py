@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from amira.client import open_stream_client
-from amira.testing.process import running_server
+from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 
 WORKERS = {"WORKERS": "2"}
@@ -36,6 +36,15 @@ def wait_for_children(pid: int, count: int, other_than: set[int] = frozenset()) 
             return found
         time.sleep(0.1)
     raise AssertionError(f"the supervisor has workers {children(pid)}, expected {count} new ones")
+
+
+def wait_until_serving(server: ServerProcess, count: int) -> None:
+    """Until `count` workers have loaded their models and are accepting (each says so in the log):
+    a worker still starting leaves every connection of the shared socket to the others."""
+    deadline = time.monotonic() + SPAWN_SECS
+    while server.log.count("Running on http://") < count:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
 
 
 def established_connections(pid: int, port: int) -> int:
@@ -72,6 +81,7 @@ async def test_two_workers_share_the_port_and_their_streams_are_exact() -> None:
     # the caps are per worker and the kernel does not balance: room for all of them on either
     with running_server(WORKERS | {"MAX_CONCURRENT_STREAMS": str(len(cases))}) as server:
         workers = wait_for_children(server.pid, 2)
+        wait_until_serving(server, 2)
         port = urlparse(server.url).port
         assert port is not None
         connected = trio.Semaphore(0)

@@ -409,11 +409,13 @@ def write_model(
     gpus: Sequence[int] | None = None,
     parameters: Mapping[str, str] | None = None,
     decode_model: bool = True,
+    decode_in_process: bool | None = None,
     keep_caches: bool = True,
 ) -> Path:
     """Write `<dest>/<name>/` (config, `1/model.onnx` with its external data, `1/model.py` for cpu);
-    for a `decoder_joint`, its decode model too (unless `decode_model` is False); a cache-aware
-    encoder keeps its caches in Triton unless `keep_caches` is False."""
+    for a `decoder_joint`, its decode model too (unless `decode_model` is False), which runs its own
+    copy of the joint if `decode_in_process` (default: the cpu flavour) and calls `<name>` through
+    BLS otherwise; a cache-aware encoder keeps its caches in Triton unless `keep_caches` is False."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
     model_dir = dest / name
@@ -440,7 +442,8 @@ def write_model(
     )
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     if decode_model and is_decoder_joint(inputs):
-        write_decode_model(onnx_path, dest, name, 2 if flavour == "cpu" else 1, in_process=flavour == "cpu")
+        in_process = flavour == "cpu" if decode_in_process is None else decode_in_process
+        write_decode_model(onnx_path, dest, name, 2 if flavour == "cpu" else 1, in_process=in_process)
     return model_dir
 
 
