@@ -4,10 +4,14 @@ backend's per-call tokens on every test recording and model set."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import httpx
 import pytest
+import trio
 
 from amira import Recognizer, open_recognizer
+from amira.core.decoding import GreedyDecoder
 from amira.settings import DecodeMode, TritonDecodeModel
 from amira.testing.decode_paths import INPUTS, assert_same, per_call_transcripts, transcribe_all_at_once
 from amira.testing.recordings import RECORDINGS, read_recording
@@ -31,12 +35,43 @@ async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixt
         assert engine.calls["decode"] == len(INPUTS)
         tokens = sum(len(t.tokens) for t in expected.values())
         assert tokens <= engine.calls["decoder_joint"] <= tokens + len(INPUTS)  # counted inside Triton
-        before = await statistics(asr_triton, decode_model)
         assert_same(await transcribe_all_at_once(recognizer, model), expected, at_least=30)
+        before = await statistics(asr_triton, decode_model)
+        got_tokens = await decode_in_one_burst(recognizer, model)
         after = await statistics(asr_triton, decode_model)
+    assert got_tokens == {name: (t.tokens, t.token_frames) for name, t in expected.items()}
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(INPUTS) and executions < requests  # batched: several spans per execute
+
+
+async def decode_in_one_burst(
+    recognizer: Recognizer, model: str
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Tokens and frames per recording, all of them encoded first and then decoded at once: the
+    spans reach the decode model together and queue behind its two instances, so Triton's dynamic
+    batcher steps several in one `execute` (whole requests all at once finish their encoders at
+    different times, and the CPU flavour's decode model is fast enough to take them one by one)."""
+    engine = recognizer.engine
+    loaded = engine.model_set(model)
+    policy = engine.batch_calls
+    encoded = {
+        name: await engine.encode(loaded.model_set, samples, policy) for name, samples in INPUTS.items()
+    }
+    with ExitStack() as states:
+        decoders = {
+            name: GreedyDecoder(
+                loaded.model_set.decoding, states.enter_context(loaded.states.state()), e.length
+            )
+            for name, e in encoded.items()
+        }
+        async with trio.open_nursery() as nursery:
+            for name, decoder in decoders.items():
+                nursery.start_soon(engine.decode, loaded.model_set, decoder, encoded[name], 0, policy)
+    return {
+        name: (tuple(e.token for e in d.emissions), tuple(e.frame for e in d.emissions))
+        for name, d in decoders.items()
+    }
 
 
 async def statistics(triton: TritonFixture, model: str) -> dict[str, int]:
