@@ -130,8 +130,9 @@ async def serve_until_signalled(settings: Settings) -> None:
 
 
 def serve_as_worker(settings: Settings, listen_fd: int) -> NoReturn:
-    """One of several server processes (`amira.server.workers`): accept on the inherited socket
-    `listen_fd`, stop when standard input closes; SIGINT and SIGTERM are the supervisor's to act on."""
+    """One of several server processes (`amira.server.workers`): listen on the inherited socket
+    `listen_fd` once started, stop when standard input closes; SIGINT and SIGTERM are the
+    supervisor's to act on."""
     from amira.server.runner import serve
     from amira.server.workers import stdin_closed, worker_settings
 
@@ -142,27 +143,27 @@ def serve_as_worker(settings: Settings, listen_fd: int) -> NoReturn:
 
 
 def supervise_workers(settings: Settings, argv: Sequence[str]) -> int:
-    """`WORKERS` server processes (`amira.server.workers`) on one socket bound here; each runs this
+    """`WORKERS` server processes (`amira.server.workers`) on the port reserved here; each runs this
     command line (`argv`) again with `--listen-fd`."""
     from amira.server.runner import hypercorn_config
-    from amira.server.workers import listening_socket, supervise
+    from amira.server.workers import reserve_port, supervise
 
-    config = hypercorn_config(settings)
     try:
-        listener = listening_socket(settings.server_host, settings.server_port, config.backlog)
+        reserved = reserve_port(settings.server_host, settings.server_port)
     except OSError as exc:
         print(
             f"amira: cannot listen on {settings.server_host}:{settings.server_port}: {exc}", file=sys.stderr
         )
         return 2
-    with listener:
-        host, port = listener.getsockname()[:2]
+    with reserved:
+        host, port = reserved.getsockname()[:2]
         logging.getLogger("amira.server").info("%d workers on %s port %d", settings.workers, host, port)
 
         def command(fd: int) -> list[str]:
             return [sys.executable, "-m", "amira.cli", *argv, "--listen-fd", str(fd)]
 
-        return trio.run(supervise, settings.workers, command, listener, signalled, config.graceful_timeout)
+        grace = hypercorn_config(settings).graceful_timeout
+        return trio.run(supervise, settings.workers, command, reserved, signalled, grace)
 
 
 def exit_at_once() -> NoReturn:
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--model-sets", dest="model_sets_file", type=Path)
     serve.add_argument(
-        "--workers", type=worker_count, help="server processes on one socket (default: $WORKERS or 1)"
+        "--workers", type=worker_count, help="server processes on one port (default: $WORKERS or 1)"
     )
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's (amira.server.workers)
 

@@ -224,7 +224,7 @@ class Settings:
     decoder_joint_model_name: str = "decoder_joint"
     server_host: str = "0.0.0.0"
     server_port: int = 8057
-    # server processes on one listening socket (`amira.server.workers`); the caps are per process
+    # server processes on one port (`amira.server.workers`); the caps are per process
     workers: int = 1
     inference_timeout_secs: float = 5.0
     max_concurrent_streams: int = 10

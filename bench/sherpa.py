@@ -22,7 +22,7 @@ rotating order), figures the median over rounds:
   recording's span); `amira triton per-call`: the same Triton without it (`TRITON_DECODE_MODEL=off`,
   `DECODE_MODE=per-call`: one HTTP call per `decoder_joint` call);
 * `amira xN`, `amira triton xN`: `amira` and `amira triton` with `--workers N` (default 2) server
-  processes on one socket (`WORKERS`, `amira.server.workers`), as `amira serve --workers N` runs;
+  processes on one port (`WORKERS`, `amira.server.workers`), as `amira serve --workers N` runs;
 * `onnx-asr`: onnx-asr's `recognize` in this process, one worker thread per client.
 
 CPU seconds per audio second come from /proc/<pid>/stat of every process involved (the server

@@ -34,7 +34,7 @@ a chunk after the first, so that their windows do not all fall due at the same i
 With `--decode-modes per-call,batched` one server runs per decode path (`DECODE_MODE`; with Triton
 the per-call server also has `TRITON_DECODE_MODEL=off`, the batched one uses the decode model) and
 every scenario runs on each in turn, so that their CPU per audio second is compared in one run.
-With `--workers N` the server runs N processes on one socket (`WORKERS`), as `amira serve --workers`
+With `--workers N` the server runs N processes on one port (`WORKERS`), as `amira serve --workers`
 does; its CPU and calls are then the sum over them, its stall the largest.
 
 Figures are medians over `--repeat` repetitions of each scenario. Separately, each stream's final

@@ -131,30 +131,26 @@ def merged(reports: list[dict[str, Any]]) -> dict[str, object]:
 
 
 async def supervise(settings: Settings) -> None:
-    """`settings.workers` probing workers on one socket; every stdin line goes to each of them."""
-    from amira.server.runner import hypercorn_config
-    from amira.server.workers import listening_socket
+    """`settings.workers` probing workers on one port; every stdin line goes to each of them."""
+    from amira.server.workers import reserve_port, start_worker
     from bench.common import ServerProcess
 
-    with listening_socket(settings.server_host, 0, hypercorn_config(settings).backlog) as listener:
-        fd = listener.fileno()
+    def command(fd: int) -> list[str]:
+        return [sys.executable, "-m", "bench.worker", "--listen-fd", str(fd)]
+
+    with reserve_port(settings.server_host, 0) as reserved:
         workers = []
         try:
             for _ in range(settings.workers):
-                process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "bench.worker", "--listen-fd", str(fd)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    pass_fds=(fd,),
-                )
+                process = await start_worker(command, reserved, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 workers.append(ServerProcess(process))
             urls = [(await worker._line())["url"] for worker in workers]
             answer({"url": urls[0]})
             async with aclosing(stdin_lines()) as lines:
-                async for command in lines:
-                    if command == "quit":
+                async for command_line in lines:
+                    if command_line == "quit":
                         break
-                    answer(merged([await worker.probe(reset=command == "reset") for worker in workers]))
+                    answer(merged([await worker.probe(reset=command_line == "reset") for worker in workers]))
         finally:
             with trio.CancelScope(shield=True):
                 for worker in workers:

@@ -238,8 +238,8 @@ class _Config(Config):
 
 
 def hypercorn_config(settings: Settings, listen_fd: int | None = None) -> Config:
-    """Hypercorn's configuration; `listen_fd` is a listening socket to accept on instead of binding
-    one (a worker process's, `amira.server.workers`)."""
+    """Hypercorn's configuration; `listen_fd` is a bound socket to listen on instead of binding one
+    (a worker process's, `amira.server.workers`)."""
     config = _Config()
     config.send_timeout_ms = round(settings.stream_timeout_secs * 1000)
     config.bind = [
@@ -275,7 +275,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
-    `listen_fd`: accept on this listening socket (a worker's) instead of binding `SERVER_HOST:PORT`.
+    `listen_fd`: listen on this bound socket (a worker's) instead of binding `SERVER_HOST:PORT`.
 
     Shutdown is graceful and as short as the work in flight allows: `/ready` answers 503 at once
     and new batches and streams are refused (`shutting_down`); idle connections close at once;

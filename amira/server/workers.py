@@ -1,13 +1,23 @@
-"""Several server processes on one listening socket (`WORKERS`, `amira serve --workers N`).
+"""Several server processes on one port (`WORKERS`, `amira serve --workers N`).
 
 One AMIRA process runs its Python on one core at a time (the GIL): its event loop, Hypercorn's and
 wsproto's parsing of every frame, the decoders' walks. On a many-core machine that, and not the
 model, is what limits it: with the demo model on 2 cores, 200 real-time streams in one process end
 with a p99 final latency of 3.6 s, in two processes of 100 streams each of 0.2 s, for the same CPU
 time (README "Hundreds of streams"). So `amira serve` can run N worker processes, each an ordinary
-server (`amira.server.runner.serve`) with its own event loop, engine and models, accepting on one
-listening socket that the supervising process bound and handed down (`--listen-fd`): the kernel
-gives each new connection to one of them.
+server (`amira.server.runner.serve`) with its own event loop, engine and models.
+
+How connections reach them: the supervisor holds the port with a socket that is bound and never
+listens (`reserve_port`; it also turns port 0 into a real one), and gives each worker a socket of
+its own bound to the same port with `SO_REUSEPORT` (`worker_socket`, `--listen-fd`), which the
+worker's Hypercorn starts listening on once its models are loaded. Linux spreads new connections
+over the listening sockets by a hash of the client's address and port, so the workers get even
+shares. One socket shared by all of them was measured first and dropped: whichever worker woke
+first drained the accept queue, and 200 streams split 106 to 49 (p99 final latency up to 1.5 s
+where an even split keeps it within 0.2 s). A worker's socket dies with it: while it restarts, new
+connections go to the others and none waits for a process that is not there (connections it had
+not yet accepted when it died are reset, as they would be by any dying server); a worker still
+loading its models gets none.
 
 What is per worker: the caps (`MAX_CONCURRENT_STREAMS`, `MAX_CONCURRENT_BATCHES`,
 `MAX_QUEUED_CALLS`, ...; a machine takes up to N times as many), the loaded models (N times the
@@ -32,6 +42,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -48,15 +59,28 @@ STABLE_SECS = 60.0  # a worker that ran this long before dying is restarted afte
 KILL_MARGIN_SECS = 10.0  # beyond a worker's own graceful shutdown
 
 
-def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A TCP socket bound to `host:port` and listening, inheritable by the workers."""
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` (port 0: a free one) that never listens: it keeps the port for
+    the workers' sockets, also while none of them is listening."""
+    return _reuse_port_socket(host, port)
+
+
+def worker_socket(reserved: socket.socket) -> socket.socket:
+    """A worker's socket, bound to the reserved port and not listening yet (its Hypercorn listens
+    once the app has started), inheritable."""
+    host, port = reserved.getsockname()[:2]
+    sock = _reuse_port_socket(host, port)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
-        sock.set_inheritable(True)
     except OSError:
         sock.close()
         raise
@@ -85,20 +109,19 @@ class ConfigurationFailure(Exception):
 async def supervise(
     count: int,
     command: Callable[[int], Sequence[str]],
-    listener: socket.socket,
+    reserved: socket.socket,
     shutdown_trigger: Callable[[], Awaitable[None]],
     grace_secs: float,
 ) -> int:
-    """Run `count` workers (`command(fd)`: a worker's argv given the listening socket's descriptor)
-    until `shutdown_trigger` returns; 0, or `CONFIGURATION_ERROR` when a worker reported one."""
+    """Run `count` workers (`command(fd)`: a worker's argv given its socket's descriptor) on the port
+    of `reserved` until `shutdown_trigger` returns; 0, or `CONFIGURATION_ERROR` when a worker
+    reported one."""
     stopping = trio.Event()
     failed = False
     try:
         async with trio.open_nursery() as nursery:
             for index in range(count):
-                nursery.start_soon(
-                    keep_running, index, command(listener.fileno()), listener, stopping, grace_secs
-                )
+                nursery.start_soon(keep_running, index, command, reserved, stopping, grace_secs)
             await shutdown_trigger()
             stopping.set()
     except* ConfigurationFailure:
@@ -106,15 +129,28 @@ async def supervise(
     return CONFIGURATION_ERROR if failed else 0
 
 
+async def start_worker(
+    command: Callable[[int], Sequence[str]], reserved: socket.socket, **kwargs: Any
+) -> trio.Process:
+    """A worker process on a socket of its own (`worker_socket`), which this process does not keep:
+    it closes when the worker ends. `kwargs` go to `trio.lowlevel.open_process` (stdin, stdout)."""
+    with worker_socket(reserved) as sock:
+        return await trio.lowlevel.open_process(
+            list(command(sock.fileno())), pass_fds=(sock.fileno(),), **kwargs
+        )
+
+
 async def keep_running(
-    index: int, argv: Sequence[str], listener: socket.socket, stopping: trio.Event, grace_secs: float
+    index: int,
+    command: Callable[[int], Sequence[str]],
+    reserved: socket.socket,
+    stopping: trio.Event,
+    grace_secs: float,
 ) -> None:
     """Worker `index`: started, restarted with backoff when it dies, stopped when `stopping` is set."""
     delay = FIRST_RESTART_SECS
     while not stopping.is_set():
-        process = await trio.lowlevel.open_process(
-            list(argv), stdin=subprocess.PIPE, pass_fds=(listener.fileno(),)
-        )
+        process = await start_worker(command, reserved, stdin=subprocess.PIPE)
         started = trio.current_time()
         log.info("worker %d started (pid %d)", index, process.pid)
         async with trio.open_nursery() as nursery:
