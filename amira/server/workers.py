@@ -3,9 +3,10 @@
 One AMIRA process runs its Python on one core at a time (the GIL): its event loop, Hypercorn's and
 wsproto's parsing of every frame, the decoders' walks. On a many-core machine that, and not the
 model, is what limits it: with the demo model on 2 cores, 200 real-time streams in one process end
-with a p99 final latency of 3.6 s, in two processes of 100 streams each of 0.2 s, for the same CPU
-time (README "Hundreds of streams"). So `amira serve` can run N worker processes, each an ordinary
-server (`amira.server.runner.serve`) with its own event loop, engine and models.
+with a p99 final latency of 1.9 to 3.6 s, in two processes of about 100 streams each of 41 to
+386 ms, for the same CPU time (README "Hundreds of streams"). So `amira serve` can run N worker
+processes, each an ordinary server (`amira.server.runner.serve`) with its own event loop, engine
+and models.
 
 How connections reach them: the supervisor holds the port with a socket that is bound and never
 listens (`reserve_port`; it also turns port 0 into a real one), and gives each worker a socket of
@@ -14,7 +15,7 @@ worker's Hypercorn starts listening on once its models are loaded. Linux spreads
 over the listening sockets by a hash of the client's address and port, so the workers get even
 shares. One socket shared by all of them was measured first and dropped: whichever worker woke
 first drained the accept queue, and 200 streams split 106 to 49 (p99 final latency up to 1.5 s
-where an even split keeps it within 0.2 s). A worker's socket dies with it: while it restarts, new
+where an even split keeps it within 0.4 s). A worker's socket dies with it: while it restarts, new
 connections go to the others and none waits for a process that is not there (connections it had
 not yet accepted when it died are reset, as they would be by any dying server); a worker still
 loading its models gets none.
