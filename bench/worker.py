@@ -16,9 +16,10 @@ it answers each line on stdin with one JSON line of counters since it started:
 
 End of input (or `quit`) shuts the server down.
 
-With `WORKERS` > 1 it runs the server as `amira serve` does then (`amira.server.workers`): it binds
-the socket and starts that many worker processes, each this module with `--listen-fd`, and answers
-each line with their counters summed (`max_stall_ms`: the largest of them; `time`: its own clock).
+With `WORKERS` > 1 it runs the server as `amira serve` does then (`amira.server.workers`): it
+reserves the port and starts that many worker processes, each on a socket of its own and each
+this module with `--listen-fd`, and answers each line with their counters summed (`max_stall_ms`:
+the largest of them; `time`: its own clock).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ async def decode_in_one_burst(
     different times, and the CPU flavour's decode model is fast enough to take them one by one)."""
     engine = recognizer.engine
     loaded = engine.model_set(model)
+    assert loaded.model_set.cache_aware is None  # one encoder call per recording, as batch requests make
     policy = engine.batch_calls
     encoded = {
         name: await engine.encode(loaded.model_set, samples, policy) for name, samples in INPUTS.items()

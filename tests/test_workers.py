@@ -121,19 +121,21 @@ async def test_two_workers_share_the_port_and_their_streams_are_exact() -> None:
 def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
     with running_server(WORKERS) as server:
         first = wait_for_children(server.pid, 2)
+        wait_until_serving(server, 2)
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         while not dead(victim):
             time.sleep(0.01)
+        deadline = time.monotonic() + SPAWN_SECS
         answered = 0  # until the new worker listens (1 s of restart delay, then its start-up), the
         while server.log.count("Running on http://") < 3:  # survivor answers every new connection
-            assert healthy(server.url, timeout=2), server.log
+            assert healthy(server.url, timeout=2) and time.monotonic() < deadline, server.log
             answered += 1
         assert answered > 0, server.log
         replaced = wait_for_children(server.pid, 2, other_than={victim})
         assert replaced - first and max(first) in replaced
         path, text = REAL_DOMAIN[0]
-        for _ in range(6):  # new connections each: some reach the new worker
+        for _ in range(6):  # new connections each, spread over both workers
             response = httpx.post(
                 f"{server.url}/v2/decode/batch/default",
                 content=path.read_bytes(),
@@ -145,6 +147,27 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
         assert server.process.wait(timeout=30) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in replaced)  # stopped, and reaped
     assert "worker 0 started" in server.log and f"(pid {victim}) exited with status -9" in server.log
+
+
+def test_a_second_server_on_the_same_port_is_refused() -> None:
+    """Its workers would join the first one's `SO_REUSEPORT` group and take a share of its
+    connections: it exits with status 2, as a single process on a port in use does."""
+    with running_server(WORKERS) as server:
+        wait_until_serving(server, 2)
+        port = urlparse(server.url).port
+        env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "WORKERS": "2"}
+        env.pop("TRITON_ENDPOINT", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "amira.cli", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+        assert healthy(server.url)
 
 
 def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_2(tmp_path: Path) -> None:

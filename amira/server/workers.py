@@ -62,26 +62,31 @@ KILL_MARGIN_SECS = 10.0  # beyond a worker's own graceful shutdown
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` (port 0: a free one) that never listens: it keeps the port for
-    the workers' sockets, also while none of them is listening."""
-    return _reuse_port_socket(host, port)
+    the workers' sockets, also while none of them is listening.
+
+    A server already listening there (another `amira serve`, whose workers' sockets would accept a
+    newcomer into their `SO_REUSEPORT` group and share its connections) is refused with `OSError`
+    (address in use), as one server process is: a plain bind is tried first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    return _reuse_port_socket(family, (host, port))
 
 
 def worker_socket(reserved: socket.socket) -> socket.socket:
     """A worker's socket, bound to the reserved port and not listening yet (its Hypercorn listens
-    once the app has started), inheritable."""
-    host, port = reserved.getsockname()[:2]
-    sock = _reuse_port_socket(host, port)
-    sock.set_inheritable(True)
-    return sock
+    once the app has started)."""
+    return _reuse_port_socket(reserved.family, reserved.getsockname())
 
 
-def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _reuse_port_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError:
         sock.close()
         raise
@@ -151,7 +156,14 @@ async def keep_running(
     """Worker `index`: started, restarted with backoff when it dies, stopped when `stopping` is set."""
     delay = FIRST_RESTART_SECS
     while not stopping.is_set():
-        process = await start_worker(command, reserved, stdin=subprocess.PIPE)
+        try:
+            process = await start_worker(command, reserved, stdin=subprocess.PIPE)
+        except OSError as exc:  # no socket or process (descriptors, memory, the address gone)
+            log.error("worker %d could not start: %s; retrying in %.0f s", index, exc, delay)
+            with trio.move_on_after(delay):
+                await stopping.wait()
+            delay = min(2 * delay, MAX_RESTART_SECS)
+            continue
         started = trio.current_time()
         log.info("worker %d started (pid %d)", index, process.pid)
         async with trio.open_nursery() as nursery:
