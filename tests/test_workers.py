@@ -149,22 +149,27 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
     assert "worker 0 started" in server.log and f"(pid {victim}) exited with status -9" in server.log
 
 
+def serve_two_workers_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`amira serve --workers 2` on loopback, embedded, with `env` on top: a start that must fail."""
+    full_env = os.environ | {"SERVER_HOST": "127.0.0.1"} | env
+    full_env.pop("TRITON_ENDPOINT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "amira.cli", "serve", "--workers", "2"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+
+
 def test_a_second_server_on_the_same_port_is_refused() -> None:
     """Its workers would join the first one's `SO_REUSEPORT` group and take a share of its
     connections: it exits with status 2, as a single process on a port in use does."""
     with running_server(WORKERS) as server:
         wait_until_serving(server, 2)
         port = urlparse(server.url).port
-        env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "WORKERS": "2"}
-        env.pop("TRITON_ENDPOINT", None)
-        done = subprocess.run(
-            [sys.executable, "-m", "amira.cli", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            start_new_session=True,
-        )
+        done = serve_two_workers_until_exit({"SERVER_PORT": str(port)})
         assert done.returncode == 2, done.stderr
         assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
         assert healthy(server.url)
@@ -176,16 +181,7 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_2(tmp_path:
         '[model_sets.default]\npreprocessor = "preprocessor"\nencoder = "encoder"\n'
         'decoder_joint = "decoder_joint"\nvocabulary = "missing.txt"\n'
     )
-    env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0", "MODEL_SETS_FILE": str(sets)}
-    env.pop("TRITON_ENDPOINT", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "amira.cli", "serve", "--workers", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        start_new_session=True,
-    )
+    done = serve_two_workers_until_exit({"SERVER_PORT": "0", "MODEL_SETS_FILE": str(sets)})
     assert done.returncode == 2, done.stderr
     assert "missing.txt" in done.stderr and "configuration error: stopping" in done.stderr
 
