@@ -51,7 +51,17 @@ from amira.core.cache_aware import (
     Chunk,
     EncoderCaches,
 )
-from amira.core.decode_model import DECODE_OUTPUTS, apply_response, decode_model_name, span_request
+from amira.core.decode_model import (
+    DECODE_OUTPUTS,
+    RECORDING_INPUTS,
+    RECORDING_MODELS,
+    RECORDING_OUTPUTS,
+    apply_response,
+    decode_model_name,
+    read_lengths,
+    recording_request,
+    span_request,
+)
 from amira.core.decoding import GreedyDecoder
 from amira.core.errors import BackendError, BackendFailure, BackendUnavailable, UnknownModel
 from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_inputs, joint_step, receive_outputs
@@ -66,6 +76,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 OUTAGE_RETRY_SECS = 0.25
 STATES_PER_STREAM = 3  # a stream's committed state, a scratch copy for tails, a checkpoint before each window
+NO_FRAMES = np.zeros((0, 0), np.float32)  # the frames of a span decoded where they were made
 PROBE_SAMPLES = 40_960  # 2.56 s: a power-of-two number of 10 ms feature frames, so ratios come out whole
 
 
@@ -228,6 +239,7 @@ class Engine:
         self.on_call: Callable[[str, str, float], None] | None = None
         self.schedulers: dict[str, JointScheduler] = {}
         self.decode_models: dict[str, str] = {}  # model set -> its Triton decode model, where it has one
+        self.recording_models: dict[str, str] = {}  # model set -> the decode model that takes recordings
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -353,15 +365,25 @@ class Engine:
             self.model_sets[name] = LoadedModelSet(model_set, streaming, states, batch_windows, caches)
 
     async def _find_decode_model(self, model_set: ModelSet) -> None:
-        """With Triton and `TRITON_DECODE_MODEL=auto`, use the set's decode model when Triton has it
-        ready (every healthy endpoint, with several)."""
-        if self.backend.kind != "triton" or self.settings.triton_decode_model is TritonDecodeModel.OFF:
+        """With Triton and `TRITON_DECODE_MODEL` not `off`, use the set's decode model when Triton has
+        it ready (every healthy endpoint, with several); with `auto`, for whole batch recordings too
+        when it takes them (a repository written before it did decodes them in three calls)."""
+        mode = self.settings.triton_decode_model
+        if self.backend.kind != "triton" or mode is TritonDecodeModel.OFF:
             return
         name = decode_model_name(model_set.config.decoder_joint)
-        if await self.backend.is_model_ready(name):
-            self.decode_models[model_set.name] = name
-            if self.pool is not None:  # an endpoint without it can no longer serve the set
-                self.pool.require(name)
+        if not await self.backend.is_model_ready(name):
+            return
+        self.decode_models[model_set.name] = name
+        if self.pool is not None:  # an endpoint without it can no longer serve the set
+            self.pool.require(name)
+        inputs = {spec.name for spec in (await self.backend.model_metadata(name)).inputs}
+        if (
+            mode is TritonDecodeModel.AUTO
+            and model_set.cache_aware is None
+            and set(RECORDING_INPUTS) <= inputs
+        ):
+            self.recording_models[model_set.name] = name
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
@@ -639,6 +661,35 @@ class Engine:
                 span.answered()
             return
         await self._riding_through(policy, lambda: self._decode_span(model_set, span, policy))
+
+    async def decode_recording(
+        self,
+        model_set: ModelSet,
+        samples: npt.NDArray[np.float32],
+        decoder: GreedyDecoder,
+        policy: CallPolicy,
+    ) -> tuple[int, int]:
+        """A whole recording in one call of the set's decode model (`recording_models`): Triton runs
+        the preprocessor and encoder and `decoder` goes on to the encoder's last frame. Returns the
+        feature and encoder frame counts."""
+        model = self.recording_models[model_set.name]
+        inputs = recording_request(samples, decoder)
+        parameters = {role: model_set.config.models[role] for role in RECORDING_MODELS}
+
+        async def attempt() -> dict[str, npt.NDArray[Any]]:
+            started = time.perf_counter()
+            try:
+                return await self.backend.infer(
+                    model, inputs, RECORDING_OUTPUTS, policy.limiter, parameters=parameters
+                )
+            finally:
+                self._record(model_set, "recording", [time.perf_counter() - started])
+
+        outputs = await self._riding_through(policy, attempt)
+        features, encoded = read_lengths(outputs)
+        decoder.stop = encoded
+        self.calls["decoder_joint"] += apply_response(Span(decoder, NO_FRAMES), outputs)
+        return features, encoded
 
     async def _decode_in_triton(
         self, model_set: ModelSet, decode_model: str, span: Span, policy: CallPolicy

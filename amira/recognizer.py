@@ -96,22 +96,32 @@ class Recognizer:
     async def _transcribe_whole(
         self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
     ) -> Transcript:
-        model_set = loaded.model_set
-        if model_set.cache_aware is not None:
-            encoded = await self._encode_chunked(loaded, samples, policy)
+        """One recording as one encoder input; with a Triton decode model that takes recordings,
+        all of it in one call (`Engine.decode_recording`)."""
+        model_set, engine = loaded.model_set, self.engine
+        if model_set.name in engine.recording_models:
+            with loaded.states.state() as state:
+                decoder = GreedyDecoder(model_set.decoding, state, 0)
+                features_length, encoded_length = await engine.decode_recording(
+                    model_set, samples, decoder, policy
+                )
         else:
-            encoded = await self.engine.encode(model_set, samples, policy)
-        with loaded.states.state() as state:
-            decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
-            await self.engine.decode(model_set, decoder, encoded, 0, policy)
+            if model_set.cache_aware is not None:
+                encoded = await self._encode_chunked(loaded, samples, policy)
+            else:
+                encoded = await engine.encode(model_set, samples, policy)
+            with loaded.states.state() as state:
+                decoder = GreedyDecoder(model_set.decoding, state, encoded.length)
+                await engine.decode(model_set, decoder, encoded, 0, policy)
+            features_length, encoded_length = encoded.features_length, encoded.length
         return build_transcript(
             model_set.vocabulary,
             decoder.emissions,
             frame_seconds=model_set.frame_seconds,
             audio_samples=samples.size,
             sample_rate=MODEL_SAMPLE_RATE,
-            features_length=encoded.features_length,
-            encoded_length=encoded.length,
+            features_length=features_length,
+            encoded_length=encoded_length,
         )
 
     async def _transcribe_long(

@@ -44,9 +44,12 @@ class DecodeMode(enum.Enum):
 
 
 class TritonDecodeModel(enum.Enum):
-    """Whether spans are decoded by Triton's decode model (`<decoder_joint>_decode`) when it has one."""
+    """What Triton's decode model (`<decoder_joint>_decode`) does when Triton has it: `auto`, whole
+    batch recordings in one call (when the model takes them) and every other span; `spans`, spans
+    only (a batch recording's preprocessor and encoder are then AMIRA's own calls); `off`, nothing."""
 
     AUTO = "auto"
+    SPANS = "spans"
     OFF = "off"
 
 

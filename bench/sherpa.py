@@ -18,9 +18,12 @@ rotating order), figures the median over rounds:
   default decode path (spans batched across requests); `amira per-call`: the same with
   `DECODE_MODE=per-call`, one worker-thread hand-off per `decoder_joint` call (how AMIRA worked
   before);
-* `amira triton`: the AMIRA server on a CPU-flavour Triton with the decode model (one HTTP call per
-  recording's span); `amira triton per-call`: the same Triton without it (`TRITON_DECODE_MODEL=off`,
-  `DECODE_MODE=per-call`: one HTTP call per `decoder_joint` call);
+* `amira triton`: the AMIRA server on a CPU-flavour Triton with the decode model, one HTTP call per
+  recording (the decode model runs the preprocessor and encoder by BLS); `amira triton spans`: the
+  same with `TRITON_DECODE_MODEL=spans`, three calls per recording (preprocessor, encoder, the
+  decode model on the encoder's frames); `amira triton per-call`: the same Triton without the
+  decode model (`TRITON_DECODE_MODEL=off`, `DECODE_MODE=per-call`: one HTTP call per
+  `decoder_joint` call);
 * `amira xN`, `amira triton xN`: `amira` and `amira triton` with `--workers N` (default 2) server
   processes on one port (`WORKERS`, `amira.server.workers`), as `amira serve --workers N` runs;
 * `onnx-asr`: onnx-asr's `recognize` in this process, one worker thread per client.
@@ -238,6 +241,11 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
         ) as amira_triton,
         running_server(
             Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
+            work / "amira-triton-spans.log",
+            triton_decode_model="spans",
+        ) as amira_triton_spans,
+        running_server(
+            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
             work / "amira-triton-per-call.log",
             decode_mode="per-call",
             triton_decode_model="off",
@@ -255,6 +263,7 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
             ("amira", amira),
             ("amira per-call", amira_per_call),
             ("amira triton", amira_triton),
+            ("amira triton spans", amira_triton_spans),
             ("amira triton per-call", amira_triton_per_call),
             (f"amira x{args.workers}", amira_workers),
             (f"amira triton x{args.workers}", amira_triton_workers),

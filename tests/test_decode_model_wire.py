@@ -15,7 +15,10 @@ import pytest
 
 from amira.core.decode_model import (
     DECODE_OUTPUTS,
+    RECORDING_OUTPUTS,
     apply_response,
+    read_lengths,
+    recording_request,
     span_from_request,
     span_request,
     span_response,
@@ -234,3 +237,50 @@ def test_the_request_carries_the_whole_decoder_state() -> None:
     np.testing.assert_array_equal(remote.state.h, state.h)
     np.testing.assert_array_equal(remote.state.c, state.c)
     assert remote.spec == spec_for("tdt", 4)
+
+
+def test_a_whole_recording_through_the_wire_format_decodes_as_in_process(encoded: np.ndarray) -> None:
+    """A recording's request carries its samples and the decoder's state; the other end runs the
+    preprocessor and encoder (here: the same sessions the fixture ran) and answers the span's
+    decode with the lengths; taken back, the decoder ends as one that decoded in process."""
+    spec, run = spec_for("tdt"), joint_runner("tdt")
+    samples = read_recording(LIBRIVOX[0])[: 16_000 * 3]
+    in_process = Span(GreedyDecoder(spec, DecoderState.zeros(spec.blank, L, H), encoded.shape[1]), encoded)
+    decode(in_process, run)
+    caller = GreedyDecoder(spec, DecoderState.zeros(spec.blank, L, H), 0)
+    request = recording_request(samples, caller)
+    check_wire(
+        request,
+        {
+            "waveforms": (np.float32, (1, samples.size)),
+            "waveforms_lens": (np.int64, (1, 1)),
+            "states_1": (np.float32, (1, L, H)),
+            "states_2": (np.float32, (1, L, H)),
+            "state": (np.int32, (1, 2)),
+            "spec": (np.int32, (1, 4 + len(spec.durations))),
+        },
+    )
+    features, lengths = session("preprocessor").run(
+        None, {"waveforms": request["waveforms"], "waveforms_lens": request["waveforms_lens"].reshape(-1)}
+    )
+    frames, (length,) = session("encoder_tdt").run(None, {"audio_signal": features, "length": lengths})
+    inputs = {k: v for k, v in request.items() if not k.startswith("waveforms")}
+    remote = span_from_request({**inputs, "encoder_outputs": frames[:, :, :length]})
+    decode(remote, run)
+    response = span_response(remote, (int(lengths[0]), int(length)))
+    assert set(response) == set(RECORDING_OUTPUTS)
+    assert response["lengths"].dtype == np.int32 and response["lengths"].shape == (1, 2)
+    assert read_lengths(response) == (int(lengths[0]), int(length)) == (int(lengths[0]), encoded.shape[1])
+    assert apply_response(Span(caller, np.zeros((0, 0), np.float32)), response) == in_process.calls
+    assert caller.emissions == in_process.decoder.emissions and len(caller.emissions) > 0
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [None, np.array([[5]], np.int32), np.array([[-1, 3]], np.int32)],
+    ids=["none", "one", "negative"],
+)
+def test_lengths_that_do_not_fit_are_a_backend_error(lengths: np.ndarray | None) -> None:
+    response = answer() | ({} if lengths is None else {"lengths": lengths})
+    with pytest.raises(BackendError, match="decode model"):
+        read_lengths(response)

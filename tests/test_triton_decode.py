@@ -11,7 +11,9 @@ import pytest
 import trio
 
 from amira import Recognizer, open_recognizer
+from amira.core.decode_model import RECORDING_OUTPUTS, recording_request
 from amira.core.decoding import GreedyDecoder
+from amira.core.errors import BackendError
 from amira.settings import DecodeMode, TritonDecodeModel
 from amira.testing.decode_paths import INPUTS, assert_same, per_call_transcripts, transcribe_all_at_once
 from amira.testing.recordings import RECORDINGS, read_recording
@@ -23,16 +25,22 @@ MODEL_SETS = ("default", "tdt", "rnnt")
 
 @pytest.mark.parametrize("model", MODEL_SETS)
 async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixture, model: str) -> None:
-    """One recording at a time, then all at once (Triton's dynamic batcher puts several spans in one
-    `execute`, which steps them together); one decode-model call per recording."""
+    """Whole recordings, one call each (the decode model runs the preprocessor and encoder by BLS):
+    the per-call transcripts, word times included. Then one recording at a time as spans of
+    encoder frames, and all at once (Triton's dynamic batcher puts several spans in one `execute`,
+    which steps them together)."""
     expected = await per_call_transcripts(model)
     async with open_recognizer(asr_triton.settings()) as recognizer:
         engine = recognizer.engine
         decode_model = f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
-        assert engine.decode_models[model] == decode_model
+        assert engine.decode_models[model] == engine.recording_models[model] == decode_model
+        probes = engine.calls.copy()  # the frame rate, measured at start-up
         got = {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
         assert_same(got, expected, at_least=30)
-        assert engine.calls["decode"] == len(INPUTS)
+        assert got == expected  # lengths, words and their times, probabilities
+        calls = engine.calls - probes
+        assert calls["recording"] == len(INPUTS)
+        assert calls["preprocessor"] == calls["encoder"] == calls["decode"] == 0
         tokens = sum(len(t.tokens) for t in expected.values())
         assert tokens <= engine.calls["decoder_joint"] <= tokens + len(INPUTS)  # counted inside Triton
         assert_same(await transcribe_all_at_once(recognizer, model), expected, at_least=30)
@@ -43,6 +51,42 @@ async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixt
     requests = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(INPUTS) and executions < requests  # batched: several spans per execute
+
+
+async def test_with_spans_only_a_recording_is_three_calls(asr_triton: TritonFixture) -> None:
+    """`TRITON_DECODE_MODEL=spans`: AMIRA runs the preprocessor and encoder itself and sends the
+    decode model the recording's encoder frames; the same transcripts."""
+    expected = await per_call_transcripts("tdt")
+    async with open_recognizer(
+        asr_triton.settings(triton_decode_model=TritonDecodeModel.SPANS)
+    ) as recognizer:
+        engine = recognizer.engine
+        assert "tdt" in engine.decode_models and not engine.recording_models
+        probes = engine.calls.copy()
+        got = {name: await recognizer.transcribe(samples, "tdt") for name, samples in INPUTS.items()}
+        assert got == expected
+        calls = engine.calls - probes
+        assert calls["preprocessor"] == calls["encoder"] == calls["decode"] == len(INPUTS)
+        assert calls["recording"] == 0
+
+
+async def test_a_recording_without_its_models_is_a_backend_error(asr_triton: TritonFixture) -> None:
+    """A recording request that names no preprocessor and encoder is answered with an error that
+    says so (a `BackendError` in AMIRA, which leaves the endpoint in); the decode model goes on
+    serving. (One naming a model Triton does not have is answered "not ready", which AMIRA takes
+    for an endpoint that lost a model, `BackendUnavailable`.)"""
+    name, samples = next(iter(INPUTS.items()))
+    async with open_recognizer(asr_triton.settings()) as recognizer:
+        engine = recognizer.engine
+        loaded = engine.model_set("tdt")
+        with loaded.states.state() as state:
+            inputs = recording_request(samples, GreedyDecoder(loaded.model_set.decoding, state, 0))
+        with pytest.raises(BackendError, match="request parameters preprocessor and encoder"):
+            await engine.backend.infer(
+                engine.recording_models["tdt"], inputs, RECORDING_OUTPUTS, engine.batch_calls.limiter
+            )
+        transcript = await recognizer.transcribe(samples, "tdt")
+    assert transcript == (await per_call_transcripts("tdt"))[name]
 
 
 async def decode_in_one_burst(

@@ -220,33 +220,28 @@ async def batch(
     )
 
 
-# role in AMIRA's call counters -> the model of the `default` set it calls
-ROLES = {
-    "preprocessor": "preprocessor",
-    "encoder": "encoder",
-    "decoder_joint": "decoder_joint",
-    "decode": "decoder_joint_decode",
-}
+# the models of the `default` set, and AMIRA's call counters (roles)
+MODELS = ("preprocessor", "encoder", "decoder_joint", "decoder_joint_decode")
+ROLES = ("preprocessor", "encoder", "decoder_joint", "decode", "recording")
 
 
-@pytest.mark.parametrize("decode", [TritonDecodeModel.AUTO, TritonDecodeModel.OFF])
+@pytest.mark.parametrize("decode", list(TritonDecodeModel))
 async def test_calls_spread_over_both_tritons(
     nursery: trio.Nursery, http: httpx.AsyncClient, tritons: list[TritonProcess], tmp_path: Path,
     references: References, decode: TritonDecodeModel,
 ) -> None:  # fmt: skip
     """Ten batch requests, one at a time then all at once: each Triton's own statistics count every
-    call AMIRA made, and each Triton answered a fair share of the calls AMIRA routed (with the decode
-    model, its `decoder_joint` calls happen inside Triton, next to the decode call that made them)."""
-    routed = {"preprocessor", "encoder", "decode" if decode is TritonDecodeModel.AUTO else "decoder_joint"}
+    call AMIRA made, and each Triton answered a fair share of the calls AMIRA routed. With the decode
+    model, the `decoder_joint` calls happen inside Triton (the CPU flavour's decode model runs its
+    own copy of the joint), and with `auto` a request is one call of it, which makes the
+    preprocessor and encoder calls inside Triton."""
     base = await start_server(nursery, pool_settings(tritons, tmp_path, triton_decode_model=decode))
     ready = await http.get(f"{base}/ready")
     assert ready.status_code == 200
     assert [(e["url"], e["state"], e["in_flight"]) for e in ready.json()["endpoints"]] == [
         (t.url, "healthy", 0) for t in tritons
     ]
-    served_before = {
-        (i, m): await inference_count(http, t, m) for i, t in enumerate(tritons) for m in ROLES.values()
-    }
+    served_before = {(i, m): await inference_count(http, t, m) for i, t in enumerate(tritons) for m in MODELS}
     made_before = {r: await metric(http, base, "amira_backend_calls_total", role=r) for r in ROLES}
 
     async def one(samples: np.ndarray, expected: str) -> None:
@@ -259,21 +254,34 @@ async def test_calls_spread_over_both_tritons(
         for samples, expected in zip(BATCH_AUDIO, references.batch, strict=True):
             requests.start_soon(one, samples, expected)
 
-    shares = [0, 0]  # the routed calls each Triton answered
-    for role, model in ROLES.items():
-        served = [
-            await inference_count(http, t, model) - served_before[i, model] for i, t in enumerate(tritons)
-        ]
-        made = await metric(http, base, "amira_backend_calls_total", role=role) - made_before[role]
-        if role == "decoder_joint" and decode is TritonDecodeModel.AUTO:  # the CPU flavour's decode
-            assert sum(served) == 0, (model, served)  # model runs its own copy of the joint
-        elif role == "decoder_joint":  # AMIRA counts rows; its scheduler's batched calls carry several
-            assert 0 < sum(served) <= made, (model, served)
-        else:
-            assert sum(served) == made, (model, served)  # every call AMIRA made, answered by one of them
-        if role in routed:
-            assert sum(served) > 0, (model, served)
-            shares = [share + count for share, count in zip(shares, served, strict=True)]
+    served = {
+        m: [await inference_count(http, t, m) - served_before[i, m] for i, t in enumerate(tritons)]
+        for m in MODELS
+    }
+    made = {r: await metric(http, base, "amira_backend_calls_total", role=r) - made_before[r] for r in ROLES}
+    requests_made = 2 * len(BATCH_AUDIO)
+    if decode is TritonDecodeModel.AUTO:
+        assert made["recording"] == requests_made and made["preprocessor"] == made["encoder"] == 0
+        expected = {m: requests_made for m in ("preprocessor", "encoder", "decoder_joint_decode")}
+        routed = ("decoder_joint_decode",)
+    else:
+        assert made["recording"] == 0
+        expected = {"preprocessor": made["preprocessor"], "encoder": made["encoder"]}
+        expected["decoder_joint_decode"] = made["decode"]
+        routed = (
+            "preprocessor",
+            "encoder",
+            "decoder_joint" if decode is TritonDecodeModel.OFF else "decoder_joint_decode",
+        )
+    if decode is TritonDecodeModel.OFF:  # AMIRA counts rows; its scheduler's batched calls carry several
+        assert 0 < sum(served["decoder_joint"]) <= made["decoder_joint"], served
+    else:
+        expected["decoder_joint"] = 0
+    assert {m: sum(served[m]) for m in expected} == expected, served
+    assert all(sum(served[m]) > 0 for m in routed), served
+    shares = [
+        sum(served[m][i] for m in routed) for i in range(len(tritons))
+    ]  # the routed calls each answered
     # Both took a fair share of the calls. Not of each model's: requests one at a time alternate
     # between endpoints call by call, so a model's calls may keep landing on one of them when the
     # requests make an even number of calls each.
@@ -331,7 +339,8 @@ async def test_a_triton_killed_under_load_loses_nothing_and_comes_back(
         assert answers[i].status_code == 200, answers[i].text
         assert answers[i].json()["transcription"] == references.batch[i], i
     decode_calls = await metric(http, base, "amira_backend_calls_total", role="decode")
-    assert (decode_calls > 0) == (decode is TritonDecodeModel.AUTO), decode_calls
+    recording_calls = await metric(http, base, "amira_backend_calls_total", role="recording")
+    assert (decode_calls > 0) == (recording_calls > 0) == (decode is TritonDecodeModel.AUTO), decode_calls
     assert await metric(http, base, "amira_backend_failovers_total") >= 1  # calls in flight were retried
     assert await metric(http, base, "amira_backend_endpoint_outages_total", endpoint=victim[0].url) == 1
     states = await endpoint_states(http, base)

@@ -31,7 +31,9 @@ class Backend(Protocol):
 
     `sequence` makes `infer` a call of a stateful model's sequence (Triton's sequence batcher): its
     id and start/end flags go with the call. A backend that keeps no state (embedded) reports no
-    `ModelMetadata.states` and refuses such calls.
+    `ModelMetadata.states` and refuses such calls. `parameters` are request parameters (Triton's
+    `parameters` of an inference request: a decode model is told there which models to run a
+    recording through); the embedded backend refuses them.
     """
 
     kind: str
@@ -47,6 +49,7 @@ class Backend(Protocol):
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]: ...
 
     def infer_blocking(

@@ -124,9 +124,12 @@ class EmbeddedBackend:
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         if sequence is not None:
             raise BackendError(f"model {model!r}: the embedded backend keeps no sequence state")
+        if parameters:
+            raise BackendError(f"model {model!r}: the embedded backend takes no request parameters")
         async with self._running:
             return await trio.to_thread.run_sync(self.infer_blocking, model, inputs, outputs, limiter=limiter)
 

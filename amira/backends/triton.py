@@ -255,6 +255,7 @@ class TritonBackend:
         inputs: Mapping[str, npt.NDArray[Any]],
         outputs: Sequence[str],
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> Callable[[Any], dict[str, npt.NDArray[Any]]]:
         """The inference call as an action on a thread's client."""
         import tritonclient.http as triton_http
@@ -277,6 +278,8 @@ class TritonBackend:
                 "sequence_start": sequence.start,
                 "sequence_end": sequence.end,
             }
+        if parameters:
+            flags["parameters"] = dict(parameters)
 
         def run(client: Any) -> dict[str, npt.NDArray[Any]]:
             result = client.infer(model, request_inputs, outputs=requested, **flags)
@@ -297,9 +300,10 @@ class TritonBackend:
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         what = f"inference on {model!r}" if sequence is None else f"inference on {model!r} (sequence)"
-        return await self._call(self._request(model, inputs, outputs, sequence), what, limiter)
+        return await self._call(self._request(model, inputs, outputs, sequence, parameters), what, limiter)
 
     def infer_blocking(
         self, model: str, inputs: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]

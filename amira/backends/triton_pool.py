@@ -54,6 +54,7 @@ import trio
 
 from amira.backends.triton import TritonBackend
 from amira.core.errors import (
+    BackendError,
     BackendFailure,
     BackendTimeout,
     BackendUnavailable,
@@ -481,10 +482,15 @@ class TritonPool:
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         what = f"inference on {model!r}"
         if sequence is None:
-            return await self._routed(what, lambda backend: backend.infer(model, inputs, outputs, limiter))
+            return await self._routed(
+                what, lambda backend: backend.infer(model, inputs, outputs, limiter, parameters=parameters)
+            )
+        if parameters:
+            raise BackendError(f"{what}: a sequence call takes no request parameters")
         try:
             if sequence.start:
                 return await self._routed(what, self._pinning(sequence, model, inputs, outputs, limiter))

@@ -25,6 +25,13 @@ Tensors (batch first, as Triton's dynamic batcher wants them; one request is one
 | `states_1`, `states_2` | FP32 [1, L, H] | the state after the span |
 | `state` | INT32 [1, 3] | last token, symbols on the frame, the frame reached (relative) |
 | `calls` | INT32 [1, 1] | `decoder_joint` calls the span took |
+
+**Whole recordings.** A request may carry a recording's audio instead of its encoder frames: inputs
+`waveforms` (FP32 [1, N], 16 kHz) and `waveforms_lens` (INT64 [1, 1]) in place of
+`encoder_outputs`, and the request parameters `preprocessor` and `encoder` naming the models to run
+it through first (Business Logic Scripting, in Triton); the span is then all of the encoder's
+frames, and the answer adds `lengths` (INT32 [1, 2]: feature frames, encoder frames). A batch
+recording is then one HTTP call instead of three (`recording_request`, `read_lengths`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from amira.core.errors import BackendError
 from amira.core.joint import Array, Span
 
 DECODE_MODEL_SUFFIX = "_decode"
+RECORDING_INPUTS = ("waveforms", "waveforms_lens")  # a decode model that has them takes whole recordings
+RECORDING_MODELS = ("preprocessor", "encoder")  # the request parameters naming the models to run first
 DECODE_OUTPUTS = (
     "tokens",
     "token_frames",
@@ -49,6 +58,7 @@ DECODE_OUTPUTS = (
     "state",
     "calls",
 )
+RECORDING_OUTPUTS = (*DECODE_OUTPUTS, "lengths")
 
 
 def decode_model_name(decoder_joint: str) -> str:
@@ -58,19 +68,46 @@ def decode_model_name(decoder_joint: str) -> str:
 def span_request(span: Span) -> dict[str, Array] | None:
     """The decode model's inputs for the rest of `span`; None when nothing is left to decode."""
     decoder = span.decoder
-    state, spec = decoder.state, decoder.spec
-    if state.frame >= decoder.stop:
+    if decoder.state.frame >= decoder.stop:
         return None
-    start = state.frame - span.offset
+    start = decoder.state.frame - span.offset
     frames = span.frames[:, start : decoder.stop - span.offset]
-    head = [spec.vocab_size, spec.blank, spec.max_symbols_per_step, spec.frames_per_call or 0]
     return {
         "encoder_outputs": np.ascontiguousarray(frames[None], dtype=np.float32),
+        **_decoder_inputs(decoder),
+    }
+
+
+def recording_request(samples: Array, decoder: GreedyDecoder) -> dict[str, Array]:
+    """The decode model's inputs for a whole recording (16 kHz float32) decoded by `decoder` from its
+    state; the request also names the models to run (`RECORDING_MODELS`, as request parameters)."""
+    return {
+        "waveforms": np.ascontiguousarray(samples[None], dtype=np.float32),
+        "waveforms_lens": np.array([[samples.size]], np.int64),
+        **_decoder_inputs(decoder),
+    }
+
+
+def _decoder_inputs(decoder: GreedyDecoder) -> dict[str, Array]:
+    state, spec = decoder.state, decoder.spec
+    head = [spec.vocab_size, spec.blank, spec.max_symbols_per_step, spec.frames_per_call or 0]
+    return {
         "states_1": np.ascontiguousarray(state.h.transpose(1, 0, 2)),
         "states_2": np.ascontiguousarray(state.c.transpose(1, 0, 2)),
         "state": np.array([[state.last, state.symbols_on_frame]], np.int32),
         "spec": np.array([[*head, *spec.durations]], np.int32),
     }
+
+
+def read_lengths(outputs: Mapping[str, Array]) -> tuple[int, int]:
+    """A whole recording's feature and encoder frame counts from the decode model's answer."""
+    try:
+        features, encoded = (int(v) for v in outputs["lengths"].reshape(2))
+    except (KeyError, ValueError) as exc:
+        raise BackendError(f"the decode model answered no usable lengths: {exc}") from exc
+    if features < 0 or encoded < 0:
+        raise BackendError(f"the decode model answered negative lengths {features}, {encoded}")
+    return features, encoded
 
 
 def apply_response(span: Span, outputs: Mapping[str, Array]) -> int:
@@ -132,12 +169,13 @@ def span_from_request(inputs: Mapping[str, Array]) -> Span:
     return Span(GreedyDecoder(spec, state, frames.shape[2]), frames[0])
 
 
-def span_response(span: Span) -> dict[str, Array]:
-    """The decode model's answer for a decoded span."""
+def span_response(span: Span, lengths: tuple[int, int] | None = None) -> dict[str, Array]:
+    """The decode model's answer for a decoded span; `lengths` (feature and encoder frames) for a
+    whole recording's."""
     decoder = span.decoder
     state = decoder.state
     emissions = decoder.emissions
-    return {
+    response: dict[str, Array] = {
         "tokens": np.array([[e.token for e in emissions]], np.int32).reshape(1, -1),
         "token_frames": np.array([[e.frame for e in emissions]], np.int32).reshape(1, -1),
         "token_probabilities": np.array([[e.probability for e in emissions]], np.float64).reshape(1, -1),
@@ -150,3 +188,6 @@ def span_response(span: Span) -> dict[str, Array]:
         "state": np.array([[state.last, state.symbols_on_frame, state.frame]], np.int32),
         "calls": np.array([[span.calls]], np.int32),
     }
+    if lengths is not None:
+        response["lengths"] = np.array([lengths], np.int32)
+    return response

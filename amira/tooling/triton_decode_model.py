@@ -16,6 +16,12 @@ stub to the core to the `decoder_joint` stub and back), about 0.7 ms on the CPU;
 per step, so that hop, not the model, was most of a request's time (24 of 33 ms for the
 random-weight RNN-T set, `bench/sherpa.py`). In production `decoder_joint` runs on the GPU and is
 called by BLS.
+
+A request may carry a whole recording instead (`waveforms`, `amira.core.decode_model`): the model
+runs it through the preprocessor and encoder that the request's parameters name, by BLS (in every
+flavour: those models run where their own configs say, with their own instances and batching),
+and decodes all the encoder's frames. AMIRA then makes one HTTP call per batch recording instead of
+three.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the copy of amira/core beside this file
 
-from amira.core.decode_model import span_from_request, span_response
+from amira.core.decode_model import RECORDING_INPUTS, RECORDING_MODELS, span_from_request, span_response
 from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_step
 
-INPUTS = ("encoder_outputs", "states_1", "states_2", "state", "spec")
+DECODER_INPUTS = ("states_1", "states_2", "state", "spec")
 
 
 class TritonPythonModel:
@@ -57,27 +63,60 @@ class TritonPythonModel:
     def _joint(self, inputs: dict[str, Array]) -> dict[str, Array]:
         if self.session is not None:
             return dict(zip(JOINT_OUTPUTS, self.session.run(list(JOINT_OUTPUTS), inputs), strict=True))
+        return self._call(self.decoder_joint, inputs, JOINT_OUTPUTS)
+
+    @staticmethod
+    def _call(model: str, inputs: dict[str, Array], outputs: tuple[str, ...]) -> dict[str, Array]:
+        """One call of another model of this Triton (Business Logic Scripting)."""
         request = pb_utils.InferenceRequest(
-            model_name=self.decoder_joint,
-            requested_output_names=list(JOINT_OUTPUTS),
+            model_name=model,
+            requested_output_names=list(outputs),
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
         )
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(f"{self.decoder_joint}: {response.error().message()}")
-        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in JOINT_OUTPUTS}
+            raise RuntimeError(f"{model}: {response.error().message()}")
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+    def _encode(self, request: object, inputs: dict[str, Array]) -> tuple[dict[str, Array], tuple[int, int]]:
+        """A whole recording's `encoder_outputs` input (all its valid frames) and its lengths."""
+        parameters = json.loads(request.parameters() or "{}")  # type: ignore[attr-defined]
+        preprocessor, encoder = (str(parameters.get(name, "")) for name in RECORDING_MODELS)
+        if not preprocessor or not encoder:
+            raise ValueError(f"a recording needs the request parameters {' and '.join(RECORDING_MODELS)}")
+        waveforms = np.asarray(inputs["waveforms"], np.float32)
+        lengths = np.asarray(inputs["waveforms_lens"], np.int64).reshape(-1)
+        if waveforms.ndim != 2 or waveforms.shape[0] != 1 or lengths.size != 1:
+            raise ValueError(f"waveforms {waveforms.shape} with lengths {lengths.shape} do not fit")
+        features = self._call(
+            preprocessor, {"waveforms": waveforms, "waveforms_lens": lengths}, ("features", "features_lens")
+        )
+        encoded = self._call(
+            encoder,
+            {"audio_signal": features["features"], "length": features["features_lens"]},
+            ("outputs", "encoded_lengths"),
+        )
+        frames, length = encoded["outputs"], int(encoded["encoded_lengths"].reshape(-1)[0])
+        if frames.ndim != 3 or frames.shape[0] != 1 or not 0 <= length <= frames.shape[2]:
+            raise ValueError(f"{encoder} returned outputs of shape {frames.shape} for length {length}")
+        inputs["encoder_outputs"] = frames[:, :, :length]
+        return inputs, (int(features["features_lens"].reshape(-1)[0]), length)
 
     def execute(self, requests: list) -> list:  # type: ignore[type-arg]
         responses: list = [None] * len(requests)  # type: ignore[type-arg]
         spans: dict[int, Span] = {}
+        lengths: dict[int, tuple[int, int]] = {}
         for index, request in enumerate(requests):
             try:
                 inputs = {}
-                for name in INPUTS:
+                whole = pb_utils.get_input_tensor_by_name(request, RECORDING_INPUTS[0]) is not None
+                for name in (*DECODER_INPUTS, *(RECORDING_INPUTS if whole else ("encoder_outputs",))):
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     if tensor is None:
                         raise ValueError(f"missing input {name!r}")
                     inputs[name] = tensor.as_numpy()
+                if whole:
+                    inputs, lengths[index] = self._encode(request, inputs)
                 spans[index] = span_from_request(inputs)
             except Exception as error:
                 responses[index] = self._error(error)
@@ -85,7 +124,8 @@ class TritonPythonModel:
             while joint_step(list(spans.values()), self._joint):
                 pass
             for index, span in spans.items():
-                tensors = [pb_utils.Tensor(name, value) for name, value in span_response(span).items()]
+                outputs = span_response(span, lengths.get(index))
+                tensors = [pb_utils.Tensor(name, value) for name, value in outputs.items()]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         except Exception as error:
             for index in spans:

@@ -296,44 +296,48 @@ def decode_config_pbtxt(
     dim = tensors["encoder_outputs"][1]
     layers, hidden = tensors["input_states_1"][0], tensors["input_states_1"][2]
 
-    def block(direction: str, entries: Sequence[tuple[str, str, Sequence[int], bool]]) -> str:
+    def block(direction: str, entries: Sequence[tuple[str, str, Sequence[int], Sequence[str]]]) -> str:
         items = []
-        for tensor, data_type, dims, ragged in entries:
+        for tensor, data_type, dims, flags in entries:
             lines = [
                 f'    name: "{tensor}"',
                 f"    data_type: {data_type}",
                 f"    dims: [ {', '.join(map(str, dims))} ]",
+                *(f"    {flag}: true" for flag in flags),
             ]
-            if ragged:
-                lines.append("    allow_ragged_batch: true")
             items.append("  {\n" + "\n".join(lines) + "\n  }")
         return f"{direction} [\n" + ",\n".join(items) + "\n]\n"
 
+    # a request carries either a span's encoder frames or a whole recording (amira.core.decode_model)
+    ragged, either = ("allow_ragged_batch",), ("allow_ragged_batch", "optional")
     state = [layers, hidden]
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {DECODE_MAX_BATCH}\n'
         + block(
             "input",
             [
-                ("encoder_outputs", "TYPE_FP32", [dim, -1], True),
-                ("states_1", "TYPE_FP32", state, False),
-                ("states_2", "TYPE_FP32", state, False),
-                ("state", "TYPE_INT32", [2], False),
-                ("spec", "TYPE_INT32", [-1], True),
+                ("encoder_outputs", "TYPE_FP32", [dim, -1], either),
+                ("waveforms", "TYPE_FP32", [-1], either),
+                ("waveforms_lens", "TYPE_INT64", [1], ("optional",)),
+                ("states_1", "TYPE_FP32", state, ()),
+                ("states_2", "TYPE_FP32", state, ()),
+                ("state", "TYPE_INT32", [2], ()),
+                ("spec", "TYPE_INT32", [-1], ragged),
             ],
         )
         + block(
             "output",
             [
-                ("tokens", "TYPE_INT32", [-1], False),
-                ("token_frames", "TYPE_INT32", [-1], False),
-                ("token_probabilities", "TYPE_FP64", [-1], False),
-                ("blank_probabilities", "TYPE_FP64", [-1], False),
-                ("token_durations", "TYPE_INT32", [-1], False),
-                ("states_1", "TYPE_FP32", state, False),
-                ("states_2", "TYPE_FP32", state, False),
-                ("state", "TYPE_INT32", [3], False),
-                ("calls", "TYPE_INT32", [1], False),
+                ("tokens", "TYPE_INT32", [-1], ()),
+                ("token_frames", "TYPE_INT32", [-1], ()),
+                ("token_probabilities", "TYPE_FP64", [-1], ()),
+                ("blank_probabilities", "TYPE_FP64", [-1], ()),
+                ("token_durations", "TYPE_INT32", [-1], ()),
+                ("states_1", "TYPE_FP32", state, ()),
+                ("states_2", "TYPE_FP32", state, ()),
+                ("state", "TYPE_INT32", [3], ()),
+                ("calls", "TYPE_INT32", [1], ()),
+                ("lengths", "TYPE_INT32", [2], ()),
             ],
         )
         + f"dynamic_batching {{\n  max_queue_delay_microseconds: {DECODE_QUEUE_DELAY_US}\n}}\n"
