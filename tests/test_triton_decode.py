@@ -70,6 +70,23 @@ async def test_with_spans_only_a_recording_is_three_calls(asr_triton: TritonFixt
         assert calls["recording"] == 0
 
 
+async def test_a_decode_model_that_takes_no_recordings_still_decodes_their_spans(
+    asr_triton: TritonFixture,
+) -> None:
+    """A repository built before decode models took whole recordings (its decode model has no
+    `waveforms` input): AMIRA uses it for spans, a recording in three calls, the same transcripts."""
+    expected = await per_call_transcripts("default")  # the `spans_only` set has the same weights
+    async with open_recognizer(asr_triton.fault_settings("spans_only")) as recognizer:
+        engine = recognizer.engine
+        assert engine.decode_models["spans_only"] == "decoder_joint_spans_only_decode"
+        assert not engine.recording_models
+        probes = engine.calls.copy()
+        got = {name: await recognizer.transcribe(samples, "spans_only") for name, samples in INPUTS.items()}
+        calls = engine.calls - probes
+    assert got == expected
+    assert calls["encoder"] == calls["decode"] == len(INPUTS) and calls["recording"] == 0
+
+
 async def test_a_recording_without_its_models_is_a_backend_error(asr_triton: TritonFixture) -> None:
     """A recording request that names no preprocessor and encoder is answered with an error that
     says so (a `BackendError` in AMIRA, which leaves the endpoint in); the decode model goes on
