@@ -1,7 +1,7 @@
 """AMIRA against sherpa-onnx's C++ offline WebSocket server and onnx-asr, on identical weights.
 
     python -m bench.sherpa [--clients 1,4,8] [--rounds 3] [--requests 40] [--workers 2] [--json out.json]
-                           [--quick]
+                           [--systems 'amira,amira x2'] [--quick]
 
 The weights are the random-weight RNN-T test set `rnnt` (RNN-T: sherpa-onnx caps TDT at 5 symbols
 a frame where the contract says 10): AMIRA serves it as is, sherpa-onnx gets the same encoder with
@@ -28,7 +28,9 @@ rotating order), figures the median over rounds:
   processes on one port (`WORKERS`, `amira.server.workers`), as `amira serve --workers N` runs;
 * `onnx-asr`: onnx-asr's `recognize` in this process, one worker thread per client.
 
-CPU seconds per audio second come from /proc/<pid>/stat of every process involved (the server
+`--systems` measures sherpa-onnx and the named systems only, and starts nothing else: every idle
+server on these two cores (its event-loop watch, its Triton health probes) takes a little from the
+ones measured. CPU seconds per audio second come from /proc/<pid>/stat of every process involved (the server
 process, the Triton process tree, this process for onnx-asr), over the requests of each measurement.
 
 sherpa-onnx's server binds 0.0.0.0 with no option, so the whole benchmark re-runs itself in a
@@ -45,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -222,14 +224,6 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
     model_dir = sherpa_model_dir(
         source, RNNT["encoder"], RNNT["decoder_joint"], RNNT["vocabulary"], work / "sherpa"
     )
-    onnx_asr = reference_decoder(source, MODEL_SET, work)
-    triton_repo = build_repository(
-        source,
-        work / "triton",
-        "cpu",
-        models=("preprocessor", RNNT["encoder"], RNNT["decoder_joint"]),
-        clean=True,
-    )
     sets = write_model_sets(
         work / "sets.toml",
         {MODEL_SET: ("preprocessor", RNNT["encoder"], RNNT["decoder_joint"], RNNT["vocabulary"])},
@@ -237,47 +231,55 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
     local = Subject("embedded", "rnnt", amira_env(source, sets))
     path = f"/v2/decode/batch/{MODEL_SET}"
     headers = [("Content-Type", "application/octet-stream")]
+    workers = f"x{args.workers}"
+    # the AMIRA systems: name -> (on Triton, server settings)
+    servers: dict[str, tuple[bool, dict[str, object]]] = {
+        "amira": (False, {}),
+        "amira per-call": (False, {"decode_mode": "per-call"}),
+        "amira triton": (True, {}),
+        "amira triton spans": (True, {"triton_decode_model": "spans"}),
+        "amira triton per-call": (True, {"decode_mode": "per-call", "triton_decode_model": "off"}),
+        f"amira {workers}": (False, {"workers": args.workers}),
+        f"amira triton {workers}": (True, {"workers": args.workers}),
+    }
+    names = ["sherpa", "onnx-asr", *servers]
+    if args.systems:  # sherpa-onnx (the reference of every ratio) and the chosen ones; nothing else runs
+        chosen = {"sherpa", *(name.strip() for name in args.systems.split(","))}
+        if unknown := chosen - set(names):
+            raise SystemExit(f"--systems: unknown {', '.join(sorted(unknown))}; known: {', '.join(names)}")
+        names = [name for name in names if name in chosen]
 
     async with (
         trio.open_nursery() as nursery,
+        AsyncExitStack() as stack,
         sherpa_server(model_dir, work / "sherpa.log") as (sherpa_url, sherpa_pid),
-        local_triton(triton_repo, log_path=work / "triton.log", startup_timeout=STARTUP_TIMEOUT) as triton,
-        running_server(local, work / "amira.log") as amira,
-        running_server(local, work / "amira-per-call.log", decode_mode="per-call") as amira_per_call,
-        running_server(
-            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
-            work / "amira-triton.log",
-        ) as amira_triton,
-        running_server(
-            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
-            work / "amira-triton-spans.log",
-            triton_decode_model="spans",
-        ) as amira_triton_spans,
-        running_server(
-            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
-            work / "amira-triton-per-call.log",
-            decode_mode="per-call",
-            triton_decode_model="off",
-        ) as amira_triton_per_call,
-        running_server(local, work / "amira-workers.log", workers=args.workers) as amira_workers,
-        running_server(
-            Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url)),
-            work / "amira-triton-workers.log",
-            workers=args.workers,
-        ) as amira_triton_workers,
     ):
         sherpa = SherpaPool(nursery, sherpa_url)
-        pools = {}
-        for name, server in (
-            ("amira", amira),
-            ("amira per-call", amira_per_call),
-            ("amira triton", amira_triton),
-            ("amira triton spans", amira_triton_spans),
-            ("amira triton per-call", amira_triton_per_call),
-            (f"amira x{args.workers}", amira_workers),
-            (f"amira triton x{args.workers}", amira_triton_workers),
-        ):
-            pools[name] = (Http1Pool(server.url), server.process.pid)
+        systems: dict[str, tuple[Send, tuple[int | None, ...], bool]] = {
+            "sherpa": (sherpa.transcribe, (sherpa_pid,), False)
+        }
+        if "onnx-asr" in names:
+            onnx_asr = reference_decoder(source, MODEL_SET, work)
+
+            async def in_process(item: Recording) -> object:
+                return await trio.to_thread.run_sync(onnx_asr.text, item.samples)
+
+            systems["onnx-asr"] = (in_process, (), True)
+        triton_pid: int | None = None
+        on_triton = local
+        if any(servers[name][0] for name in names if name in servers):
+            triton_repo = build_repository(
+                source,
+                work / "triton",
+                "cpu",
+                models=("preprocessor", RNNT["encoder"], RNNT["decoder_joint"]),
+                clean=True,
+            )
+            triton = await stack.enter_async_context(
+                local_triton(triton_repo, log_path=work / "triton.log", startup_timeout=STARTUP_TIMEOUT)
+            )
+            triton_pid = triton.pid
+            on_triton = Subject("triton", "rnnt", amira_env(triton_repo, sets, TRITON_ENDPOINT=triton.url))
 
         def http_send(pool: Http1Pool) -> Send:
             async def send(item: Recording) -> object:
@@ -288,31 +290,24 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
             return send
 
-        async def in_process(item: Recording) -> object:
-            return await trio.to_thread.run_sync(onnx_asr.text, item.samples)
-
-        systems: dict[str, tuple[Send, tuple[int | None, ...], bool]] = {
-            "sherpa": (sherpa.transcribe, (sherpa_pid,), False),
-            "onnx-asr": (in_process, (), True),
-        }
-        for name, (pool, pid) in pools.items():
-            pids: tuple[int | None, ...] = (pid,)
-            if "triton" in name:
-                pids = (pid, triton.pid)
+        pools = []
+        for name in names:
+            if name not in servers:
+                continue
+            uses_triton, settings = servers[name]
+            log = work / f"{name.replace(' ', '-')}.log"
+            server = await stack.enter_async_context(
+                running_server(on_triton if uses_triton else local, log, **settings)
+            )
+            pool = Http1Pool(server.url)
+            pools.append(pool)
+            pids = (server.process.pid, triton_pid) if uses_triton else (server.process.pid,)
             systems[name] = (http_send(pool), pids, False)
-        if args.systems:  # sherpa-onnx, the reference of every ratio, and the chosen ones
-            chosen = {"sherpa", *(name.strip() for name in args.systems.split(","))}
-            if unknown := chosen - systems.keys():
-                raise SystemExit(
-                    f"--systems: unknown {', '.join(sorted(unknown))}; known: {', '.join(systems)}"
-                )
-            systems = {name: system for name, system in systems.items() if name in chosen}
         for send, _, _ in systems.values():  # warm up every system on every clip
             for clip in clips:
                 await send(clip)
         requests = [clips[i % len(clips)] for i in range(count)]
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        names = list(systems)
         for round_index in range(rounds):
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for c in clients:
@@ -325,7 +320,7 @@ async def main(args) -> dict[str, object]:  # type: ignore[no-untyped-def]
                         f"p50 {fmt(result['p50_ms'])} ms, CPU {result['cpu_per_audio_s']:.4f} s/audio s",
                         flush=True,
                     )
-        for pool, _ in pools.values():
+        for pool in pools:
             await pool.__aexit__()
         await sherpa.aclose()
         nursery.cancel_scope.cancel()
