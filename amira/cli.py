@@ -129,41 +129,42 @@ async def serve_until_signalled(settings: Settings) -> None:
     await serve(settings, shutdown_trigger=signalled)
 
 
-def serve_as_worker(settings: Settings, listen_fd: int) -> NoReturn:
-    """One of several server processes (`amira.server.workers`): listen on the inherited socket
-    `listen_fd` once started, stop when standard input closes; SIGINT and SIGTERM are the
+def serve_as_worker(settings: Settings, seat: str) -> NoReturn:
+    """One of several server processes (`amira.server.workers`): accept from the inherited socket
+    in its turn once started, stop when standard input closes; SIGINT and SIGTERM are the
     supervisor's to act on."""
     from amira.server.runner import serve
-    from amira.server.workers import stdin_closed, worker_settings
+    from amira.server.workers import Seat, stdin_closed, worker_settings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    trio.run(partial(serve, worker_settings(settings), shutdown_trigger=stdin_closed, listen_fd=listen_fd))
+    worker = partial(serve, worker_settings(settings), shutdown_trigger=stdin_closed, seat=Seat.parse(seat))
+    trio.run(worker)
     exit_at_once()
 
 
 def supervise_workers(settings: Settings, argv: Sequence[str]) -> int:
-    """`WORKERS` server processes (`amira.server.workers`) on the port reserved here; each runs this
-    command line (`argv`) again with `--listen-fd`."""
+    """`WORKERS` server processes (`amira.server.workers`) on the port this process listens on; each
+    runs this command line (`argv`) again with `--worker-seat`."""
     from amira.server.runner import hypercorn_config
-    from amira.server.workers import reserve_port, supervise
+    from amira.server.workers import Seat, listen_on, supervise
 
+    config = hypercorn_config(settings)
     try:
-        reserved = reserve_port(settings.server_host, settings.server_port)
+        listening = listen_on(settings.server_host, settings.server_port, config.backlog)
     except OSError as exc:
         print(
             f"amira: cannot listen on {settings.server_host}:{settings.server_port}: {exc}", file=sys.stderr
         )
         return 2
-    with reserved:
-        host, port = reserved.getsockname()[:2]
+    with listening:
+        host, port = listening.getsockname()[:2]
         logging.getLogger("amira.server").info("%d workers on %s port %d", settings.workers, host, port)
 
-        def command(fd: int) -> list[str]:
-            return [sys.executable, "-m", "amira.cli", *argv, "--listen-fd", str(fd)]
+        def command(seat: Seat) -> list[str]:
+            return [sys.executable, "-m", "amira.cli", *argv, "--worker-seat", seat.argument()]
 
-        grace = hypercorn_config(settings).graceful_timeout
-        return trio.run(supervise, settings.workers, command, reserved, signalled, grace)
+        return trio.run(supervise, settings.workers, command, listening, signalled, config.graceful_timeout)
 
 
 def exit_at_once() -> NoReturn:
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=worker_count, help="server processes on one port (default: $WORKERS or 1)"
     )
-    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's (amira.server.workers)
+    serve.add_argument("--worker-seat", help=argparse.SUPPRESS)  # a worker's (amira.server.workers.Seat)
 
     triton = commands.add_parser(
         "triton",
@@ -429,8 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "transcribe":
             return run_transcribe(settings, args)
         if args.command == "serve":
-            if args.listen_fd is not None:
-                serve_as_worker(settings, args.listen_fd)
+            if args.worker_seat is not None:
+                serve_as_worker(settings, args.worker_seat)
             if settings.workers > 1:
                 return supervise_workers(settings, sys.argv[1:] if argv is None else argv)
             trio.run(serve_until_signalled, settings)

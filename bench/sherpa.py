@@ -83,6 +83,15 @@ TARGET_MEASURES = {
     "embedded throughput at c=4 / sherpa (>= 1.0)": ("amira", 4, "requests_per_s", True, 1.0),
     "embedded p50 at c=1 / sherpa (<= 1.2)": ("amira", 1, "p50_ms", False, 1.2),
     "embedded server CPU per audio s / sherpa, c=4 (<= 1.5)": ("amira", 4, "cpu_per_audio_s", False, 1.5),
+    "two workers: throughput at c=4 / sherpa (>= 1.0)": ("amira x2", 4, "requests_per_s", True, 1.0),
+    "two workers: p50 at c=1 / sherpa (<= 1.2)": ("amira x2", 1, "p50_ms", False, 1.2),
+    "two workers: server CPU per audio s / sherpa, c=4 (<= 1.5)": (
+        "amira x2",
+        4,
+        "cpu_per_audio_s",
+        False,
+        1.5,
+    ),
     "Triton throughput at c=4 / sherpa (>= 0.5)": ("amira triton", 4, "requests_per_s", True, 0.5),
 }
 

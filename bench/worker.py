@@ -18,7 +18,7 @@ End of input (or `quit`) shuts the server down.
 
 With `WORKERS` > 1 it runs the server as `amira serve` does then (`amira.server.workers`): it
 reserves the port and starts that many worker processes, each on a socket of its own and each
-this module with `--listen-fd`, and answers each line with their counters summed (`max_stall_ms`:
+this module with `--worker-seat`, and answers each line with their counters summed (`max_stall_ms`:
 the largest of them; `time`: its own clock).
 """
 
@@ -40,7 +40,7 @@ import trio
 from amira.engine import Engine, create_backend
 from amira.recognizer import Recognizer
 from amira.server.runner import serve
-from amira.server.workers import worker_settings
+from amira.server.workers import Seat, worker_settings
 from amira.settings import Settings
 
 STALL_TICK = 0.010
@@ -133,17 +133,21 @@ def merged(reports: list[dict[str, Any]]) -> dict[str, object]:
 
 async def supervise(settings: Settings) -> None:
     """`settings.workers` probing workers on one port; every stdin line goes to each of them."""
-    from amira.server.workers import reserve_port, start_worker
+    from amira.server.runner import hypercorn_config
+    from amira.server.workers import ConnectionShares, Seat, listen_on, start_worker
     from bench.common import ServerProcess
 
-    def command(fd: int) -> list[str]:
-        return [sys.executable, "-m", "bench.worker", "--listen-fd", str(fd)]
+    def command(seat: Seat) -> list[str]:
+        return [sys.executable, "-m", "bench.worker", "--worker-seat", seat.argument()]
 
-    with reserve_port(settings.server_host, 0) as reserved:
+    backlog = hypercorn_config(settings).backlog
+    with listen_on(settings.server_host, 0, backlog) as listening:
+        shares = ConnectionShares.create(settings.workers)
         workers = []
         try:
-            for _ in range(settings.workers):
-                process = await start_worker(command, reserved, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            for index in range(settings.workers):
+                seat = Seat(listening.fileno(), shares.fd, index)
+                process = await start_worker(command, seat, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 workers.append(ServerProcess(process))
             urls = [(await worker._line())["url"] for worker in workers]
             answer({"url": urls[0]})
@@ -163,15 +167,16 @@ async def supervise(settings: Settings) -> None:
                 for worker in workers:
                     if worker.process.poll() is None:
                         worker.process.kill()
+                shares.close()
 
 
 async def main() -> None:
     settings = Settings.from_env(server_host="127.0.0.1", server_port=0)
-    listen_fd = int(sys.argv[2]) if sys.argv[1:2] == ["--listen-fd"] else None
-    if listen_fd is None and settings.workers > 1:
+    seat = Seat.parse(sys.argv[2]) if sys.argv[1:2] == ["--worker-seat"] else None
+    if seat is None and settings.workers > 1:
         await supervise(settings)
         return
-    if listen_fd is not None:
+    if seat is not None:
         settings = worker_settings(settings)
     recognizer = Recognizer(Engine(create_backend(settings), settings))
     probe = Probe(recognizer)
@@ -179,7 +184,7 @@ async def main() -> None:
     try:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                partial(serve, settings, recognizer, shutdown_trigger=done.wait, listen_fd=listen_fd)
+                partial(serve, settings, recognizer, shutdown_trigger=done.wait, seat=seat)
             )
             if not recognizer.engine.loaded:
                 raise SystemExit("the backend did not answer at start-up")

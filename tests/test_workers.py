@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from amira.client import open_stream_client
+from amira.server.workers import ABSENT, ConnectionShares
 from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 
@@ -83,10 +84,9 @@ def healthy(url: str, timeout: float = 5) -> bool:
 
 
 async def test_two_workers_share_the_port_and_their_streams_are_exact() -> None:
-    """Streams held open at once land on both workers (the kernel spreads connections over their
-    `SO_REUSEPORT` sockets), and every one gets its recording's transcript."""
+    """Streams opened at once land evenly on both workers (each accepts only in its turn), and
+    every one gets its recording's transcript."""
     cases = REAL_DOMAIN * 3
-    # the caps are per worker and the kernel's spread is even only on average: room for all on either
     with running_server(WORKERS | {"MAX_CONCURRENT_STREAMS": str(len(cases))}) as server:
         workers = wait_for_children(server.pid, 2)
         wait_until_serving(server, 2)
@@ -114,8 +114,32 @@ async def test_two_workers_share_the_port_and_their_streams_are_exact() -> None:
                 held = {pid: established_connections(pid, port) for pid in workers}
                 release.set()
     assert sum(held.values()) == len(cases), held
-    assert all(count > 0 for count in held.values()), f"connections per worker: {held}"
+    assert max(held.values()) - min(held.values()) <= 1, f"connections per worker: {held}"
     assert finals == [text for _, text in cases]
+
+
+async def test_four_kept_alive_clients_are_two_on_each_worker() -> None:
+    """Few long-lived connections are where a hash of the client's port (one `SO_REUSEPORT` socket
+    per worker) went wrong: 3 or 4 of 4 on one worker in 5 cases of 8, that worker's single core
+    the limit. Taken in turn, they are 2 and 2, every time (five rounds of fresh connections)."""
+    with running_server(WORKERS) as server:
+        workers = wait_for_children(server.pid, 2)
+        wait_until_serving(server, 2)
+        port = urlparse(server.url).port
+        assert port is not None
+        for _ in range(5):
+            clients = [httpx.AsyncClient(base_url=server.url, timeout=10) for _ in range(4)]
+            try:
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as nursery:
+                        for client in clients:
+                            nursery.start_soon(client.get, "/health")
+                held = sorted(established_connections(pid, port) for pid in workers)
+            finally:
+                for client in clients:
+                    await client.aclose()
+            assert held == [2, 2], held
+            await trio.sleep(0.2)  # the workers see the connections close
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
@@ -193,3 +217,25 @@ def test_a_bad_worker_count_is_refused(value: str) -> None:
         [sys.executable, "-m", "amira.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and f"WORKERS={value!r}" in done.stderr
+
+
+def test_a_worker_takes_its_turn_only_while_no_live_sibling_holds_fewer_connections() -> None:
+    shares = ConnectionShares.create(3)
+    try:
+        assert [shares.get(i) for i in range(3)] == [ABSENT] * 3
+        assert all(shares.is_turn(i) for i in range(3))  # alone among the absent: take everything
+        shares.set(0, 2)
+        shares.set(1, 1)
+        assert shares.is_turn(1) and not shares.is_turn(0)  # worker 2 is loading (absent)
+        shares.set(2, 1)
+        assert shares.is_turn(1) and shares.is_turn(2) and not shares.is_turn(0)  # ties take turns
+        shares.set(1, ABSENT)  # died: its connections went with it
+        assert shares.is_turn(2) and not shares.is_turn(0)
+        other = ConnectionShares(os.dup(shares.fd), 3)  # a worker's view: the same memory
+        try:
+            other.set(2, 5)
+            assert shares.get(2) == 5 and shares.is_turn(0)
+        finally:
+            other.close()
+    finally:
+        shares.close()

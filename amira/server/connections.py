@@ -24,11 +24,11 @@ answering while the server drains for shutdown.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import resource
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import attrs
 import trio
@@ -44,11 +44,14 @@ from wsproto.extensions import PerMessageDeflate
 
 from amira.core.errors import RETRY_AFTER_SECS
 from amira.server.state import ServerState
+from amira.server.workers import Turn
 from amira.settings import SettingsError
 
 log = logging.getLogger("amira.server")
 
 REFUSALS_AT_ONCE = 32
+ACCEPT_CAPACITY_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+ACCEPT_RETRY_SECS = 0.1
 REFUSAL_SECS = 1.0  # to answer one refused connection, and read what it sent
 FD_RESERVE = 256  # descriptors beside client connections: models, backend connections, the loop
 
@@ -92,28 +95,39 @@ def refusal(limit: int) -> bytes:
 
 @attrs.define
 class ConnectionGate:
-    """Counts open connections; serves those under the cap, refuses the others."""
+    """Counts open connections; serves those under the cap, refuses the others. The accept loop
+    counts a connection as it takes it (`admit`), before the next accept, so that a worker's turn
+    (`amira.server.workers.Turn`) always sees every connection it holds."""
 
     state: ServerState
     limit: int
+    turn: Turn | None = None
     open: int = 0
     refusing: int = 0
 
-    async def handle(
+    def admit(self) -> bool:
+        """Count a connection just accepted; False when it is over the cap (refuse it)."""
+        if self.open >= self.limit:
+            return False
+        self._count(+1)
+        return True
+
+    async def serve(
         self, stream: trio.SocketStream, serve: Callable[[trio.SocketStream], Awaitable[None]]
     ) -> None:
-        if self.open >= self.limit:
-            await self._refuse(stream)
-            return
-        self.open += 1
-        self.state.metrics.connections.set(self.open)
+        """Serve an admitted connection; it is counted until it closes."""
         try:
             await serve(stream)
         finally:
-            self.open -= 1
-            self.state.metrics.connections.set(self.open)
+            self._count(-1)
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
+    def _count(self, change: int) -> None:
+        self.open += change
+        self.state.metrics.connections.set(self.open)
+        if self.turn is not None:
+            self.turn.report(self.open)
+
+    async def refuse(self, stream: trio.SocketStream) -> None:
         self.state.metrics.rejected.labels("connection").inc()
         if self.refusing >= REFUSALS_AT_ONCE:
             await trio.aclose_forcefully(stream)
@@ -132,12 +146,38 @@ class ConnectionGate:
             await trio.aclose_forcefully(stream)
 
 
+async def accept_in_turn(
+    listener: trio.SocketListener,
+    gate: ConnectionGate,
+    serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections (a worker of several only in its turn) and serve each in `nursery`. Out
+    of descriptors or memory, wait a little and go on, as `trio.serve_listeners` does."""
+    while True:
+        if gate.turn is not None:
+            await gate.turn.wait()
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("accepting a connection failed (%s); trying again in %.1f s", exc, ACCEPT_RETRY_SECS)
+            await trio.sleep(ACCEPT_RETRY_SECS)
+            continue
+        if gate.admit():
+            nursery.start_soon(gate.serve, stream, serve_one)
+        else:
+            nursery.start_soon(gate.refuse, stream)
+
+
 async def serve_connections(
     app: ASGIFramework,
     config: Config,
     state: ServerState,
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
+    turn: Turn | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `config.bind` until `shutdown_trigger` returns and the work in flight is done.
@@ -151,7 +191,7 @@ async def serve_connections(
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context, draining_context = WorkerContext(None), WorkerContext(None)
-    gate = ConnectionGate(state, state.settings.max_connections)
+    gate = ConnectionGate(state, state.settings.max_connections, turn)
 
     async def serve_one(stream: trio.SocketStream) -> None:
         worker = draining_context if state.shutting_down.is_set() else context
@@ -169,10 +209,10 @@ async def serve_connections(
             await config.log.info(f"Running on {binds[-1]} (CTRL + C to quit)")
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                handler = partial(gate.handle, serve=serve_one)
-                accepting.start_soon(
-                    partial(trio.serve_listeners, handler, listeners, handler_nursery=connections)
-                )
+                if gate.turn is not None:
+                    gate.turn.report(0)  # accepting from now on
+                for listener in listeners:
+                    accepting.start_soon(accept_in_turn, listener, gate, serve_one, connections)
                 task_status.started(binds)
                 await shutdown_trigger()
                 state.shutting_down.set()

@@ -40,6 +40,7 @@ from amira.server.connections import ensure_descriptors, serve_connections
 from amira.server.metrics import Metrics
 from amira.server.state import ServerState
 from amira.server.stream_handler import HYPERCORN_FRAME_FACTOR
+from amira.server.workers import Seat, Turn
 from amira.settings import Settings
 
 log = logging.getLogger("amira.server")
@@ -238,7 +239,7 @@ class _Config(Config):
 
 
 def hypercorn_config(settings: Settings, listen_fd: int | None = None) -> Config:
-    """Hypercorn's configuration; `listen_fd` is a bound socket to listen on instead of binding one
+    """Hypercorn's configuration; `listen_fd` is a socket to accept from instead of binding one
     (a worker process's, `amira.server.workers`)."""
     config = _Config()
     config.send_timeout_ms = round(settings.stream_timeout_secs * 1000)
@@ -271,11 +272,12 @@ async def serve(
     recognizer: Recognizer | None = None,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
-    listen_fd: int | None = None,
+    seat: Seat | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns (or the task is cancelled); reports the bound URLs.
-    `listen_fd`: listen on this bound socket (a worker's) instead of binding `SERVER_HOST:PORT`.
+    `seat`: a worker's (`amira.server.workers`): accept from its listening socket, in its turn,
+    instead of binding `SERVER_HOST:PORT`.
 
     Shutdown is graceful and as short as the work in flight allows: `/ready` answers 503 at once
     and new batches and streams are refused (`shutting_down`); idle connections close at once;
@@ -311,9 +313,10 @@ async def serve(
                 nursery.start_soon(watch_event_loop, state.metrics)
                 await serve_connections(
                     app,
-                    hypercorn_config(settings, listen_fd),
+                    hypercorn_config(settings, None if seat is None else seat.listen_fd),
                     state,
                     shutdown_trigger or trio.sleep_forever,
+                    turn=None if seat is None else Turn.of(seat, settings.workers),
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()

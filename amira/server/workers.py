@@ -8,17 +8,18 @@ with a p99 final latency of 1.9 to 3.6 s, in two processes of about 100 streams 
 processes, each an ordinary server (`amira.server.runner.serve`) with its own event loop, engine
 and models.
 
-How connections reach them: the supervisor holds the port with a socket that is bound and never
-listens (`reserve_port`; it also turns port 0 into a real one), and gives each worker a socket of
-its own bound to the same port with `SO_REUSEPORT` (`worker_socket`, `--listen-fd`), which the
-worker's Hypercorn starts listening on once its models are loaded. Linux spreads new connections
-over the listening sockets by a hash of the client's address and port, so the workers get even
-shares. One socket shared by all of them was measured first and dropped: whichever worker woke
-first drained the accept queue, and 200 streams split 106 to 49 (p99 final latency up to 1.5 s
-where an even split keeps it within 0.4 s). A worker's socket dies with it: while it restarts, new
-connections go to the others and none waits for a process that is not there (connections it had
-not yet accepted when it died are reset, as they would be by any dying server); a worker still
-loading its models gets none.
+How connections reach them: the supervisor listens on the port (`listen_on`; a second server on a
+port in use is refused like one process) and every worker accepts from that one socket, in turn:
+a worker takes the next connection only while no live sibling holds fewer open connections than
+it does (`ConnectionShares`, a table of open connections per worker in memory the supervisor
+shares with them; `Turn`). So connections are spread evenly whatever their number: 4 kept-alive
+clients are 2 and 2, where the kernel's hash of `SO_REUSEPORT` (a socket per worker, session 6)
+puts 3 or 4 of them on one worker in 5 cases of 8, whose one core then limits them all; and no
+worker drains the accept queue ahead of the others, which is what one plain shared socket did
+(200 streams split 106 to 49). A worker that died or is still loading its models has no count in
+the table and takes nothing: new connections go to the others, and none waits for a process that
+is not there (connections it had accepted die with it, as they would with any dying server). While
+no worker is ready (at start-up), connections wait in the listening socket's backlog.
 
 What is per worker: the caps (`MAX_CONCURRENT_STREAMS`, `MAX_CONCURRENT_BATCHES`,
 `MAX_QUEUED_CALLS`, ...; a machine takes up to N times as many), the loaded models (N times the
@@ -39,6 +40,7 @@ supervisor that is killed closes the pipes too, so no worker outlives it.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import socket
 import subprocess
@@ -60,37 +62,98 @@ STABLE_SECS = 60.0  # a worker that ran this long before dying is restarted afte
 KILL_MARGIN_SECS = 10.0  # beyond a worker's own graceful shutdown
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` (port 0: a free one) that never listens: it keeps the port for
-    the workers' sockets, also while none of them is listening.
-
-    A server already listening there (another `amira serve`, whose workers' sockets would accept a
-    newcomer into their `SO_REUSEPORT` group and share its connections) is refused with `OSError`
-    (address in use), as one server process is: a plain bind is tried first."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    return _reuse_port_socket(family, (host, port))
-
-
-def worker_socket(reserved: socket.socket) -> socket.socket:
-    """A worker's socket, bound to the reserved port and not listening yet (its Hypercorn listens
-    once the app has started)."""
-    return _reuse_port_socket(reserved.family, reserved.getsockname())
-
-
-def _reuse_port_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def listen_on(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket every worker accepts from, bound to `host:port` (port 0: a free one);
+    `OSError` (address in use) when a server listens there already."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        sock.bind((host, port))
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+ABSENT = -1  # the count of a worker that is not accepting: dead, restarting or still loading
+TURN_POLL_SECS = 0.005  # how often a worker that has more connections than a sibling looks again
+
+
+class ConnectionShares:
+    """Open connections per worker, in shared memory (a `memfd` the supervisor makes and passes to
+    its workers): each worker writes its own count, and reads the others' to know its turn. Counts
+    are aligned 32-bit integers, each written by one process only, so no read sees half a write."""
+
+    def __init__(self, fd: int, count: int) -> None:
+        self.fd, self.count = fd, count
+        self._memory = mmap.mmap(fd, 4 * count)
+        self._slots = memoryview(self._memory).cast("i")
+
+    @classmethod
+    def create(cls, count: int) -> ConnectionShares:
+        """A table of `count` workers, all absent."""
+        fd = os.memfd_create("amira-connection-shares")
+        os.ftruncate(fd, 4 * count)
+        shares = cls(fd, count)
+        for index in range(count):
+            shares.set(index, ABSENT)
+        return shares
+
+    def set(self, index: int, connections: int) -> None:
+        self._slots[index] = connections
+
+    def get(self, index: int) -> int:
+        return int(self._slots[index])
+
+    def is_turn(self, index: int) -> bool:
+        """Whether worker `index` may accept: no live sibling has fewer open connections."""
+        mine = self._slots[index]
+        return all(other < 0 or mine <= other for i, other in enumerate(self._slots) if i != index)
+
+    def close(self) -> None:
+        self._slots.release()
+        self._memory.close()
+        os.close(self.fd)
+
+
+@attrs.frozen
+class Seat:
+    """What a worker is given: the listening socket's descriptor, the shares' descriptor, its index.
+    On the command line: `--worker-seat LISTEN_FD:SHARES_FD:INDEX`."""
+
+    listen_fd: int
+    shares_fd: int
+    index: int
+
+    def argument(self) -> str:
+        return f"{self.listen_fd}:{self.shares_fd}:{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> Seat:
+        listen_fd, shares_fd, index = (int(part) for part in text.split(":"))
+        return cls(listen_fd, shares_fd, index)
+
+
+@attrs.define
+class Turn:
+    """A worker's place in the table: it reports its open connections and waits for its turn."""
+
+    shares: ConnectionShares
+    index: int
+
+    @classmethod
+    def of(cls, seat: Seat, workers: int) -> Turn:
+        return cls(ConnectionShares(seat.shares_fd, workers), seat.index)
+
+    def report(self, connections: int) -> None:
+        self.shares.set(self.index, connections)
+
+    async def wait(self) -> None:
+        """Until no live sibling holds fewer open connections than this worker (the counts change in
+        other processes, which no event of this one reports: it looks again every few ms)."""
+        while not self.shares.is_turn(self.index):  # noqa: ASYNC110
+            await trio.sleep(TURN_POLL_SECS)
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -114,51 +177,53 @@ class ConfigurationFailure(Exception):
 
 async def supervise(
     count: int,
-    command: Callable[[int], Sequence[str]],
-    reserved: socket.socket,
+    command: Callable[[Seat], Sequence[str]],
+    listening: socket.socket,
     shutdown_trigger: Callable[[], Awaitable[None]],
     grace_secs: float,
 ) -> int:
-    """Run `count` workers (`command(fd)`: a worker's argv given its socket's descriptor) on the port
-    of `reserved` until `shutdown_trigger` returns; 0, or `CONFIGURATION_ERROR` when a worker
-    reported one."""
+    """Run `count` workers (`command(seat)`: a worker's argv) on `listening` until
+    `shutdown_trigger` returns; 0, or `CONFIGURATION_ERROR` when a worker reported one."""
     stopping = trio.Event()
     failed = False
+    shares = ConnectionShares.create(count)
     try:
         async with trio.open_nursery() as nursery:
             for index in range(count):
-                nursery.start_soon(keep_running, index, command, reserved, stopping, grace_secs)
+                seat = Seat(listening.fileno(), shares.fd, index)
+                nursery.start_soon(keep_running, seat, command, shares, stopping, grace_secs)
             await shutdown_trigger()
             stopping.set()
     except* ConfigurationFailure:
         failed = True
+    finally:
+        shares.close()
     return CONFIGURATION_ERROR if failed else 0
 
 
-async def start_worker(
-    command: Callable[[int], Sequence[str]], reserved: socket.socket, **kwargs: Any
-) -> trio.Process:
-    """A worker process on a socket of its own (`worker_socket`), which this process does not keep:
-    it closes when the worker ends. `kwargs` go to `trio.lowlevel.open_process` (stdin, stdout)."""
-    with worker_socket(reserved) as sock:
-        return await trio.lowlevel.open_process(
-            list(command(sock.fileno())), pass_fds=(sock.fileno(),), **kwargs
-        )
+async def start_worker(command: Callable[[Seat], Sequence[str]], seat: Seat, **kwargs: Any) -> trio.Process:
+    """A worker process in `seat`; `kwargs` go to `trio.lowlevel.open_process` (stdin, stdout)."""
+    return await trio.lowlevel.open_process(
+        list(command(seat)), pass_fds=(seat.listen_fd, seat.shares_fd), **kwargs
+    )
 
 
 async def keep_running(
-    index: int,
-    command: Callable[[int], Sequence[str]],
-    reserved: socket.socket,
+    seat: Seat,
+    command: Callable[[Seat], Sequence[str]],
+    shares: ConnectionShares,
     stopping: trio.Event,
     grace_secs: float,
 ) -> None:
-    """Worker `index`: started, restarted with backoff when it dies, stopped when `stopping` is set."""
+    """The worker in `seat`: started, restarted with backoff when it dies, stopped when `stopping`
+    is set; absent from the shares while it is not running (it enters them once it accepts)."""
+    index = seat.index
     delay = FIRST_RESTART_SECS
     while not stopping.is_set():
+        shares.set(index, ABSENT)
         try:
-            process = await start_worker(command, reserved, stdin=subprocess.PIPE)
-        except OSError as exc:  # no socket or process (descriptors, memory, the address gone)
+            process = await start_worker(command, seat, stdin=subprocess.PIPE)
+        except OSError as exc:  # no process (descriptors, memory)
             log.error("worker %d could not start: %s; retrying in %.0f s", index, exc, delay)
             with trio.move_on_after(delay):
                 await stopping.wait()
@@ -169,6 +234,7 @@ async def keep_running(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_when_asked, process, stopping, grace_secs)
             status = await process.wait()
+            shares.set(index, ABSENT)  # its connections are gone with it; the others take the new ones
             nursery.cancel_scope.cancel()
         if stopping.is_set():
             log.info("worker %d (pid %d) stopped", index, process.pid)
