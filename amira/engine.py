@@ -53,12 +53,12 @@ from amira.core.cache_aware import (
 )
 from amira.core.decode_model import (
     DECODE_OUTPUTS,
-    RECORDING_INPUTS,
     RECORDING_MODELS,
     RECORDING_OUTPUTS,
     apply_response,
     decode_model_name,
     read_lengths,
+    recording_model_name,
     recording_request,
     span_request,
 )
@@ -366,24 +366,21 @@ class Engine:
 
     async def _find_decode_model(self, model_set: ModelSet) -> None:
         """With Triton and `TRITON_DECODE_MODEL` not `off`, use the set's decode model when Triton has
-        it ready (every healthy endpoint, with several); with `auto`, for whole batch recordings too
-        when it takes them (a repository written before it did decodes them in three calls)."""
+        it ready (every healthy endpoint, with several), and with `auto` its recording model for
+        whole batch recordings (a repository written before it had one sends them in three calls)."""
         mode = self.settings.triton_decode_model
         if self.backend.kind != "triton" or mode is TritonDecodeModel.OFF:
             return
-        name = decode_model_name(model_set.config.decoder_joint)
-        if not await self.backend.is_model_ready(name):
-            return
-        self.decode_models[model_set.name] = name
-        if self.pool is not None:  # an endpoint without it can no longer serve the set
-            self.pool.require(name)
-        inputs = {spec.name for spec in (await self.backend.model_metadata(name)).inputs}
-        if (
-            mode is TritonDecodeModel.AUTO
-            and model_set.cache_aware is None
-            and set(RECORDING_INPUTS) <= inputs
-        ):
-            self.recording_models[model_set.name] = name
+        decoder_joint = model_set.config.decoder_joint
+        found = {"decode": decode_model_name(decoder_joint)}
+        if mode is TritonDecodeModel.AUTO and model_set.cache_aware is None:
+            found["recording"] = recording_model_name(decoder_joint)
+        for kind, name in found.items():
+            if not await self.backend.is_model_ready(name):
+                continue
+            (self.decode_models if kind == "decode" else self.recording_models)[model_set.name] = name
+            if self.pool is not None:  # an endpoint without it can no longer serve the set
+                self.pool.require(name)
 
     async def _probe_frame_rate(self, model_set: ModelSet) -> ModelSet:
         """Feature hop and subsampling are not in the metadata: measure them on silence."""
@@ -595,15 +592,18 @@ class Engine:
         inputs: dict[str, npt.NDArray[Any]],
         outputs: tuple[str, ...],
         policy: CallPolicy,
+        *,
+        model: str | None = None,
+        parameters: dict[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        """One backend call for a model of the set, counted and timed, retried through an outage."""
+        """One backend call, counted and timed as `role`, retried through an outage: of the set's
+        model of that role, or of `model` (with request `parameters`)."""
+        name = model or model_set.config.models[role]
 
         async def attempt() -> dict[str, npt.NDArray[Any]]:
             started = time.perf_counter()
             try:
-                return await self.backend.infer(
-                    model_set.config.models[role], inputs, outputs, policy.limiter
-                )
+                return await self.backend.infer(name, inputs, outputs, policy.limiter, parameters=parameters)
             finally:
                 self._record(model_set, role, [time.perf_counter() - started])
 
@@ -669,23 +669,20 @@ class Engine:
         decoder: GreedyDecoder,
         policy: CallPolicy,
     ) -> tuple[int, int]:
-        """A whole recording in one call of the set's decode model (`recording_models`): Triton runs
-        the preprocessor and encoder and `decoder` goes on to the encoder's last frame. Returns the
-        feature and encoder frame counts."""
-        model = self.recording_models[model_set.name]
-        inputs = recording_request(samples, decoder)
-        parameters = {role: model_set.config.models[role] for role in RECORDING_MODELS}
-
-        async def attempt() -> dict[str, npt.NDArray[Any]]:
-            started = time.perf_counter()
-            try:
-                return await self.backend.infer(
-                    model, inputs, RECORDING_OUTPUTS, policy.limiter, parameters=parameters
-                )
-            finally:
-                self._record(model_set, "recording", [time.perf_counter() - started])
-
-        outputs = await self._riding_through(policy, attempt)
+        """A whole recording in one call of the set's recording model (`recording_models`): Triton
+        runs the preprocessor and encoder, and `decoder`, fresh, goes on to the encoder's last frame.
+        Returns the feature and encoder frame counts."""
+        if decoder.state.frame != 0 or decoder.emissions:
+            raise ValueError("a recording is decoded from a fresh decoder")
+        outputs = await self._infer(
+            model_set,
+            "recording",
+            recording_request(samples, decoder),
+            RECORDING_OUTPUTS,
+            policy,
+            model=self.recording_models[model_set.name],
+            parameters={role: model_set.config.models[role] for role in RECORDING_MODELS},
+        )
         features, encoded = read_lengths(outputs)
         decoder.stop = encoded
         self.calls["decoder_joint"] += apply_response(Span(decoder, NO_FRAMES), outputs)

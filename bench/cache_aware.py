@@ -90,9 +90,10 @@ class CountingTriton(TritonBackend):
         outputs: Sequence[str],
         limiter: trio.CapacityLimiter,
         sequence: SequenceFlags | None = None,
+        parameters: Mapping[str, str] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         started = time.perf_counter()
-        result = await super().infer(model, inputs, outputs, limiter, sequence)
+        result = await super().infer(model, inputs, outputs, limiter, sequence, parameters)
         self.seconds[model].append(time.perf_counter() - started)
         self.sent[model].append(sum(np.asarray(value).nbytes for value in inputs.values()))
         self.received[model].append(sum(value.nbytes for value in result.values()))

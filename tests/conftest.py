@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -192,21 +192,11 @@ def build_test_repository(dest: Path, instance_count: int | None = None) -> Path
     write_model(
         model_file(source, "decoder_joint"), dest, "decoder_joint_spans_only", "cpu", instance_count=1
     )
-    spans_only_decode_model(dest / "decoder_joint_spans_only_decode" / "config.pbtxt")
+    shutil.rmtree(dest / "decoder_joint_spans_only_recording")  # as repositories were before it
     broken = dest.parent / "encoder_broken.onnx"
     make_broken_encoder(broken)
     write_model(broken, dest, "encoder_broken", "cpu", instance_count=1)
     return dest
-
-
-def spans_only_decode_model(config: Path) -> None:
-    """Make a decode model's config one as repositories had it before decode models took whole
-    recordings: no `waveforms` inputs, no `lengths` output (none of them is the first of its list)."""
-    text = config.read_text(encoding="utf-8")
-    for tensor in ("waveforms", "waveforms_lens", "lengths"):
-        text, count = re.subn(rf',\n  {{\n    name: "{tensor}"\n(?:    .*\n)*?  }}', "", text)
-        assert count == 1, tensor
-    config.write_text(text, encoding="utf-8")
 
 
 @asynccontextmanager

@@ -86,10 +86,14 @@ async def test_build_from_a_nemo_export(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in dest.iterdir())
-    assert names == ["decoder_joint", "decoder_joint_decode", "encoder", "preprocessor", "vocab.txt"]
-    decode = (dest / "decoder_joint_decode" / "config.pbtxt").read_text()  # the token loop, next to the joint
-    assert 'backend: "python"' in decode and 'string_value: "decoder_joint"' in decode
-    assert (dest / "decoder_joint_decode" / "1" / "amira" / "core" / "decoding.py").is_file()
+    decode_models = ["decoder_joint_decode", "decoder_joint_recording"]
+    assert names == ["decoder_joint", *decode_models, "encoder", "preprocessor", "vocab.txt"]
+    for model in decode_models:  # the token loop, next to the joint
+        config = (dest / model / "config.pbtxt").read_text()
+        assert 'backend: "python"' in config and 'string_value: "decoder_joint"' in config
+        assert (dest / model / "1" / "amira" / "core" / "decoding.py").is_file()
+    assert 'name: "waveforms"' in (dest / "decoder_joint_recording" / "config.pbtxt").read_text()
+    assert 'name: "waveforms"' not in (dest / "decoder_joint_decode" / "config.pbtxt").read_text()
     preprocessor = (dest / "preprocessor" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in preprocessor and "dims: [ -1, 128, -1 ]" in preprocessor
     assert "count: 2" in (dest / "decoder_joint" / "config.pbtxt").read_text()

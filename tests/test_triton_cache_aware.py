@@ -224,6 +224,7 @@ def test_a_cache_aware_nemo_export_gets_the_streaming_preprocessor(tmp_path: Pat
     assert sorted(path.name for path in dest.iterdir()) == [
         "decoder_joint",
         "decoder_joint_decode",
+        "decoder_joint_recording",
         "encoder",
         "preprocessor",
         "vocab.txt",

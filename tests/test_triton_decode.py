@@ -25,15 +25,17 @@ MODEL_SETS = ("default", "tdt", "rnnt")
 
 @pytest.mark.parametrize("model", MODEL_SETS)
 async def test_the_decode_model_gives_the_per_call_tokens(asr_triton: TritonFixture, model: str) -> None:
-    """Whole recordings, one call each (the decode model runs the preprocessor and encoder by BLS):
-    the per-call transcripts, word times included. Then one recording at a time as spans of
-    encoder frames, and all at once (Triton's dynamic batcher puts several spans in one `execute`,
-    which steps them together)."""
+    """Whole recordings, one call each of the recording model (which runs the preprocessor and
+    encoder by BLS): the per-call transcripts, word times included; the same all at once. Then the
+    recordings' encoder frames as spans of the decode model, all at once (Triton's dynamic batcher
+    puts several spans in one `execute`, which steps them together)."""
     expected = await per_call_transcripts(model)
     async with open_recognizer(asr_triton.settings()) as recognizer:
         engine = recognizer.engine
-        decode_model = f"{engine.model_set(model).model_set.config.decoder_joint}_decode"
-        assert engine.decode_models[model] == engine.recording_models[model] == decode_model
+        decoder_joint = engine.model_set(model).model_set.config.decoder_joint
+        decode_model = f"{decoder_joint}_decode"
+        assert engine.decode_models[model] == decode_model
+        assert engine.recording_models[model] == f"{decoder_joint}_recording"
         probes = engine.calls.copy()  # the frame rate, measured at start-up
         got = {name: await recognizer.transcribe(samples, model) for name, samples in INPUTS.items()}
         assert_same(got, expected, at_least=30)
@@ -70,11 +72,11 @@ async def test_with_spans_only_a_recording_is_three_calls(asr_triton: TritonFixt
         assert calls["recording"] == 0
 
 
-async def test_a_decode_model_that_takes_no_recordings_still_decodes_their_spans(
+async def test_without_a_recording_model_a_recording_is_three_calls(
     asr_triton: TritonFixture,
 ) -> None:
-    """A repository built before decode models took whole recordings (its decode model has no
-    `waveforms` input): AMIRA uses it for spans, a recording in three calls, the same transcripts."""
+    """A repository built before recording models (a decode model only): AMIRA uses it for spans, a
+    recording in three calls, the same transcripts."""
     expected = await per_call_transcripts("default")  # the `spans_only` set has the same weights
     async with open_recognizer(asr_triton.fault_settings("spans_only")) as recognizer:
         engine = recognizer.engine

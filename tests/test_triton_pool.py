@@ -221,7 +221,7 @@ async def batch(
 
 
 # the models of the `default` set, and AMIRA's call counters (roles)
-MODELS = ("preprocessor", "encoder", "decoder_joint", "decoder_joint_decode")
+MODELS = ("preprocessor", "encoder", "decoder_joint", "decoder_joint_decode", "decoder_joint_recording")
 ROLES = ("preprocessor", "encoder", "decoder_joint", "decode", "recording")
 
 
@@ -233,8 +233,8 @@ async def test_calls_spread_over_both_tritons(
     """Ten batch requests, one at a time then all at once: each Triton's own statistics count every
     call AMIRA made, and each Triton answered a fair share of the calls AMIRA routed. With the decode
     model, the `decoder_joint` calls happen inside Triton (the CPU flavour's decode model runs its
-    own copy of the joint), and with `auto` a request is one call of it, which makes the
-    preprocessor and encoder calls inside Triton."""
+    own copy of the joint), and with `auto` a request is one call of the recording model, which
+    makes the preprocessor and encoder calls inside Triton."""
     base = await start_server(nursery, pool_settings(tritons, tmp_path, triton_decode_model=decode))
     ready = await http.get(f"{base}/ready")
     assert ready.status_code == 200
@@ -262,12 +262,14 @@ async def test_calls_spread_over_both_tritons(
     requests_made = 2 * len(BATCH_AUDIO)
     if decode is TritonDecodeModel.AUTO:
         assert made["recording"] == requests_made and made["preprocessor"] == made["encoder"] == 0
-        expected = {m: requests_made for m in ("preprocessor", "encoder", "decoder_joint_decode")}
-        routed = ("decoder_joint_decode",)
+        expected = {m: requests_made for m in ("preprocessor", "encoder", "decoder_joint_recording")}
+        expected["decoder_joint_decode"] = 0
+        routed = ("decoder_joint_recording",)
     else:
         assert made["recording"] == 0
         expected = {"preprocessor": made["preprocessor"], "encoder": made["encoder"]}
         expected["decoder_joint_decode"] = made["decode"]
+        expected["decoder_joint_recording"] = 0
         routed = (
             "preprocessor",
             "encoder",

@@ -26,12 +26,15 @@ Tensors (batch first, as Triton's dynamic batcher wants them; one request is one
 | `state` | INT32 [1, 3] | last token, symbols on the frame, the frame reached (relative) |
 | `calls` | INT32 [1, 1] | `decoder_joint` calls the span took |
 
-**Whole recordings.** A request may carry a recording's audio instead of its encoder frames: inputs
+**Whole recordings.** The recording model (`<decoder_joint>_recording`: the same Python model
+under a config of its own, so that recordings neither wait behind spans in one instance nor cut
+their dynamic batches short) takes a recording's audio instead of encoder frames: inputs
 `waveforms` (FP32 [1, N], 16 kHz) and `waveforms_lens` (INT64 [1, 1]) in place of
 `encoder_outputs`, and the request parameters `preprocessor` and `encoder` naming the models to run
 it through first (Business Logic Scripting, in Triton); the span is then all of the encoder's
-frames, and the answer adds `lengths` (INT32 [1, 2]: feature frames, encoder frames). A batch
-recording is then one HTTP call instead of three (`recording_request`, `read_lengths`).
+frames from the decoder's fresh state, and the answer adds `lengths` (INT32 [1, 2]: feature
+frames, encoder frames). A batch recording is then one HTTP call instead of three
+(`recording_request`, `read_lengths`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from amira.core.errors import BackendError
 from amira.core.joint import Array, Span
 
 DECODE_MODEL_SUFFIX = "_decode"
-RECORDING_INPUTS = ("waveforms", "waveforms_lens")  # a decode model that has them takes whole recordings
+RECORDING_MODEL_SUFFIX = "_recording"
+RECORDING_INPUTS = ("waveforms", "waveforms_lens")  # a recording's, in place of `encoder_outputs`
 RECORDING_MODELS = ("preprocessor", "encoder")  # the request parameters naming the models to run first
 DECODE_OUTPUTS = (
     "tokens",
@@ -63,6 +67,10 @@ RECORDING_OUTPUTS = (*DECODE_OUTPUTS, "lengths")
 
 def decode_model_name(decoder_joint: str) -> str:
     return decoder_joint + DECODE_MODEL_SUFFIX
+
+
+def recording_model_name(decoder_joint: str) -> str:
+    return decoder_joint + RECORDING_MODEL_SUFFIX
 
 
 def span_request(span: Span) -> dict[str, Array] | None:

@@ -17,11 +17,14 @@ per step, so that hop, not the model, was most of a request's time (24 of 33 ms 
 random-weight RNN-T set, `bench/sherpa.py`). In production `decoder_joint` runs on the GPU and is
 called by BLS.
 
-A request may carry a whole recording instead (`waveforms`, `amira.core.decode_model`): the model
-runs it through the preprocessor and encoder that the request's parameters name, by BLS (in every
-flavour: those models run where their own configs say, with their own instances and batching),
-and decodes all the encoder's frames. AMIRA then makes one HTTP call per batch recording instead of
-three.
+The recording model (`<decoder_joint>_recording`) is this file under another config: its requests
+carry a whole recording (`waveforms`, `amira.core.decode_model`), which it runs through the
+preprocessor and encoder that the request's parameters name, by BLS (in every flavour: those models
+run where their own configs say), before it decodes all the encoder's frames. AMIRA then makes one
+HTTP call per batch recording instead of three. BLS results are asked for in CPU memory (a model on
+the GPU would otherwise answer tensors that `as_numpy` cannot read), and a BLS call's error keeps
+its code, so that an unavailable model reads as unavailable to AMIRA (which fails over) rather
+than as an internal error.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ from amira.core.decode_model import RECORDING_INPUTS, RECORDING_MODELS, span_fro
 from amira.core.joint import JOINT_OUTPUTS, Array, Span, joint_step
 
 DECODER_INPUTS = ("states_1", "states_2", "state", "spec")
+
+
+class CalledModelError(RuntimeError):
+    """A BLS call answered with an error; `code` is Triton's (`pb_utils.TritonError`)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TritonPythonModel:
@@ -67,15 +78,17 @@ class TritonPythonModel:
 
     @staticmethod
     def _call(model: str, inputs: dict[str, Array], outputs: tuple[str, ...]) -> dict[str, Array]:
-        """One call of another model of this Triton (Business Logic Scripting)."""
+        """One call of another model of this Triton (Business Logic Scripting), answered in CPU memory."""
         request = pb_utils.InferenceRequest(
             model_name=model,
             requested_output_names=list(outputs),
             inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
+            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
         )
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
+            error = response.error()
+            raise CalledModelError(f"{model}: {error.message()}", error.code())
         return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
 
     def _encode(self, request: object, inputs: dict[str, Array]) -> tuple[dict[str, Array], tuple[int, int]]:
@@ -134,6 +147,8 @@ class TritonPythonModel:
 
     @staticmethod
     def _error(error: Exception) -> object:
-        return pb_utils.InferenceResponse(
-            output_tensors=[], error=pb_utils.TritonError(f"{type(error).__name__}: {error}")
-        )
+        if isinstance(error, CalledModelError):  # the called model's own error, with its code
+            triton_error = pb_utils.TritonError(str(error), error.code)
+        else:
+            triton_error = pb_utils.TritonError(f"{type(error).__name__}: {error}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=triton_error)

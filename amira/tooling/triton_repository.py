@@ -29,7 +29,10 @@ caches travel with every call):
 Both flavours get a **decode model** `<decoder_joint>_decode` next to every `decoder_joint` (a model
 whose inputs are `targets` and `input_states_1`): a Python-backend model (`1/model.py`, a copy of
 `amira/tooling/triton_decode_model.py`, with a copy of `amira/core` beside it) that decodes whole
-spans next to `decoder_joint`, with dynamic batching (`amira.core.decode_model`). It needs numpy
+spans next to `decoder_joint`, with dynamic batching (`amira.core.decode_model`); and a
+**recording model** `<decoder_joint>_recording`, the same Python model under a config that takes a
+whole recording's samples, runs the preprocessor and encoder its request names through BLS, and
+decodes all their frames. It needs numpy
 and attrs in Triton's Python (`pip install attrs` in a stock Triton image). In production it calls
 `decoder_joint` through BLS (which runs it where its own config says: on the GPU); in the `cpu`
 flavour it runs a copy of `decoder_joint`'s ONNX file itself with onnxruntime, the way the `cpu`
@@ -289,9 +292,11 @@ def decode_config_pbtxt(
     inputs: Sequence[ConfigTensor],
     instance_count: int,
     joint_onnx: str | None = None,
+    recordings: bool = False,
 ) -> str:
-    """`config.pbtxt` of the decode model of `decoder_joint` (whose ONNX inputs are `inputs`);
-    `joint_onnx`: its copy of that model's ONNX file, run in the decode model's own process."""
+    """`config.pbtxt` of the decode model of `decoder_joint` (whose ONNX inputs are `inputs`), or with
+    `recordings` of its recording model (a recording's samples in place of encoder frames, and
+    its lengths out); `joint_onnx`: its copy of that model's ONNX file, run in its own process."""
     tensors = {tensor.name: tensor.dims for tensor in inputs}
     dim = tensors["encoder_outputs"][1]
     layers, hidden = tensors["input_states_1"][0], tensors["input_states_1"][2]
@@ -308,17 +313,19 @@ def decode_config_pbtxt(
             items.append("  {\n" + "\n".join(lines) + "\n  }")
         return f"{direction} [\n" + ",\n".join(items) + "\n]\n"
 
-    # a request carries either a span's encoder frames or a whole recording (amira.core.decode_model)
-    ragged, either = ("allow_ragged_batch",), ("allow_ragged_batch", "optional")
+    ragged: tuple[str, ...] = ("allow_ragged_batch",)
     state = [layers, hidden]
+    frames_in: list[tuple[str, str, list[int], tuple[str, ...]]] = [
+        ("encoder_outputs", "TYPE_FP32", [dim, -1], ragged)
+    ]
+    if recordings:  # amira.core.decode_model
+        frames_in = [("waveforms", "TYPE_FP32", [-1], ragged), ("waveforms_lens", "TYPE_INT64", [1], ())]
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {DECODE_MAX_BATCH}\n'
         + block(
             "input",
             [
-                ("encoder_outputs", "TYPE_FP32", [dim, -1], either),
-                ("waveforms", "TYPE_FP32", [-1], either),
-                ("waveforms_lens", "TYPE_INT64", [1], ("optional",)),
+                *frames_in,
                 ("states_1", "TYPE_FP32", state, ()),
                 ("states_2", "TYPE_FP32", state, ()),
                 ("state", "TYPE_INT32", [2], ()),
@@ -337,7 +344,7 @@ def decode_config_pbtxt(
                 ("states_2", "TYPE_FP32", state, ()),
                 ("state", "TYPE_INT32", [3], ()),
                 ("calls", "TYPE_INT32", [1], ()),
-                ("lengths", "TYPE_INT32", [2], ()),
+                *([("lengths", "TYPE_INT32", [2], ())] if recordings else []),
             ],
         )
         + f"dynamic_batching {{\n  max_queue_delay_microseconds: {DECODE_QUEUE_DELAY_US}\n}}\n"
@@ -355,34 +362,40 @@ def decode_config_pbtxt(
 
 def write_decode_model(
     joint_onnx: Path, dest: Path, decoder_joint: str, instance_count: int, in_process: bool
-) -> Path:
-    """Write `<dest>/<decoder_joint>_decode/`: config, `1/model.py` and the copy of `amira/core`;
-    `in_process` (the CPU flavour): also `decoder_joint`'s ONNX file, which the decode model then
-    runs itself instead of calling `decoder_joint` through BLS."""
-    from amira.core.decode_model import decode_model_name
+) -> list[Path]:
+    """Write `<dest>/<decoder_joint>_decode/` and `<dest>/<decoder_joint>_recording/`: each a config,
+    `1/model.py` and the copy of `amira/core`; `in_process` (the CPU flavour): also
+    `decoder_joint`'s ONNX file, which the model then runs itself instead of calling
+    `decoder_joint` through BLS."""
+    from amira.core.decode_model import decode_model_name, recording_model_name
 
-    name = decode_model_name(decoder_joint)
-    version_dir = dest / name / "1"
-    core = version_dir / "amira" / "core"
-    if core.exists():
-        shutil.rmtree(core)
-    core.mkdir(parents=True)
-    (version_dir / "amira" / "__init__.py").write_text(
-        '"""AMIRA\'s sans-IO core, copied for the decode model."""\n'
-    )
-    for module in sorted(Path(__file__).parents[1].joinpath("core").glob("*.py")):
-        shutil.copyfile(module, core / module.name)
-    shutil.copyfile(decode_model_source(), version_dir / "model.py")
-    joint_copy = None
-    if in_process:
-        joint_copy = JOINT_COPY
-        _link_or_copy(joint_onnx, version_dir / joint_copy)
-        for data_name in _external_data_files(joint_onnx):
-            _link_or_copy(joint_onnx.parent / data_name, version_dir / data_name)
     inputs, _ = onnx_tensors(joint_onnx)
-    text = decode_config_pbtxt(name, decoder_joint, inputs, instance_count, joint_copy)
-    (dest / name / "config.pbtxt").write_text(text, encoding="utf-8")
-    return dest / name
+    written = []
+    for name, recordings in (
+        (decode_model_name(decoder_joint), False),
+        (recording_model_name(decoder_joint), True),
+    ):
+        version_dir = dest / name / "1"
+        core = version_dir / "amira" / "core"
+        if core.exists():
+            shutil.rmtree(core)
+        core.mkdir(parents=True)
+        (version_dir / "amira" / "__init__.py").write_text(
+            '"""AMIRA\'s sans-IO core, copied for the decode model."""\n'
+        )
+        for module in sorted(Path(__file__).parents[1].joinpath("core").glob("*.py")):
+            shutil.copyfile(module, core / module.name)
+        shutil.copyfile(decode_model_source(), version_dir / "model.py")
+        joint_copy = None
+        if in_process:
+            joint_copy = JOINT_COPY
+            _link_or_copy(joint_onnx, version_dir / joint_copy)
+            for data_name in _external_data_files(joint_onnx):
+                _link_or_copy(joint_onnx.parent / data_name, version_dir / data_name)
+        text = decode_config_pbtxt(name, decoder_joint, inputs, instance_count, joint_copy, recordings)
+        (dest / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        written.append(dest / name)
+    return written
 
 
 def source_models(source_repo: Path) -> list[str]:
