@@ -151,7 +151,8 @@ def supervise_workers(settings: Settings, argv: Sequence[str]) -> int:
 
     config = hypercorn_config(settings)
     try:
-        listening = listen_on(settings.server_host, settings.server_port, config.backlog)
+        # one backlog for all the workers: Hypercorn's per process, times their number
+        listening = listen_on(settings.server_host, settings.server_port, config.backlog * settings.workers)
     except OSError as exc:
         print(
             f"amira: cannot listen on {settings.server_host}:{settings.server_port}: {exc}", file=sys.stderr

@@ -140,7 +140,7 @@ async def supervise(settings: Settings) -> None:
     def command(seat: Seat) -> list[str]:
         return [sys.executable, "-m", "bench.worker", "--worker-seat", seat.argument()]
 
-    backlog = hypercorn_config(settings).backlog
+    backlog = hypercorn_config(settings).backlog * settings.workers
     with listen_on(settings.server_host, 0, backlog) as listening:
         shares = ConnectionShares.create(settings.workers)
         workers = []

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from amira.client import open_stream_client
-from amira.server.workers import ABSENT, ConnectionShares
+from amira.server.workers import ABSENT, NOT_READY, STALE_SECS, ConnectionShares
 from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 
@@ -139,7 +139,9 @@ async def test_four_kept_alive_clients_are_two_on_each_worker() -> None:
                 for client in clients:
                     await client.aclose()
             assert held == [2, 2], held
-            await trio.sleep(0.2)  # the workers see the connections close
+            with trio.fail_after(10):  # until the workers have seen them close
+                while any(established_connections(pid, port) for pid in workers):
+                    await trio.sleep(0.05)
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all() -> None:
@@ -219,22 +221,26 @@ def test_a_bad_worker_count_is_refused(value: str) -> None:
     assert done.returncode == 2 and f"WORKERS={value!r}" in done.stderr
 
 
-def test_a_worker_takes_its_turn_only_while_no_live_sibling_holds_fewer_connections() -> None:
+def test_a_worker_takes_its_turn_only_while_no_live_sibling_has_a_lower_load() -> None:
     shares = ConnectionShares.create(3)
+    now = time.monotonic()
     try:
-        assert [shares.get(i) for i in range(3)] == [ABSENT] * 3
-        assert all(shares.is_turn(i) for i in range(3))  # alone among the absent: take everything
-        shares.set(0, 2)
-        shares.set(1, 1)
-        assert shares.is_turn(1) and not shares.is_turn(0)  # worker 2 is loading (absent)
-        shares.set(2, 1)
-        assert shares.is_turn(1) and shares.is_turn(2) and not shares.is_turn(0)  # ties take turns
-        shares.set(1, ABSENT)  # died: its connections went with it
-        assert shares.is_turn(2) and not shares.is_turn(0)
+        assert all(shares.is_turn(i, now) for i in range(3))  # alone among the absent: take everything
+        shares.set(0, 2, now)
+        shares.set(1, 1, now)
+        assert shares.is_turn(1, now) and not shares.is_turn(0, now)  # worker 2 is starting (absent)
+        shares.set(2, 1, now)
+        assert shares.is_turn(1, now) and shares.is_turn(2, now) and not shares.is_turn(0, now)  # ties
+        shares.set(1, ABSENT, now)  # died: its connections went with it
+        assert shares.is_turn(2, now) and not shares.is_turn(0, now)
+        shares.set(2, 0 + NOT_READY, now)  # models not loaded (the backend away): the last to take any
+        assert shares.is_turn(0, now) and not shares.is_turn(2, now)
+        shares.set(2, 0, now)
+        assert not shares.is_turn(0, now + STALE_SECS) and shares.is_turn(0, now + STALE_SECS + 0.01)
         other = ConnectionShares(os.dup(shares.fd), 3)  # a worker's view: the same memory
         try:
-            other.set(2, 5)
-            assert shares.get(2) == 5 and shares.is_turn(0)
+            other.set(2, 5, now)
+            assert shares.is_turn(0, now)
         finally:
             other.close()
     finally:

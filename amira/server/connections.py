@@ -24,6 +24,7 @@ answering while the server drains for shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -163,7 +164,8 @@ async def accept_in_turn(
             if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                 raise
             log.error("accepting a connection failed (%s); trying again in %.1f s", exc, ACCEPT_RETRY_SECS)
-            await trio.sleep(ACCEPT_RETRY_SECS)
+            with contextlib.nullcontext() if gate.turn is None else gate.turn.paused():
+                await trio.sleep(ACCEPT_RETRY_SECS)
             continue
         if gate.admit():
             nursery.start_soon(gate.serve, stream, serve_one)
@@ -209,8 +211,8 @@ async def serve_connections(
             await config.log.info(f"Running on {binds[-1]} (CTRL + C to quit)")
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                if gate.turn is not None:
-                    gate.turn.report(0)  # accepting from now on
+                if gate.turn is not None:  # in the table from now on, absent again once accepting stops
+                    accepting.start_soon(gate.turn.beating)
                 for listener in listeners:
                     accepting.start_soon(accept_in_turn, listener, gate, serve_one, connections)
                 task_status.started(binds)

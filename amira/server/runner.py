@@ -311,14 +311,19 @@ async def serve(
                 nursery.start_soon(keep_loading, state)
                 nursery.start_soon(state.drain_after_shutdown)
                 nursery.start_soon(watch_event_loop, state.metrics)
-                await serve_connections(
-                    app,
-                    hypercorn_config(settings, None if seat is None else seat.listen_fd),
-                    state,
-                    shutdown_trigger or trio.sleep_forever,
-                    turn=None if seat is None else Turn.of(seat, settings.workers),
-                    task_status=task_status,
-                )
+                turn = None if seat is None else Turn.of(seat, settings.workers, lambda: engine.loaded)
+                try:
+                    await serve_connections(
+                        app,
+                        hypercorn_config(settings, None if seat is None else seat.listen_fd),
+                        state,
+                        shutdown_trigger or trio.sleep_forever,
+                        turn=turn,
+                        task_status=task_status,
+                    )
+                finally:
+                    if turn is not None:
+                        turn.close()
                 nursery.cancel_scope.cancel()
     finally:
         if owns_backend:

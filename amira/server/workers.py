@@ -8,18 +8,21 @@ with a p99 final latency of 1.9 to 3.6 s, in two processes of about 100 streams 
 processes, each an ordinary server (`amira.server.runner.serve`) with its own event loop, engine
 and models.
 
-How connections reach them: the supervisor listens on the port (`listen_on`; a second server on a
-port in use is refused like one process) and every worker accepts from that one socket, in turn:
-a worker takes the next connection only while no live sibling holds fewer open connections than
-it does (`ConnectionShares`, a table of open connections per worker in memory the supervisor
-shares with them; `Turn`). So connections are spread evenly whatever their number: 4 kept-alive
-clients are 2 and 2, where the kernel's hash of `SO_REUSEPORT` (a socket per worker, session 6)
-puts 3 or 4 of them on one worker in 5 cases of 8, whose one core then limits them all; and no
-worker drains the accept queue ahead of the others, which is what one plain shared socket did
-(200 streams split 106 to 49). A worker that died or is still loading its models has no count in
-the table and takes nothing: new connections go to the others, and none waits for a process that
-is not there (connections it had accepted die with it, as they would with any dying server). While
-no worker is ready (at start-up), connections wait in the listening socket's backlog.
+How connections reach them: the supervisor listens on the port (`listen_on`, with one backlog for
+all the workers; a second server on a port in use is refused like one process) and every worker
+accepts from that one socket, in turn: before each accept a worker waits until no live sibling has
+a lower load, its count of open connections (`ConnectionShares`, a table in memory the supervisor
+shares with the workers; `Turn`). So connections are spread evenly whatever their number: 4
+kept-alive clients are 2 and 2, where the kernel's hash of `SO_REUSEPORT` (a socket per worker,
+session 6) puts 3 or 4 of them on one worker in 5 cases of 8, whose one core then limits them all;
+and no worker drains the accept queue ahead of the others, which is what one plain shared socket
+did (200 streams split 106 to 49). A worker takes nothing while it is starting, stopping, dead or
+out of descriptors (absent from the table), nor while it is silent (it beats every 0.1 s; after
+`STALE_SECS` without a beat, hung or stalled, it counts as absent); one whose models are not
+loaded (the backend away) counts as loaded with `NOT_READY` connections more, so it takes
+connections only when every live sibling is in the same state (its `/ready` answers 503 then,
+which is the truth). Connections a worker had accepted die with it, as with any dying server.
+While no worker accepts (at start-up, or all restarting), connections wait in the backlog.
 
 What is per worker: the caps (`MAX_CONCURRENT_STREAMS`, `MAX_CONCURRENT_BATCHES`,
 `MAX_QUEUED_CALLS`, ...; a machine takes up to N times as many), the loaded models (N times the
@@ -39,12 +42,14 @@ supervisor that is killed closes the pipes too, so no worker outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -76,43 +81,53 @@ def listen_on(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-ABSENT = -1  # the count of a worker that is not accepting: dead, restarting or still loading
-TURN_POLL_SECS = 0.005  # how often a worker that has more connections than a sibling looks again
+ABSENT = -1  # the load of a worker that is not accepting: dead, restarting, stopping, or out of descriptors
+NOT_READY = 1 << 20  # added to the load of a worker whose models are not loaded: the last to take any
+TURN_POLL_SECS = 0.005  # how often a worker that is not the least loaded looks again
+BEAT_SECS = 0.1  # how often a worker says it is alive (and its load again)
+STALE_SECS = 1.0  # a worker silent this long (hung, or its loop stalled) counts as absent
 
 
 class ConnectionShares:
-    """Open connections per worker, in shared memory (a `memfd` the supervisor makes and passes to
-    its workers): each worker writes its own count, and reads the others' to know its turn. Counts
-    are aligned 32-bit integers, each written by one process only, so no read sees half a write."""
+    """Each worker's load (its open connections; `NOT_READY` added while its models are not loaded;
+    `ABSENT`) and the time of its last beat, in shared memory (a `memfd` the supervisor makes and
+    passes to its workers): a worker writes its own, and reads the others' to know its turn. The
+    entries are aligned 64-bit integers, so no read sees half a write; a worker's are written by it,
+    and by the supervisor only while it is not running."""
 
-    def __init__(self, fd: int, count: int) -> None:
-        self.fd, self.count = fd, count
-        self._memory = mmap.mmap(fd, 4 * count)
-        self._slots = memoryview(self._memory).cast("i")
+    def __init__(self, fd: int, workers: int) -> None:
+        self.fd = fd
+        self._memory = mmap.mmap(fd, 16 * workers)
+        self._entries = memoryview(self._memory).cast("q")  # load, beat (ms of CLOCK_MONOTONIC), per worker
 
     @classmethod
-    def create(cls, count: int) -> ConnectionShares:
-        """A table of `count` workers, all absent."""
+    def create(cls, workers: int) -> ConnectionShares:
+        """A table of `workers` workers, all absent."""
         fd = os.memfd_create("amira-connection-shares")
-        os.ftruncate(fd, 4 * count)
-        shares = cls(fd, count)
-        for index in range(count):
+        os.ftruncate(fd, 16 * workers)
+        shares = cls(fd, workers)
+        for index in range(workers):
             shares.set(index, ABSENT)
         return shares
 
-    def set(self, index: int, connections: int) -> None:
-        self._slots[index] = connections
+    def set(self, index: int, load: int, now: float | None = None) -> None:
+        """Worker `index`'s load, and its beat at `now` (`time.monotonic()`, the system's clock)."""
+        self._entries[2 * index + 1] = round(1000 * (time.monotonic() if now is None else now))
+        self._entries[2 * index] = load
 
-    def get(self, index: int) -> int:
-        return int(self._slots[index])
-
-    def is_turn(self, index: int) -> bool:
-        """Whether worker `index` may accept: no live sibling has fewer open connections."""
-        mine = self._slots[index]
-        return all(other < 0 or mine <= other for i, other in enumerate(self._slots) if i != index)
+    def is_turn(self, index: int, now: float | None = None) -> bool:
+        """Whether worker `index` may accept: no live sibling (present, and heard from within
+        `STALE_SECS`) has a lower load."""
+        oldest = round(1000 * ((time.monotonic() if now is None else now) - STALE_SECS))
+        entries, mine = self._entries, self._entries[2 * index]
+        return all(
+            entries[2 * other] < 0 or entries[2 * other + 1] < oldest or mine <= entries[2 * other]
+            for other in range(len(entries) // 2)
+            if other != index
+        )
 
     def close(self) -> None:
-        self._slots.release()
+        self._entries.release()
         self._memory.close()
         os.close(self.fd)
 
@@ -137,23 +152,58 @@ class Seat:
 
 @attrs.define
 class Turn:
-    """A worker's place in the table: it reports its open connections and waits for its turn."""
+    """A worker's place in the table: it reports its load, beats while it accepts, and waits for
+    its turn. `ready` says whether its models are loaded."""
 
     shares: ConnectionShares
     index: int
+    ready: Callable[[], bool]
+    connections: int = 0
+    accepting: bool = False
 
     @classmethod
-    def of(cls, seat: Seat, workers: int) -> Turn:
-        return cls(ConnectionShares(seat.shares_fd, workers), seat.index)
+    def of(cls, seat: Seat, workers: int, ready: Callable[[], bool]) -> Turn:
+        return cls(ConnectionShares(seat.shares_fd, workers), seat.index, ready)
 
     def report(self, connections: int) -> None:
-        self.shares.set(self.index, connections)
+        self.connections = connections
+        self._write()
+
+    def _write(self) -> None:
+        load = self.connections + (0 if self.ready() else NOT_READY)
+        self.shares.set(self.index, load if self.accepting else ABSENT)
+
+    async def beating(self) -> None:
+        """Accepting until cancelled: the load and a beat every `BEAT_SECS`, `ABSENT` at the end
+        (the worker stops accepting before its last connections close)."""
+        self.accepting = True
+        try:
+            while True:
+                self._write()
+                await trio.sleep(BEAT_SECS)
+        finally:
+            self.accepting = False
+            self._write()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Absent for a while (out of descriptors: the others take the connections meanwhile)."""
+        accepting, self.accepting = self.accepting, False
+        self._write()
+        try:
+            yield
+        finally:
+            self.accepting = accepting
+            self._write()
 
     async def wait(self) -> None:
-        """Until no live sibling holds fewer open connections than this worker (the counts change in
-        other processes, which no event of this one reports: it looks again every few ms)."""
+        """Until no live sibling has a lower load than this worker (the loads change in other
+        processes, which no event of this one reports: it looks again every few ms)."""
         while not self.shares.is_turn(self.index):  # noqa: ASYNC110
             await trio.sleep(TURN_POLL_SECS)
+
+    def close(self) -> None:
+        self.shares.close()
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -216,11 +266,11 @@ async def keep_running(
     grace_secs: float,
 ) -> None:
     """The worker in `seat`: started, restarted with backoff when it dies, stopped when `stopping`
-    is set; absent from the shares while it is not running (it enters them once it accepts)."""
+    is set; absent from the shares while it is not running (it enters them once it accepts, and a
+    worker that dies without a word is absent after `STALE_SECS` anyway)."""
     index = seat.index
     delay = FIRST_RESTART_SECS
     while not stopping.is_set():
-        shares.set(index, ABSENT)
         try:
             process = await start_worker(command, seat, stdin=subprocess.PIPE)
         except OSError as exc:  # no process (descriptors, memory)
