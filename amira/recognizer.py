@@ -96,8 +96,9 @@ class Recognizer:
     async def _transcribe_whole(
         self, loaded: LoadedModelSet, samples: npt.NDArray[np.float32], policy: CallPolicy
     ) -> Transcript:
-        """One recording as one encoder input; with a Triton decode model that takes recordings,
-        all of it in one call (`Engine.decode_recording`)."""
+        """One recording in one span: with a Triton recording model, all of it in one call
+        (`Engine.decode_recording`); else one encoder call (a cache-aware set: its chunks), then
+        the decode."""
         model_set, engine = loaded.model_set, self.engine
         if model_set.name in engine.recording_models:
             with loaded.states.state() as state:

@@ -17,7 +17,7 @@ it answers each line on stdin with one JSON line of counters since it started:
 End of input (or `quit`) shuts the server down.
 
 With `WORKERS` > 1 it runs the server as `amira serve` does then (`amira.server.workers`): it
-reserves the port and starts that many worker processes, each on a socket of its own and each
+listens on the port and starts that many worker processes, which accept from it in turn, each
 this module with `--worker-seat`, and answers each line with their counters summed (`max_stall_ms`:
 the largest of them; `time`: its own clock).
 """
@@ -69,6 +69,16 @@ class Probe:
             return await encode(model_set, samples, policy)
 
         engine.encode = counting_encode  # type: ignore[method-assign]
+        decode_recording = engine.decode_recording
+
+        async def counting_decode_recording(model_set, samples, decoder, policy):  # type: ignore[no-untyped-def]
+            self.counts["encoded_samples"] += samples.size  # one call: encoded and decoded in Triton
+            lengths = await decode_recording(model_set, samples, decoder, policy)
+            self.counts["emitted"] += len(decoder.emissions)
+            self.counts["spans"] += 1
+            return lengths
+
+        engine.decode_recording = counting_decode_recording  # type: ignore[method-assign]
 
     async def watch_stalls(self) -> None:
         while True:
