@@ -239,7 +239,9 @@ class Engine:
         self.on_call: Callable[[str, str, float], None] | None = None
         self.schedulers: dict[str, JointScheduler] = {}
         self.decode_models: dict[str, str] = {}  # model set -> its Triton decode model, where it has one
-        self.recording_models: dict[str, str] = {}  # model set -> the decode model that takes recordings
+        self.recording_models: dict[
+            str, str
+        ] = {}  # model set -> its Triton recording model, where it has one
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -648,9 +650,7 @@ class Engine:
         span = Span(decoder, encoded.frames, offset)
         decode_model = self.decode_models.get(model_set.name)
         if decode_model is not None:
-            await self._riding_through(
-                policy, lambda: self._decode_in_triton(model_set, decode_model, span, policy)
-            )
+            await self._decode_in_triton(model_set, decode_model, span, policy)
             return
         if self.settings.decode_mode is DecodeMode.PER_CALL:
             while (request := span.request()) is not None:
@@ -696,11 +696,7 @@ class Engine:
         inputs = span_request(span)
         if inputs is None:
             return
-        started = time.perf_counter()
-        try:
-            outputs = await self.backend.infer(decode_model, inputs, DECODE_OUTPUTS, policy.limiter)
-        finally:
-            self._record(model_set, "decode", [time.perf_counter() - started])
+        outputs = await self._infer(model_set, "decode", inputs, DECODE_OUTPUTS, policy, model=decode_model)
         self.calls["decoder_joint"] += apply_response(span, outputs)
 
     async def _decode_span(self, model_set: ModelSet, span: Span, policy: CallPolicy) -> None:

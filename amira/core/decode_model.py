@@ -87,8 +87,9 @@ def span_request(span: Span) -> dict[str, Array] | None:
 
 
 def recording_request(samples: Array, decoder: GreedyDecoder) -> dict[str, Array]:
-    """The decode model's inputs for a whole recording (16 kHz float32) decoded by `decoder` from its
-    state; the request also names the models to run (`RECORDING_MODELS`, as request parameters)."""
+    """The recording model's inputs for a whole recording (16 kHz float32) decoded by `decoder` from
+    its fresh state; the request also names the models to run (`RECORDING_MODELS`, as request
+    parameters)."""
     return {
         "waveforms": np.ascontiguousarray(samples[None], dtype=np.float32),
         "waveforms_lens": np.array([[samples.size]], np.int64),
@@ -108,7 +109,7 @@ def _decoder_inputs(decoder: GreedyDecoder) -> dict[str, Array]:
 
 
 def read_lengths(outputs: Mapping[str, Array]) -> tuple[int, int]:
-    """A whole recording's feature and encoder frame counts from the decode model's answer."""
+    """A whole recording's feature and encoder frame counts from the recording model's answer."""
     try:
         features, encoded = (int(v) for v in outputs["lengths"].reshape(2))
     except (KeyError, ValueError) as exc:
