@@ -149,6 +149,9 @@ def supervise_workers(settings: Settings, argv: Sequence[str]) -> int:
     from amira.server.runner import hypercorn_config
     from amira.server.workers import Seat, listen_on, supervise
 
+    if not hasattr(os, "memfd_create"):  # the workers' shared table (amira.server.workers)
+        print("amira: WORKERS > 1 needs Linux; run one process per core behind a proxy", file=sys.stderr)
+        return 2
     config = hypercorn_config(settings)
     try:
         # one backlog for all the workers: Hypercorn's per process, times their number

@@ -15,8 +15,10 @@ import httpx
 import pytest
 import trio
 
+from amira.cli import supervise_workers
 from amira.client import open_stream_client
 from amira.server.workers import ABSENT, NOT_READY, STALE_SECS, ConnectionShares
+from amira.settings import Settings
 from amira.testing.process import ServerProcess, running_server
 from amira.testing.recordings import REAL_DOMAIN, pcm16, read_recording
 
@@ -219,6 +221,16 @@ def test_a_bad_worker_count_is_refused(value: str) -> None:
         [sys.executable, "-m", "amira.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and f"WORKERS={value!r}" in done.stderr
+
+
+def test_workers_without_memfd_are_refused_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the OS has no `memfd_create` (not Linux), nothing listens and nothing starts."""
+    monkeypatch.delattr(os, "memfd_create")
+    settings = Settings.from_env({"WORKERS": "2", "SERVER_PORT": "0"})
+    assert supervise_workers(settings, ["serve"]) == 2
+    assert "WORKERS > 1 needs Linux" in capsys.readouterr().err
 
 
 def test_a_worker_takes_its_turn_only_while_no_live_sibling_has_a_lower_load() -> None:
