@@ -374,13 +374,13 @@ class Engine:
         if self.backend.kind != "triton" or mode is TritonDecodeModel.OFF:
             return
         decoder_joint = model_set.config.decoder_joint
-        found = {"decode": decode_model_name(decoder_joint)}
+        wanted = [(decode_model_name(decoder_joint), self.decode_models)]
         if mode is TritonDecodeModel.AUTO and model_set.cache_aware is None:
-            found["recording"] = recording_model_name(decoder_joint)
-        for kind, name in found.items():
+            wanted.append((recording_model_name(decoder_joint), self.recording_models))
+        for name, found in wanted:
             if not await self.backend.is_model_ready(name):
                 continue
-            (self.decode_models if kind == "decode" else self.recording_models)[model_set.name] = name
+            found[model_set.name] = name
             if self.pool is not None:  # an endpoint without it can no longer serve the set
                 self.pool.require(name)
 
