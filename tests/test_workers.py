@@ -192,8 +192,8 @@ def serve_two_workers_until_exit(env: dict[str, str]) -> subprocess.CompletedPro
 
 
 def test_a_second_server_on_the_same_port_is_refused() -> None:
-    """Its workers would join the first one's `SO_REUSEPORT` group and take a share of its
-    connections: it exits with status 2, as a single process on a port in use does."""
+    """Its supervisor cannot listen where the first one's does: it exits with status 2, as a single
+    process on a port in use does, and the first server goes on answering."""
     with running_server(WORKERS) as server:
         wait_until_serving(server, 2)
         port = urlparse(server.url).port
